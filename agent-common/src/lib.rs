@@ -1,0 +1,198 @@
+//! Types shared by the kernel programs (`shadowtap-ebpf`) and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the ring
+//! buffer, userspace reads the same bytes. Field order is chosen so that no implicit padding
+//! exists (the verifier rejects reads of uninitialised stack padding in keys).
+#![no_std]
+
+/// Largest number of frame bytes one ring-buffer record carries: L2–L4 headers plus the head of
+/// the payload. 1024 leaves room for a TLS ClientHello head after worst-case IPv6 extension
+/// headers; HTTP heads are further limited by the runtime `snaplen`.
+pub const MAX_CAPTURE: usize = 1024;
+/// Default and maximum HTTP payload head copied per record.
+pub const DEFAULT_SNAPLEN: u16 = 128;
+pub const MAX_SNAPLEN: u16 = 256;
+/// TLS ClientHello heads are copied up to this many payload bytes (SNI lives in the extensions).
+pub const TLS_HEAD_LEN: u16 = 768;
+/// Capacity of the optional port filter map.
+pub const MAX_FILTER_PORTS: u32 = 64;
+/// Default capacity of the per-flow LRU map.
+pub const DEFAULT_FLOW_ENTRIES: u32 = 65_536;
+
+/// Why the kernel emitted a record. Userspace re-parses the copied frame bytes with the same
+/// decoder as the pcap path; the kind is the kernel's classification, used for accounting.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// TCP SYN, SYN-ACK, FIN or RST.
+    TcpControl = 1,
+    /// TCP payload starting with an HTTP/1.x method token or `HTTP/1.` status line.
+    HttpHead = 2,
+    /// TLS handshake record carrying a ClientHello.
+    TlsClientHello = 3,
+}
+
+impl RecordKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::TcpControl),
+            2 => Some(Self::HttpHead),
+            3 => Some(Self::TlsClientHello),
+            _ => None,
+        }
+    }
+}
+
+/// Direction of the hook that saw the packet.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Header of every ring-buffer record; `cap_len` bytes of the frame follow in `data`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Length of the whole frame (for GSO skbs on egress: the whole super-packet).
+    pub wire_len: u32,
+    /// Number of valid bytes in `data`.
+    pub cap_len: u16,
+    pub kind: u8,
+    pub direction: u8,
+    pub _pad: u32,
+}
+
+/// One ring-buffer record. The kernel reserves the full size but copies only `cap_len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub header: RecordHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
+
+/// Runtime configuration, written by userspace into the single-slot `CONFIG` array before
+/// attaching (and whenever it changes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `MODE_HOST` (pass) or `MODE_TAP` (account, then drop).
+    pub mode: u32,
+    /// HTTP payload head bytes per record, 1..=`MAX_SNAPLEN`.
+    pub snaplen: u32,
+    /// Keep one connection in `sample_n` for L7 records (1 = keep all). Sampling is by a hash of
+    /// the connection's 4-tuple so that a request and its response are kept or dropped together.
+    pub sample_n: u32,
+    /// Non-zero: only packets whose source or destination port is in `PORT_FILTER` are tracked.
+    pub port_filter: u32,
+}
+
+pub const MODE_HOST: u32 = 0;
+pub const MODE_TAP: u32 = 1;
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        mode: MODE_HOST,
+        snaplen: DEFAULT_SNAPLEN as u32,
+        sample_n: 1,
+        port_filter: 0,
+    };
+}
+
+/// Indices into the per-CPU `COUNTERS` array. Each hook direction has its own block of
+/// `COUNTER_COUNT` slots: slot = direction * `COUNTER_COUNT` + counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Packets = 0,
+    Bytes = 1,
+    NonIp = 2,
+    Malformed = 3,
+    Events = 4,
+    RingbufReserveFailed = 5,
+    SampledOut = 6,
+    Filtered = 7,
+    FlowInserts = 8,
+    FlowUpdateFailed = 9,
+}
+
+pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_SLOTS: u32 = COUNTER_COUNT * 2;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::Packets,
+        Counter::Bytes,
+        Counter::NonIp,
+        Counter::Malformed,
+        Counter::Events,
+        Counter::RingbufReserveFailed,
+        Counter::SampledOut,
+        Counter::Filtered,
+        Counter::FlowInserts,
+        Counter::FlowUpdateFailed,
+    ];
+
+    /// Stable snake_case name used in JSON stats and Prometheus metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::Bytes => "bytes",
+            Counter::NonIp => "non_ip",
+            Counter::Malformed => "malformed",
+            Counter::Events => "events_emitted",
+            Counter::RingbufReserveFailed => "ringbuf_reserve_failed",
+            Counter::SampledOut => "sampled_out",
+            Counter::Filtered => "filtered",
+            Counter::FlowInserts => "flow_inserts",
+            Counter::FlowUpdateFailed => "flow_update_failed",
+        }
+    }
+}
+
+/// Address family tag in `FlowKey`.
+pub const AF_V4: u8 = 4;
+pub const AF_V6: u8 = 6;
+
+/// Key of the per-flow LRU map: one entry per direction of a 5-tuple per interface.
+/// IPv4 addresses are stored in the first four bytes of the 16-byte fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub ifindex: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+/// Per-flow counters (per CPU; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    /// Frame bytes as seen by the hook.
+    pub bytes: u64,
+    /// Transport payload bytes (TCP/UDP payload), the figure applications can check against.
+    pub payload_bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// OR of all TCP flags seen.
+    pub tcp_flags: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)] plain data without padding and valid for any bit pattern.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::RecordHeader {}
+}
