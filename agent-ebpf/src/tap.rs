@@ -1,0 +1,462 @@
+//! The per-packet logic shared by the XDP and tc programs: parse L2–L4 with explicit bounds,
+//! account, and emit a ring-buffer record for the few packets userspace needs to see.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+use aya_log_ebpf::debug;
+use shadowtap_common::{
+    AF_V4, AF_V6, COUNTER_COUNT, COUNTER_SLOTS, Config, Counter, DEFAULT_FLOW_ENTRIES, FlowKey,
+    FlowStats, MAX_CAPTURE, MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordKind, TLS_HEAD_LEN,
+};
+
+use crate::packet::Packet;
+
+/// Records for userspace. Size is set by userspace at load time (`--ringbuf-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+#[map]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+const ETH_HLEN: u32 = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment,
+/// destination options and AH; a legitimate chain rarely has more than three).
+const MAX_IPV6_EXT: usize = 6;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+#[inline(always)]
+fn count(dir: u8, counter: Counter, value: u64) {
+    let slot = dir as u32 * COUNTER_COUNT + counter as u32;
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *p += value };
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// What the L3/L4 walk found.
+struct Parsed {
+    key: FlowKey,
+    /// Offset of the transport payload in the frame, and its length on the wire.
+    payload_off: u32,
+    payload_len: u32,
+    tcp_flags: u8,
+}
+
+enum Walk {
+    Ok(Parsed),
+    NonIp,
+    Malformed,
+}
+
+/// Runs the whole per-packet path and returns the configured mode so the caller can choose
+/// its verdict.
+#[inline(always)]
+pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::DEFAULT,
+    };
+    let frame_len = pkt.len();
+    count(dir, Counter::Packets, 1);
+    count(dir, Counter::Bytes, frame_len as u64);
+
+    let parsed = match walk(pkt, dir) {
+        Walk::Ok(p) => p,
+        Walk::NonIp => {
+            count(dir, Counter::NonIp, 1);
+            return cfg.mode;
+        }
+        Walk::Malformed => {
+            count(dir, Counter::Malformed, 1);
+            debug!(pkt_ctx(), "malformed frame of {} bytes", frame_len);
+            return cfg.mode;
+        }
+    };
+
+    if cfg.port_filter != 0
+        && PORT_FILTER.get_ptr(&parsed.key.src_port).is_none()
+        && PORT_FILTER.get_ptr(&parsed.key.dst_port).is_none()
+    {
+        count(dir, Counter::Filtered, 1);
+        return cfg.mode;
+    }
+
+    // SAFETY: reading the kernel's monotonic clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    update_flow(&parsed, frame_len, now, dir);
+
+    if let Some(kind) = classify(pkt, &parsed) {
+        if kind != RecordKind::TcpControl && !sampled_in(&parsed.key, cfg.sample_n) {
+            count(dir, Counter::SampledOut, 1);
+        } else {
+            emit(pkt, &parsed, kind, &cfg, frame_len, now, dir);
+        }
+    }
+    cfg.mode
+}
+
+/// aya-log wants an `EbpfContext`; the log ring buffer does not use it, so a null context is
+/// fine. Logging is only on rare paths (and compiled out below the configured level).
+#[inline(always)]
+fn pkt_ctx() -> NullCtx {
+    NullCtx
+}
+
+pub struct NullCtx;
+impl aya_ebpf::EbpfContext for NullCtx {
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        core::ptr::null_mut()
+    }
+}
+
+#[inline(always)]
+fn walk<P: Packet>(pkt: &P, dir: u8) -> Walk {
+    let Some(eth) = pkt.load::<14>(0) else {
+        return Walk::Malformed;
+    };
+    let mut ethertype = be16(&eth, 12);
+    let mut l3 = ETH_HLEN;
+    // Up to two VLAN tags (802.1ad outer, 802.1Q inner).
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(tag) = pkt.load::<4>(l3) else {
+            return Walk::Malformed;
+        };
+        ethertype = be16(&tag, 2);
+        l3 += 4;
+    }
+    let frame_len = pkt.len();
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        ifindex: pkt.ifindex(),
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        family: 0,
+        direction: dir,
+        _pad: 0,
+    };
+    let l4: u32;
+    let l3_end: u32;
+    let mut has_l4 = true;
+    match ethertype {
+        ETH_P_IP => {
+            let Some(ip) = pkt.load::<20>(l3) else {
+                return Walk::Malformed;
+            };
+            if ip[0] >> 4 != 4 {
+                return Walk::Malformed;
+            }
+            let ihl = ((ip[0] & 0x0f) as u32) * 4;
+            let total = be16(&ip, 2) as u32;
+            if ihl < 20 {
+                return Walk::Malformed;
+            }
+            // A total length of 0 is used by TSO/BIG TCP super-packets: trust the frame.
+            let total = if total == 0 { frame_len - l3 } else { total };
+            if total < ihl || l3 + total > frame_len {
+                return Walk::Malformed;
+            }
+            let frag = be16(&ip, 6) & 0x1fff;
+            has_l4 = frag == 0;
+            key.proto = ip[9];
+            key.family = AF_V4;
+            key.src[..4].copy_from_slice(&ip[12..16]);
+            key.dst[..4].copy_from_slice(&ip[16..20]);
+            l4 = l3 + ihl;
+            l3_end = l3 + total;
+        }
+        ETH_P_IPV6 => {
+            let Some(ip) = pkt.load::<40>(l3) else {
+                return Walk::Malformed;
+            };
+            if ip[0] >> 4 != 6 {
+                return Walk::Malformed;
+            }
+            let plen = be16(&ip, 4) as u32;
+            let plen = if plen == 0 { frame_len - l3 - 40 } else { plen };
+            if l3 + 40 + plen > frame_len {
+                return Walk::Malformed;
+            }
+            key.family = AF_V6;
+            key.src.copy_from_slice(&ip[8..24]);
+            key.dst.copy_from_slice(&ip[24..40]);
+            l3_end = l3 + 40 + plen;
+            let mut nh = ip[6];
+            let mut off = l3 + 40;
+            let mut done = false;
+            for _ in 0..MAX_IPV6_EXT {
+                match nh {
+                    // hop-by-hop, routing, destination options: (len + 1) * 8
+                    0 | 43 | 60 => {
+                        let Some(h) = pkt.load::<2>(off) else {
+                            return Walk::Malformed;
+                        };
+                        nh = h[0];
+                        off += (h[1] as u32 + 1) * 8;
+                    }
+                    // fragment: fixed 8 bytes; only the first fragment carries L4
+                    44 => {
+                        let Some(h) = pkt.load::<8>(off) else {
+                            return Walk::Malformed;
+                        };
+                        nh = h[0];
+                        if be16(&h, 2) & 0xfff8 != 0 {
+                            has_l4 = false;
+                        }
+                        off += 8;
+                    }
+                    // authentication header: (len + 2) * 4
+                    51 => {
+                        let Some(h) = pkt.load::<2>(off) else {
+                            return Walk::Malformed;
+                        };
+                        nh = h[0];
+                        off += (h[1] as u32 + 2) * 4;
+                    }
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+                if off > l3_end {
+                    return Walk::Malformed;
+                }
+            }
+            if !done {
+                // Chain longer than we walk: count it rather than guess at the transport.
+                return Walk::Malformed;
+            }
+            key.proto = nh;
+            l4 = off;
+        }
+        _ => return Walk::NonIp,
+    }
+
+    let mut parsed = Parsed {
+        key,
+        payload_off: l3_end,
+        payload_len: 0,
+        tcp_flags: 0,
+    };
+    if !has_l4 {
+        return Walk::Ok(parsed);
+    }
+    match parsed.key.proto {
+        IPPROTO_TCP => {
+            let Some(tcp) = pkt.load::<20>(l4) else {
+                return Walk::Malformed;
+            };
+            let doff = ((tcp[12] >> 4) as u32) * 4;
+            if doff < 20 || l4 + doff > l3_end {
+                return Walk::Malformed;
+            }
+            parsed.key.src_port = be16(&tcp, 0);
+            parsed.key.dst_port = be16(&tcp, 2);
+            parsed.tcp_flags = tcp[13];
+            parsed.payload_off = l4 + doff;
+            parsed.payload_len = l3_end - (l4 + doff);
+        }
+        IPPROTO_UDP => {
+            let Some(udp) = pkt.load::<8>(l4) else {
+                return Walk::Malformed;
+            };
+            if l4 + 8 > l3_end {
+                return Walk::Malformed;
+            }
+            parsed.key.src_port = be16(&udp, 0);
+            parsed.key.dst_port = be16(&udp, 2);
+            parsed.payload_off = l4 + 8;
+            parsed.payload_len = l3_end - (l4 + 8);
+        }
+        _ => {}
+    }
+    Walk::Ok(parsed)
+}
+
+#[inline(always)]
+fn update_flow(p: &Parsed, frame_len: u32, now: u64, dir: u8) {
+    if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
+        // SAFETY: per-CPU value of an existing entry; only this CPU writes it now.
+        unsafe {
+            // A per-CPU entry created on another CPU starts zeroed on this one.
+            if (*s).first_ns == 0 {
+                (*s).first_ns = now;
+            }
+            (*s).packets += 1;
+            (*s).bytes += frame_len as u64;
+            (*s).payload_bytes += p.payload_len as u64;
+            (*s).last_ns = now;
+            (*s).tcp_flags |= p.tcp_flags as u32;
+        }
+        return;
+    }
+    let stats = FlowStats {
+        packets: 1,
+        bytes: frame_len as u64,
+        payload_bytes: p.payload_len as u64,
+        first_ns: now,
+        last_ns: now,
+        tcp_flags: p.tcp_flags as u32,
+        _pad: 0,
+    };
+    if FLOWS.insert(&p.key, &stats, 0).is_ok() {
+        count(dir, Counter::FlowInserts, 1);
+    } else {
+        count(dir, Counter::FlowUpdateFailed, 1);
+    }
+}
+
+/// HTTP/1.x method tokens (with their trailing space) and the status-line prefix.
+#[inline(always)]
+fn is_http_head(b: &[u8; 8]) -> bool {
+    matches!(
+        b,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'T', b'R', b'A', b'C', b'E', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+            | [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' ']
+            | [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _]
+    )
+}
+
+/// TLS record of type handshake (0x16), version 3.x, whose first handshake message is a
+/// ClientHello (type 1).
+#[inline(always)]
+fn is_client_hello(b: &[u8; 8]) -> bool {
+    b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 && b[5] == 0x01
+}
+
+/// Must stay in step with `shadowtap_agent::decode::classify`, which applies the same rule to
+/// pcap input.
+#[inline(always)]
+fn classify<P: Packet>(pkt: &P, p: &Parsed) -> Option<RecordKind> {
+    if p.key.proto != IPPROTO_TCP {
+        return None;
+    }
+    if p.payload_len >= 8 {
+        if let Some(head) = pkt.load::<8>(p.payload_off) {
+            if is_http_head(&head) {
+                return Some(RecordKind::HttpHead);
+            }
+            if is_client_hello(&head) {
+                return Some(RecordKind::TlsClientHello);
+            }
+        }
+    }
+    if p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return Some(RecordKind::TcpControl);
+    }
+    None
+}
+
+/// Keeps one connection in `n`, decided by a hash that is the same for both directions, so a
+/// request and its response are kept or dropped together.
+#[inline(always)]
+fn sampled_in(key: &FlowKey, n: u32) -> bool {
+    if n <= 1 {
+        return true;
+    }
+    let mut h: u32 = (key.src_port as u32 ^ key.dst_port as u32).wrapping_mul(0x9e37_79b1);
+    let mut i = 0;
+    while i < 16 {
+        h ^= (key.src[i] ^ key.dst[i]) as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h % n == 0
+}
+
+#[inline(always)]
+fn emit<P: Packet>(
+    pkt: &P,
+    p: &Parsed,
+    kind: RecordKind,
+    cfg: &Config,
+    frame_len: u32,
+    now: u64,
+    dir: u8,
+) {
+    let want_payload = match kind {
+        RecordKind::TcpControl => 0,
+        RecordKind::HttpHead => {
+            if cfg.snaplen == 0 || cfg.snaplen > MAX_SNAPLEN as u32 {
+                MAX_SNAPLEN as u32
+            } else {
+                cfg.snaplen
+            }
+        }
+        RecordKind::TlsClientHello => TLS_HEAD_LEN as u32,
+    };
+    let payload = if p.payload_len < want_payload {
+        p.payload_len
+    } else {
+        want_payload
+    };
+    let mut cap = p.payload_off + payload;
+    if cap > frame_len {
+        cap = frame_len;
+    }
+    if cap > MAX_CAPTURE as u32 {
+        cap = MAX_CAPTURE as u32;
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        count(dir, Counter::RingbufReserveFailed, 1);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points to a reserved, writable Record; we initialise the header fully and
+    // the first `cap` bytes of data, which is all userspace reads.
+    unsafe {
+        (*rec).header.ts_ns = now;
+        (*rec).header.ifindex = pkt.ifindex();
+        (*rec).header.wire_len = frame_len;
+        (*rec).header.cap_len = cap as u16;
+        (*rec).header.kind = kind as u8;
+        (*rec).header.direction = dir;
+        (*rec).header._pad = 0;
+        if !pkt.copy_head((*rec).data.as_mut_ptr(), cap) {
+            entry.discard(0);
+            count(dir, Counter::Malformed, 1);
+            return;
+        }
+    }
+    entry.submit(0);
+    count(dir, Counter::Events, 1);
+}

@@ -1,0 +1,432 @@
+//! Kernel program tests through BPF_PROG_TEST_RUN: crafted frames go through the real,
+//! verifier-accepted XDP and tc programs; we assert verdicts, ring-buffer records and counters.
+//! Needs root (CAP_BPF + CAP_NET_ADMIN) and the eBPF object (`cargo xtask build-ebpf`).
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use shadowtap_agent::{
+    capture::{CounterSnapshot, KernelMaps, Mode, TC_PROGRAM, Tap, TapOptions, XDP_PROGRAM, XdpMode},
+    decode::{self, LinkType},
+};
+use shadowtap_common::{
+    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, RecordHeader, RecordKind, TLS_HEAD_LEN,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "kernel tests load eBPF programs and need root (CAP_BPF + CAP_NET_ADMIN); run them via `cargo xtask test`"
+    );
+}
+
+fn options(mode: Mode) -> TapOptions {
+    TapOptions {
+        mode,
+        xdp_mode: XdpMode::Skb,
+        snaplen: 128,
+        sample_n: 1,
+        ports: Vec::new(),
+        ringbuf_bytes: 1 << 20,
+        flow_entries: 1024,
+        kernel_log_level: 0,
+    }
+}
+
+struct Harness {
+    tap: Tap,
+    ring: RingBuf<MapData>,
+    maps: KernelMaps,
+}
+
+#[derive(Debug)]
+struct Rec {
+    header: RecordHeader,
+    data: Vec<u8>,
+}
+
+struct Outcome {
+    verdict: u32,
+    records: Vec<Rec>,
+    delta: CounterSnapshot,
+}
+
+impl Harness {
+    fn new(opts: &TapOptions) -> Self {
+        require_root();
+        let mut tap = Tap::load(opts).expect("load the eBPF programs (is the object built?)");
+        let ring = tap.take_events().expect("ring buffer");
+        let maps = tap.take_maps().expect("maps");
+        Self { tap, ring, maps }
+    }
+
+    fn run(&mut self, frame: &[u8], egress: bool) -> Outcome {
+        let before = self.maps.counters().expect("counters");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        let ebpf = self.tap.ebpf_mut();
+        let verdict = if egress {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(TC_PROGRAM).expect("tc program").try_into().expect("tc type");
+            prog.test_run(opts).expect("BPF_PROG_TEST_RUN tc").return_value
+        } else {
+            let prog: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).expect("xdp program").try_into().expect("xdp type");
+            prog.test_run(opts).expect("BPF_PROG_TEST_RUN xdp").return_value
+        };
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            assert!(item.len() >= RECORD_HEADER_LEN);
+            // SAFETY: the record starts with a RecordHeader written by the kernel.
+            let header: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let data = item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(header.cap_len)].to_vec();
+            records.push(Rec { header, data });
+        }
+        let after = self.maps.counters().expect("counters");
+        let mut delta = CounterSnapshot::default();
+        for i in 0..delta.ingress.len() {
+            delta.ingress[i] = after.ingress[i] - before.ingress[i];
+            delta.egress[i] = after.egress[i] - before.egress[i];
+        }
+        Outcome {
+            verdict,
+            records,
+            delta,
+        }
+    }
+}
+
+// ---- frame builders -------------------------------------------------------------------------
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+fn tcp_v4(payload: &[u8], syn: bool, fin: bool) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([10, 1, 0, 1], [10, 1, 0, 2], 64)
+        .tcp(40000, 80, 1000, 65535);
+    if syn {
+        b = b.syn();
+    }
+    if fin {
+        b = b.fin();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build frame");
+    out
+}
+
+fn tcp_v6(payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .tcp(40001, 8080, 1, 65535);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build frame");
+    out
+}
+
+/// Inserts VLAN tags after the MAC addresses: `tpids` outermost first.
+fn with_vlans(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Builds an IPv6 frame whose extension chain is `exts` (next-header values, each a minimal
+/// 8-byte header) followed by TCP carrying `payload`.
+fn tcp_v6_with_exts(exts: &[u8], payload: &[u8], fragment_offset: u16) -> Vec<u8> {
+    let plain = tcp_v6(payload);
+    let tcp = &plain[14 + 40..];
+    let mut chain = Vec::new();
+    for (i, &h) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).copied().unwrap_or(6);
+        match h {
+            44 => {
+                chain.push(next);
+                chain.push(0);
+                chain.extend_from_slice(&(fragment_offset << 3).to_be_bytes());
+                chain.extend_from_slice(&[0, 0, 0, 1]);
+            }
+            _ => {
+                chain.push(next);
+                chain.push(0); // (0 + 1) * 8 bytes
+                chain.extend_from_slice(&[1, 4, 0, 0, 0, 0]); // PadN option
+            }
+        }
+    }
+    let mut out = plain[..14 + 40].to_vec();
+    let plen = (chain.len() + tcp.len()) as u16;
+    out[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    out[14 + 6] = exts.first().copied().unwrap_or(6);
+    out.extend_from_slice(&chain);
+    out.extend_from_slice(tcp);
+    out
+}
+
+const GET: &[u8] = b"GET /api/v1/items/42?x=1 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: t\r\n\r\n";
+
+fn only_record(o: &Outcome) -> &Rec {
+    assert_eq!(o.records.len(), 1, "expected exactly one record");
+    &o.records[0]
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[test]
+fn http_request_head_is_recorded_with_headers_and_snaplen_payload() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let mut payload = GET.to_vec();
+    payload.extend(std::iter::repeat_n(b'x', 400)); // a body the kernel must not copy
+    let frame = tcp_v4(&payload, false, false);
+    let o = h.run(&frame, false);
+    assert_eq!(o.verdict, XDP_PASS);
+    let rec = only_record(&o);
+    assert_eq!(rec.header.kind, RecordKind::HttpHead as u8);
+    assert_eq!(rec.header.direction, DIR_INGRESS);
+    assert_eq!(rec.header.wire_len as usize, frame.len());
+    // Ethernet 14 + IPv4 20 + TCP 20 + snaplen 128.
+    assert_eq!(rec.data.len(), 14 + 20 + 20 + 128);
+    assert_eq!(rec.data[..], frame[..rec.data.len()]);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Bytes), frame.len() as u64);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Events), 1);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 0);
+    // The shared userspace decoder reads the record as the original frame.
+    let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode record");
+    assert_eq!(meta.src_port, 40000);
+    assert_eq!(meta.dst_port, 80);
+    assert_eq!(meta.payload_len as usize, payload.len());
+}
+
+#[test]
+fn every_method_token_and_status_line_is_recorded_and_others_are_not() {
+    let mut h = Harness::new(&options(Mode::Host));
+    for m in ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"] {
+        let frame = tcp_v4(format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(), false, false);
+        let o = h.run(&frame, false);
+        assert_eq!(only_record(&o).header.kind, RecordKind::HttpHead as u8, "{m}");
+    }
+    let o = h.run(&tcp_v4(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, false), true);
+    assert_eq!(only_record(&o).header.kind, RecordKind::HttpHead as u8);
+    assert_eq!(only_record(&o).header.direction, DIR_EGRESS);
+    for body in [&b"GETX / HTTP/1.1\r\n\r\n"[..], b"get / HTTP/1.1\r\n\r\n", b"HTTP/2.0 200\r\n\r\n", b"\x00\x01\x02binary-data"] {
+        let o = h.run(&tcp_v4(body, false, false), false);
+        assert!(o.records.is_empty(), "{:?} must not be recorded", String::from_utf8_lossy(body));
+        assert_eq!(o.delta.get(DIR_INGRESS, Counter::Events), 0);
+        assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
+    }
+}
+
+#[test]
+fn tcp_control_segments_and_tls_client_hello() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let syn = h.run(&tcp_v4(b"", true, false), false);
+    let rec = only_record(&syn);
+    assert_eq!(rec.header.kind, RecordKind::TcpControl as u8);
+    assert_eq!(rec.data.len(), 14 + 20 + 20, "control records carry headers only");
+    let fin = h.run(&tcp_v4(b"", false, true), false);
+    assert_eq!(only_record(&fin).header.kind, RecordKind::TcpControl as u8);
+    // A pure ACK mid-stream only updates counters.
+    let ack = h.run(&tcp_v4(b"", false, false), false);
+    assert!(ack.records.is_empty());
+
+    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    hello.extend(std::iter::repeat_n(0xab, 1200));
+    let frame = tcp_v4(&hello, false, false);
+    let o = h.run(&frame, false);
+    let rec = only_record(&o);
+    assert_eq!(rec.header.kind, RecordKind::TlsClientHello as u8);
+    assert_eq!(rec.data.len(), (14 + 20 + 20 + usize::from(TLS_HEAD_LEN)).min(MAX_CAPTURE));
+}
+
+#[test]
+fn vlan_and_qinq_frames_are_parsed() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let base = tcp_v4(GET, false, false);
+    for tags in [&[0x8100u16][..], &[0x88a8, 0x8100], &[0x8100, 0x8100]] {
+        let frame = with_vlans(&base, tags);
+        let o = h.run(&frame, false);
+        let rec = only_record(&o);
+        assert_eq!(rec.header.kind, RecordKind::HttpHead as u8, "tags {tags:x?}");
+        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode");
+        assert_eq!(meta.dst_port, 80);
+    }
+    // Three tags is more than we walk: the third TPID is not IP, so the frame is non-IP.
+    let o = h.run(&with_vlans(&base, &[0x88a8, 0x8100, 0x8100]), false);
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::NonIp), 1);
+}
+
+#[test]
+fn ipv6_extension_chains() {
+    let mut h = Harness::new(&options(Mode::Host));
+    for exts in [&[][..], &[0], &[0, 60], &[0, 43, 60], &[60, 44]] {
+        let frame = tcp_v6_with_exts(exts, GET, 0);
+        let o = h.run(&frame, false);
+        let rec = only_record(&o);
+        assert_eq!(rec.header.kind, RecordKind::HttpHead as u8, "chain {exts:?}");
+        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode");
+        assert_eq!((meta.src_port, meta.dst_port), (40001, 8080), "chain {exts:?}");
+    }
+    // A non-first fragment has no transport header: counted, no record, not malformed.
+    let o = h.run(&tcp_v6_with_exts(&[44], GET, 100), false);
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 0);
+    // A chain longer than the bounded walk (6 headers) is counted as malformed.
+    let o = h.run(&tcp_v6_with_exts(&[0, 60, 60, 60, 60, 60, 60], GET, 0), false);
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1);
+}
+
+#[test]
+fn bad_ihl_and_lengths_are_malformed() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let good = tcp_v4(GET, false, false);
+    for ihl in [0u8, 1, 4] {
+        let mut f = good.clone();
+        f[14] = 0x40 | ihl;
+        let o = h.run(&f, false);
+        assert_eq!(o.verdict, XDP_PASS);
+        assert!(o.records.is_empty(), "ihl {ihl}");
+        assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1, "ihl {ihl}");
+    }
+    // IHL pointing past the IP total length.
+    let mut f = good.clone();
+    f[14] = 0x4f;
+    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    assert_eq!(h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed), 1);
+    // TCP data offset below 5 words.
+    let mut f = good.clone();
+    f[14 + 20 + 12] = 0x40;
+    let o = h.run(&f, false);
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1);
+    // Wrong IP version nibble.
+    let mut f = good;
+    f[14] = 0x65;
+    assert_eq!(h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed), 1);
+}
+
+#[test]
+fn every_truncation_of_real_frames_is_counted_never_recorded() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let frames = [
+        tcp_v4(GET, false, false),
+        tcp_v6(GET),
+        with_vlans(&tcp_v4(GET, false, false), &[0x88a8, 0x8100]),
+        tcp_v6_with_exts(&[0, 43, 60], GET, 0),
+    ];
+    for frame in &frames {
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header.
+        for len in 14..frame.len() {
+            let o = h.run(&frame[..len], false);
+            assert_eq!(o.verdict, XDP_PASS, "len {len}");
+            assert!(o.records.is_empty(), "a frame cut at {len} of {} must not be recorded", frame.len());
+            assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1, "len {len} of {}", frame.len());
+            assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
+        }
+        let o = h.run(frame, false);
+        assert_eq!(o.records.len(), 1);
+    }
+}
+
+#[test]
+fn non_ip_frames_are_counted() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&MAC_A);
+    arp.extend_from_slice(&0x0806u16.to_be_bytes());
+    arp.extend_from_slice(&[0u8; 28]);
+    let o = h.run(&arp, false);
+    assert_eq!(o.verdict, XDP_PASS);
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::NonIp), 1);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 0);
+}
+
+#[test]
+fn tap_mode_drops_after_accounting() {
+    let mut h = Harness::new(&options(Mode::Tap));
+    let o = h.run(&tcp_v4(GET, false, false), false);
+    assert_eq!(o.verdict, XDP_DROP);
+    assert_eq!(o.records.len(), 1);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
+}
+
+#[test]
+fn sampling_keeps_request_and_response_of_a_connection_together() {
+    let mut opts = options(Mode::Host);
+    opts.sample_n = 4;
+    let mut h = Harness::new(&opts);
+    let (mut kept, mut sampled) = (0u64, 0u64);
+    for port in 20000..20200u16 {
+        let req = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4([10, 1, 0, 1], [10, 1, 0, 2], 64)
+            .tcp(port, 80, 1, 100);
+        let mut f = Vec::new();
+        req.write(&mut f, GET).expect("frame");
+        let resp = etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A)
+            .ipv4([10, 1, 0, 2], [10, 1, 0, 1], 64)
+            .tcp(80, port, 1, 100);
+        let mut g = Vec::new();
+        resp.write(&mut g, b"HTTP/1.1 200 OK\r\n\r\n").expect("frame");
+        let a = h.run(&f, false);
+        let b = h.run(&g, true);
+        assert_eq!(a.records.len(), b.records.len(), "port {port}: request and response sampled apart");
+        kept += a.records.len() as u64;
+        sampled += a.delta.get(DIR_INGRESS, Counter::SampledOut);
+        assert_eq!(a.records.len() as u64 + a.delta.get(DIR_INGRESS, Counter::SampledOut), 1);
+    }
+    assert_eq!(kept + sampled, 200);
+    // 1 in 4 with a decent hash: far from 0 and from 200.
+    assert!((20..=80).contains(&kept), "kept {kept} of 200 at 1-in-4");
+    // Control segments are never sampled.
+    let o = h.run(&tcp_v4(b"", true, false), false);
+    assert_eq!(o.records.len(), 1);
+}
+
+#[test]
+fn port_filter_limits_tracking() {
+    let mut opts = options(Mode::Host);
+    opts.ports = vec![8080];
+    let mut h = Harness::new(&opts);
+    let o = h.run(&tcp_v4(GET, false, false), false); // port 80
+    assert!(o.records.is_empty());
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Filtered), 1);
+    let o = h.run(&tcp_v6(GET), false); // port 8080
+    assert_eq!(o.records.len(), 1);
+    assert_eq!(o.delta.get(DIR_INGRESS, Counter::Filtered), 0);
+}
+
+#[test]
+fn flows_accumulate_per_direction() {
+    let mut h = Harness::new(&options(Mode::Host));
+    let frame = tcp_v4(b"0123456789", false, false);
+    for _ in 0..5 {
+        h.run(&frame, false);
+    }
+    h.run(&frame, true);
+    let flows = h.maps.flows();
+    let ingress: Vec<_> = flows.iter().filter(|f| f.key.direction == DIR_INGRESS).collect();
+    let egress: Vec<_> = flows.iter().filter(|f| f.key.direction == DIR_EGRESS).collect();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(egress.len(), 1);
+    assert_eq!(ingress[0].stats.packets, 5);
+    assert_eq!(ingress[0].stats.bytes, 5 * frame.len() as u64);
+    assert_eq!(ingress[0].stats.payload_bytes, 50);
+    assert!(ingress[0].stats.first_ns > 0 && ingress[0].stats.last_ns >= ingress[0].stats.first_ns);
+    assert_eq!(egress[0].stats.packets, 1);
+    assert_eq!(h.maps.counters().expect("counters").total(Counter::FlowInserts), 2);
+}

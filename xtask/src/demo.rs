@@ -1,0 +1,110 @@
+//! `cargo xtask demo`: the main job on an embedded default, end to end and self-cleaning.
+//!
+//! Two network namespaces joined by a veth pair (addresses only inside them), the agent in host
+//! mode on the server side, and a few seconds of real HTTP/1.1 traffic (keep-alive, pipelining,
+//! several Hosts, IPv4 and IPv6). Events and live stats are printed as they arrive. The
+//! namespaces — and with them every attachment — are removed on every exit path.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use shadowtap_tests::netns::{self, VethConfig, VethPair};
+
+use crate::{ebpf, setup, util};
+
+pub fn run(seconds: u64) -> Result<()> {
+    if !util::is_root() {
+        bail!("the demo creates network namespaces and attaches XDP: run it as root");
+    }
+    setup::run()?;
+    ebpf::build()?;
+    util::cargo(&["build", "--release", "--bins", "-p", "shadowtap-agent", "-p", "shadowtap-tests"])?;
+    let bin = util::root().join("target/release");
+    let agent_bin = bin.join("shadowtap-agent");
+    let peer_bin = bin.join("shadowtap-httppeer");
+
+    for stale in netns::sweep_stale_namespaces()? {
+        eprintln!("xtask: removed namespace {stale} left by an earlier run");
+    }
+    let pair = VethPair::create(VethConfig::default())?;
+    let (Some(server_v4), Some(server_v6)) = (pair.server_v4, pair.server_v6) else {
+        bail!("veth pair has no addresses");
+    };
+    eprintln!(
+        "xtask: namespaces {} (client, {}) <-> {} (server, {}); agent on {}",
+        pair.client.name(),
+        pair.client_if,
+        pair.server.name(),
+        pair.server_if,
+        pair.server_if
+    );
+
+    let mut server = pair
+        .server
+        .command(&peer_bin)
+        .args(["server", "--listen", &format!("{server_v4}:8080"), "--listen", &format!("[{server_v6}]:8080")])
+        .args(["--max-seconds", &(seconds + 20).to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the HTTP server peer")?;
+    let mut agent = pair
+        .server
+        .command(&agent_bin)
+        .args(["run", "--iface", &pair.server_if, "--mode", "host", "--output", "-", "--stats-interval", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting shadowtap-agent")?;
+    let stdout = agent.stdout.take().context("agent stdout")?;
+    let printer = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+        }
+    });
+    // Let the agent attach before traffic starts.
+    thread::sleep(Duration::from_millis(1500));
+
+    let start = Instant::now();
+    let mut round = 0u32;
+    let result = (|| -> Result<()> {
+        while start.elapsed() < Duration::from_secs(seconds) {
+            let target = if round % 2 == 0 {
+                format!("{server_v4}:8080")
+            } else {
+                format!("[{server_v6}]:8080")
+            };
+            let status = pair
+                .client
+                .command(&peer_bin)
+                .args(["client", "--connect", &target, "--hosts", "shop.example,api.example,static.example"])
+                .args(["--connections", "4", "--requests-per-conn", "5", "--pipeline", "2"])
+                .stdout(Stdio::null())
+                .status()
+                .context("running the HTTP client peer")?;
+            if !status.success() {
+                bail!("HTTP client peer failed: {status}");
+            }
+            round += 1;
+            thread::sleep(Duration::from_millis(300));
+        }
+        Ok(())
+    })();
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait().context("waiting for the agent")?;
+    let _ = printer.join();
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(pair);
+    result?;
+    if !status.success() {
+        bail!("agent exited with {status}");
+    }
+    eprintln!("xtask: demo done ({round} client rounds); namespaces removed");
+    Ok(())
+}
