@@ -22,6 +22,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    metrics::{Exposition, MetricsPage},
     capture::{self, CounterSnapshot, KernelMaps, Mode, Tap, TapOptions, XdpMode},
     decode::{self, LinkType},
     events::{Direction, Event, FlowEvent, PacketContext, Tracker},
@@ -67,6 +68,9 @@ pub struct RunArgs {
     /// Kernel log level forwarded through aya-log (off, error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     pub kernel_log: String,
+    /// Serve Prometheus metrics on this address ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
 }
 
 impl RunArgs {
@@ -137,6 +141,9 @@ struct Pipeline {
     /// Cumulative counters at the previous export, so each `flow` event carries a delta.
     exported: HashMap<FlowKey, FlowStats>,
     flows_removed: u64,
+    /// Flows in the kernel map at the last export (iterating the map costs a syscall per entry,
+    /// so it is only walked on the stats tick).
+    live_flows: usize,
     scratch: Vec<Event>,
 }
 
@@ -222,7 +229,9 @@ impl Pipeline {
     /// idle longer than `idle_ns` (or all of them when `final_export`).
     fn export_flows(&mut self, maps: &mut KernelMaps, idle_ns: u64, final_export: bool) -> Result<()> {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
-        for entry in maps.flows() {
+        let flows = maps.flows();
+        self.live_flows = flows.len();
+        for entry in flows {
             let prev = self.exported.get(&entry.key).copied().unwrap_or_default();
             let delta = FlowStats {
                 packets: entry.stats.packets.saturating_sub(prev.packets),
@@ -242,6 +251,7 @@ impl Pipeline {
             }
             if !final_export && now_mono.saturating_sub(entry.stats.last_ns) > idle_ns {
                 if maps.remove_flow(&entry.key) {
+                    self.live_flows -= 1;
                     self.flows_removed += 1;
                     self.counters.flows_removed_idle += 1;
                 }
@@ -249,6 +259,38 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    fn render_metrics(&self, kernel: &CounterSnapshot, live_flows: usize) -> String {
+        let mut e = Exposition::default();
+        for counter in shadowtap_common::Counter::ALL {
+            let name = format!("shadowtap_kernel_{}_total", counter.name());
+            e.family(
+                &name,
+                "counter",
+                "Kernel program counter (per hook direction), summed over CPUs.",
+                &[
+                    (&[("direction", "ingress")], kernel.get(shadowtap_common::DIR_INGRESS, counter) as f64),
+                    (&[("direction", "egress")], kernel.get(DIR_EGRESS, counter) as f64),
+                ],
+            );
+        }
+        let agent = serde_json::to_value(&self.counters).unwrap_or_default();
+        let tracker = serde_json::to_value(self.tracker.stats()).unwrap_or_default();
+        for (prefix, value) in [("agent", agent), ("tracker", tracker)] {
+            if let serde_json::Value::Object(map) = value {
+                for (k, v) in map {
+                    if let Some(n) = v.as_f64() {
+                        e.family(&format!("shadowtap_{prefix}_{k}"), "gauge", "Userspace pipeline counter.", &[(&[], n)]);
+                    }
+                }
+            }
+        }
+        let inserts = kernel.total(Counter::FlowInserts);
+        let evicted = inserts.saturating_sub(live_flows as u64 + self.flows_removed);
+        e.family("shadowtap_flows_live", "gauge", "Flows in the kernel flow map.", &[(&[], live_flows as f64)]);
+        e.family("shadowtap_flows_evicted_total", "counter", "Flows the kernel LRU evicted under pressure.", &[(&[], evicted as f64)]);
+        e.finish()
     }
 
     fn stats_line(&mut self, kernel: &CounterSnapshot, live_flows: usize, final_line: bool) -> Result<()> {
@@ -297,6 +339,15 @@ fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> Fl
     }
 }
 
+/// Aborts the spawned task when dropped, so no server outlives the run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn open_output(path: &str) -> Result<Box<dyn Write>> {
     if path == "-" {
         return Ok(Box::new(BufWriter::new(std::io::stdout())));
@@ -339,11 +390,28 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
         realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
         exported: HashMap::new(),
         flows_removed: 0,
+        live_flows: 0,
         scratch: Vec::new(),
     };
     let mut ring = AsyncFd::new(ring).context("registering the ring buffer fd with tokio")?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let page = MetricsPage::default();
+    let _metrics_task = if args.metrics_listen == "off" {
+        None
+    } else {
+        let addr: std::net::SocketAddr = args
+            .metrics_listen
+            .parse()
+            .with_context(|| format!("invalid option --metrics-listen: {:?} is not ADDR:PORT", args.metrics_listen))?;
+        let page = page.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, page).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed; capture continues");
+            }
+        })))
+    };
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval));
     tick.tick().await;
     let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -365,8 +433,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
             _ = tick.tick() => {
                 pipe.export_flows(&mut maps, idle_ns, false)?;
                 let kernel = maps.counters()?;
-                let live = maps.flows().len();
-                pipe.stats_line(&kernel, live, false)?;
+                pipe.stats_line(&kernel, pipe.live_flows, false)?;
                 info!(
                     packets = kernel.total(Counter::Packets),
                     events = kernel.total(Counter::Events),
@@ -375,6 +442,10 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
                     malformed = kernel.total(Counter::Malformed),
                     "stats"
                 );
+            }
+            _ = metrics_tick.tick() => {
+                let kernel = maps.counters()?;
+                page.set(pipe.render_metrics(&kernel, pipe.live_flows));
             }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -387,8 +458,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     drain(ring.get_mut(), &mut pipe)?;
     pipe.export_flows(&mut maps, idle_ns, true)?;
     let kernel = maps.counters()?;
-    let live = maps.flows().len();
-    pipe.stats_line(&kernel, live, true)?;
+    pipe.stats_line(&kernel, pipe.live_flows, true)?;
     info!("detached; final stats written");
     Ok(())
 }
