@@ -49,7 +49,7 @@ pub const DIR_EGRESS: u8 = 1;
 
 /// Header of every ring-buffer record; `cap_len` bytes of the frame follow in `data`.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct RecordHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran.
     pub ts_ns: u64,

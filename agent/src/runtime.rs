@@ -25,7 +25,7 @@ use crate::{
     metrics::{Exposition, MetricsPage},
     capture::{self, CounterSnapshot, KernelMaps, Mode, Tap, TapOptions, XdpMode},
     decode::{self, LinkType},
-    events::{Direction, Event, FlowEvent, PacketContext, Tracker},
+    events::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker, TrackerConfig},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -129,6 +129,8 @@ pub struct AgentCounters {
     pub events_written: u64,
     pub flow_events_written: u64,
     pub flows_removed_idle: u64,
+    /// Flow deltas of protocols other than TCP/UDP (no ports): counted, not exported as events.
+    pub flows_without_ports: u64,
 }
 
 struct Pipeline {
@@ -191,11 +193,7 @@ impl Pipeline {
         let ctx = PacketContext {
             ts_ns: self.wall_ns(header.ts_ns),
             iface,
-            direction: if header.direction == DIR_EGRESS {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            },
+            direction: Direction::from_kernel(header.direction).unwrap_or(Direction::Ingress),
         };
         let mut events = std::mem::take(&mut self.scratch);
         self.tracker.on_packet(&ctx, &meta, &mut events);
@@ -244,9 +242,12 @@ impl Pipeline {
             };
             if delta.packets > 0 {
                 let iface = self.ifname(entry.key.ifindex);
-                let event = Event::Flow(flow_event(&entry.key, &delta, iface, self));
-                self.write(&event)?;
-                self.counters.flow_events_written += 1;
+                if let Some(flow) = flow_event(&entry.key, &delta, iface, self) {
+                    self.write(&Event::Flow(flow))?;
+                    self.counters.flow_events_written += 1;
+                } else {
+                    self.counters.flows_without_ports += 1;
+                }
                 self.exported.insert(entry.key, entry.stats);
             }
             if !final_export && now_mono.saturating_sub(entry.stats.last_ns) > idle_ns {
@@ -315,28 +316,28 @@ impl Pipeline {
     }
 }
 
-fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> FlowEvent {
+/// A `flow` event from the kernel map, or `None` for protocols without ports (not exported).
+fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> Option<FlowEvent> {
+    let proto = FlowProto::from_ip_proto(key.proto)?;
     let (src, dst) = capture::key_addrs(key);
-    FlowEvent {
-        ts_ns: p.wall_ns(s.last_ns),
-        iface,
-        direction: if key.direction == DIR_EGRESS {
-            Direction::Egress
-        } else {
-            Direction::Ingress
+    Some(FlowEvent {
+        common: EventCommon {
+            ts_ns: p.wall_ns(s.last_ns),
+            iface,
+            direction: Direction::from_kernel(key.direction).unwrap_or(Direction::Ingress),
+            src,
+            dst,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
         },
-        src,
-        dst,
-        src_port: key.src_port,
-        dst_port: key.dst_port,
-        proto: key.proto,
+        proto,
         packets: s.packets,
         bytes: s.bytes,
         payload_bytes: s.payload_bytes,
         first_ts_ns: p.wall_ns(s.first_ns),
         last_ts_ns: p.wall_ns(s.last_ns),
-        tcp_flags: s.tcp_flags as u8,
-    }
+        tcp_flags: s.tcp_flags,
+    })
 }
 
 /// Aborts the spawned task when dropped, so no server outlives the run.
@@ -383,7 +384,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     info!(attachments = ?tap.attachments, mode = ?opts.mode, "shadowtap agent running");
 
     let mut pipe = Pipeline {
-        tracker: Tracker::default(),
+        tracker: Tracker::new(TrackerConfig::default()),
         out: open_output(&args.output)?,
         counters: AgentCounters::default(),
         ifnames: HashMap::new(),
@@ -393,7 +394,9 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
         live_flows: 0,
         scratch: Vec::new(),
     };
-    let mut ring = AsyncFd::new(ring).context("registering the ring buffer fd with tokio")?;
+    // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer fd with tokio: {e}"))?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let page = MetricsPage::default();
