@@ -1,8 +1,13 @@
 //! `shadowtap-agent`: the root daemon on hosts and tap appliances, plus offline tools.
 
-use std::process::ExitCode;
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use shadowtap_agent::runtime::{self, RunArgs};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +23,31 @@ struct Cli {
 enum Command {
     /// Attach to interfaces and stream request metadata events (needs CAP_BPF + CAP_NET_ADMIN).
     Run(RunArgs),
+    /// Decode a pcap/pcapng file with the same decoder and tracker as the live path (no root).
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// pcap or pcapng file (Ethernet, Linux cooked SLL or SLL2 link types).
+    #[arg(long)]
+    pcap: PathBuf,
+    /// Where to write JSON-lines events ("-" for stdout).
+    #[arg(long, default_value = "-")]
+    output: String,
+}
+
+fn replay(args: &ReplayArgs) -> Result<()> {
+    let mut out: Box<dyn Write> = if args.output == "-" {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = File::create(&args.output).with_context(|| format!("creating output file {}", args.output))?;
+        Box::new(BufWriter::new(f))
+    };
+    let summary = shadowtap_agent::replay::replay_pcap(&args.pcap, &mut out)?;
+    out.flush().context("flushing output")?;
+    tracing::info!(packets = summary.packets, decoded = summary.decoded, "replay done");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -28,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Run(args) => runtime::run(&args),
+        Command::Replay(args) => replay(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
