@@ -27,9 +27,32 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const TOOLCHAIN: &str = "1.98.0";
 
+const NISSHI_VERSION: &str = "0.8.1";
+
 pub fn run() -> Result<()> {
     apt()?;
-    ensure_ebpf_toolchain()
+    ensure_ebpf_toolchain()?;
+    ensure_broker()
+}
+
+/// The Kafka-protocol broker the pipeline tests start on 127.0.0.1 (built once, ~16 min cold;
+/// `cargo install` keeps it in ~/.cargo/bin, so later runs skip this).
+fn ensure_broker() -> Result<()> {
+    if output(Command::new("nisshi").arg("--version")).is_some_and(|v| v.contains(NISSHI_VERSION)) {
+        eprintln!("xtask: nisshi {NISSHI_VERSION} present");
+        return Ok(());
+    }
+    eprintln!("xtask: installing the nisshi {NISSHI_VERSION} Kafka-compatible broker (about 16 minutes on 2 cores)");
+    util::run(Command::new("cargo").args([
+        &format!("+{TOOLCHAIN}"),
+        "install",
+        "--locked",
+        &format!("nisshi@{NISSHI_VERSION}"),
+        "--no-default-features",
+        "--features",
+        "dynostore",
+    ]))
+    .context("installing nisshi")
 }
 
 fn apt() -> Result<()> {
