@@ -14,14 +14,12 @@ fn main() {
     );
     println!("cargo::rerun-if-changed={}", object.display());
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("shadowtap.bpf.o");
-    match fs::read(&object) {
-        Ok(bytes) => fs::write(&out, bytes).expect("write OUT_DIR/shadowtap.bpf.o"),
-        Err(_) => {
-            println!(
-                "cargo::warning=eBPF object {} not found; run `cargo xtask build-ebpf` (embedding an empty placeholder)",
-                object.display()
-            );
-            fs::write(&out, []).expect("write OUT_DIR/shadowtap.bpf.o");
-        }
-    }
+    let bytes = fs::read(&object).unwrap_or_else(|_| {
+        println!(
+            "cargo::warning=eBPF object {} not found; run `cargo xtask build-ebpf` (embedding an empty placeholder)",
+            object.display()
+        );
+        Vec::new()
+    });
+    fs::write(&out, bytes).expect("write OUT_DIR/shadowtap.bpf.o");
 }

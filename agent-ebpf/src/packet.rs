@@ -67,7 +67,8 @@ impl Packet for XdpPacket {
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
         let mut buf = [0u8; N];
         // SAFETY: the helper writes at most N bytes into `buf` and fails on short packets.
-        let ret = unsafe { bpf_xdp_load_bytes(self.ctx, offset, buf.as_mut_ptr().cast(), N as u32) };
+        let ret =
+            unsafe { bpf_xdp_load_bytes(self.ctx, offset, buf.as_mut_ptr().cast(), N as u32) };
         (ret == 0).then_some(buf)
     }
 
@@ -116,7 +117,9 @@ impl Packet for SkbPacket {
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
         let mut buf = [0u8; N];
         // SAFETY: the helper writes at most N bytes into `buf` and fails on short packets.
-        let ret = unsafe { bpf_skb_load_bytes(self.skb.cast(), offset, buf.as_mut_ptr().cast(), N as u32) };
+        let ret = unsafe {
+            bpf_skb_load_bytes(self.skb.cast(), offset, buf.as_mut_ptr().cast(), N as u32)
+        };
         (ret == 0).then_some(buf)
     }
 

@@ -42,7 +42,8 @@ fn shared_pcaps() -> Vec<PathBuf> {
 fn records() -> Vec<Rec> {
     let mut out = Vec::new();
     for path in shared_pcaps() {
-        let mut reader = PcapReader::new(BufReader::new(File::open(&path).expect("open pcap"))).expect("pcap header");
+        let mut reader = PcapReader::new(BufReader::new(File::open(&path).expect("open pcap")))
+            .expect("pcap header");
         while let Ok(Some(pkt)) = reader.next_packet() {
             if decode::LinkType::from_pcap_linktype(pkt.linktype) != Some(LinkType::Ethernet) {
                 continue;
@@ -101,9 +102,25 @@ fn main() {
             events.clear();
         }
     });
-    println!("Userspace decode throughput over {} real records (single core)", recs.len());
+    println!(
+        "Userspace decode throughput over {} real records (single core)",
+        recs.len()
+    );
     println!("{:<34} {:>14} {:>10}", "stage", "records/s", "vs slice");
-    println!("{:<34} {:>14.0} {:>9.2}x", "baseline: etherparse slice only", baseline, 1.0);
-    println!("{:<34} {:>14.0} {:>9.2}x", "decode_frame (L2-L7 heads)", decode_only, decode_only / baseline);
-    println!("{:<34} {:>14.0} {:>9.2}x", "decode_frame + tracker events", full, full / baseline);
+    println!(
+        "{:<34} {:>14.0} {:>9.2}x",
+        "baseline: etherparse slice only", baseline, 1.0
+    );
+    println!(
+        "{:<34} {:>14.0} {:>9.2}x",
+        "decode_frame (L2-L7 heads)",
+        decode_only,
+        decode_only / baseline
+    );
+    println!(
+        "{:<34} {:>14.0} {:>9.2}x",
+        "decode_frame + tracker events",
+        full,
+        full / baseline
+    );
 }

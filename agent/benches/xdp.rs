@@ -14,12 +14,18 @@ const BATCH: u32 = 4_000;
 const BATCHES: u32 = 25;
 
 fn frame(payload: &[u8], udp: bool) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64);
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        64,
+    );
     let mut out = Vec::new();
     if udp {
         b.udp(5353, 53).write(&mut out, payload).expect("udp frame");
     } else {
-        b.tcp(40000, 80, 7, 65535).write(&mut out, payload).expect("tcp frame");
+        b.tcp(40000, 80, 7, 65535)
+            .write(&mut out, payload)
+            .expect("tcp frame");
     }
     out
 }
@@ -66,7 +72,8 @@ fn main() {
     let mut ring = tap.take_events().expect("ring");
     let _maps = tap.take_maps().expect("maps");
 
-    let mut http = b"GET /api/v1/orders/1234 HTTP/1.1\r\nHost: shop.example\r\nAccept: */*\r\n\r\n".to_vec();
+    let mut http =
+        b"GET /api/v1/orders/1234 HTTP/1.1\r\nHost: shop.example\r\nAccept: */*\r\n\r\n".to_vec();
     http.extend(std::iter::repeat_n(b'b', 200));
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
@@ -79,11 +86,20 @@ fn main() {
         ("non_ip", arp),
     ];
 
-    println!("XDP program cost per frame class (BPF_PROG_TEST_RUN, {} runs each, mean ns/packet)", BATCH * BATCHES);
-    println!("{:<20} {:>12} {:>14} {:>8}", "class", "shadowtap_ns", "xdp_pass_ns", "ratio");
+    println!(
+        "XDP program cost per frame class (BPF_PROG_TEST_RUN, {} runs each, mean ns/packet)",
+        BATCH * BATCHES
+    );
+    println!(
+        "{:<20} {:>12} {:>14} {:>8}",
+        "class", "shadowtap_ns", "xdp_pass_ns", "ratio"
+    );
     for (name, data) in &classes {
         let base = measure(&mut tap, &mut ring, XDP_BASELINE_PROGRAM, data);
         let ours = measure(&mut tap, &mut ring, XDP_PROGRAM, data);
-        println!("{name:<20} {ours:>12.1} {base:>14.1} {:>7.1}x", ours / base.max(1.0));
+        println!(
+            "{name:<20} {ours:>12.1} {base:>14.1} {:>7.1}x",
+            ours / base.max(1.0)
+        );
     }
 }

@@ -13,7 +13,11 @@ use shadowtap_agent::runtime::{self, RunArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "shadowtap-agent", version, about = "eBPF/XDP request-metadata tap and capacity forecaster")]
+#[command(
+    name = "shadowtap-agent",
+    version,
+    about = "eBPF/XDP request-metadata tap and capacity forecaster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,18 +45,25 @@ fn replay(args: &ReplayArgs) -> Result<()> {
     let mut out: Box<dyn Write> = if args.output == "-" {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
-        let f = File::create(&args.output).with_context(|| format!("creating output file {}", args.output))?;
+        let f = File::create(&args.output)
+            .with_context(|| format!("creating output file {}", args.output))?;
         Box::new(BufWriter::new(f))
     };
     let summary = shadowtap_agent::replay::replay_pcap(&args.pcap, &mut out)?;
     out.flush().context("flushing output")?;
-    tracing::info!(packets = summary.packets, decoded = summary.decoded, "replay done");
+    tracing::info!(
+        packets = summary.packets,
+        decoded = summary.decoded,
+        "replay done"
+    );
     Ok(())
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

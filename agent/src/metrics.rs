@@ -40,7 +40,13 @@ pub struct Exposition {
 
 impl Exposition {
     /// Adds a metric family with its samples: `labels` are `(name, value)` pairs.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+    pub fn family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(&[(&str, &str)], f64)],
+    ) {
         let _ = writeln!(self.out, "# HELP {name} {help}");
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
         for (labels, value) in samples {
@@ -65,7 +71,9 @@ impl Exposition {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `page` on `addr` until the task is dropped.
@@ -115,7 +123,10 @@ mod tests {
             "shadowtap_packets_total",
             "counter",
             "Packets seen.",
-            &[(&[("direction", "ingress")], 3.0), (&[("direction", "eg\"ress")], 4.0)],
+            &[
+                (&[("direction", "ingress")], 3.0),
+                (&[("direction", "eg\"ress")], 4.0),
+            ],
         );
         let page = e.finish();
         assert_eq!(

@@ -17,15 +17,19 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use shadowtap_common::{Counter, DIR_EGRESS, FlowKey, FlowStats, MAX_SNAPLEN, RECORD_HEADER_LEN, RecordHeader};
+use shadowtap_common::{
+    Counter, DIR_EGRESS, FlowKey, FlowStats, MAX_SNAPLEN, RECORD_HEADER_LEN, RecordHeader,
+};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    metrics::{Exposition, MetricsPage},
     capture::{self, CounterSnapshot, KernelMaps, Mode, Tap, TapOptions, XdpMode},
     decode::{self, LinkType},
-    events::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker, TrackerConfig},
+    events::{
+        Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker, TrackerConfig,
+    },
+    metrics::{Exposition, MetricsPage},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -82,10 +86,15 @@ impl RunArgs {
             "info" => 3,
             "debug" => 4,
             "trace" => 5,
-            other => bail!("invalid option --kernel-log: {other:?} (off, error, warn, info, debug, trace)"),
+            other => bail!(
+                "invalid option --kernel-log: {other:?} (off, error, warn, info, debug, trace)"
+            ),
         };
         if self.snaplen == 0 || self.snaplen > MAX_SNAPLEN {
-            bail!("invalid option --snaplen: must be between 1 and {MAX_SNAPLEN}, got {}", self.snaplen);
+            bail!(
+                "invalid option --snaplen: must be between 1 and {MAX_SNAPLEN}, got {}",
+                self.snaplen
+            );
         }
         if self.stats_interval == 0 {
             bail!("invalid option --stats-interval: must be at least 1 second");
@@ -150,7 +159,10 @@ struct Pipeline {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -225,7 +237,12 @@ impl Pipeline {
 
     /// Writes a `flow` event for every flow that moved since its last export; removes flows
     /// idle longer than `idle_ns` (or all of them when `final_export`).
-    fn export_flows(&mut self, maps: &mut KernelMaps, idle_ns: u64, final_export: bool) -> Result<()> {
+    fn export_flows(
+        &mut self,
+        maps: &mut KernelMaps,
+        idle_ns: u64,
+        final_export: bool,
+    ) -> Result<()> {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
         let flows = maps.flows();
         self.live_flows = flows.len();
@@ -271,8 +288,14 @@ impl Pipeline {
                 "counter",
                 "Kernel program counter (per hook direction), summed over CPUs.",
                 &[
-                    (&[("direction", "ingress")], kernel.get(shadowtap_common::DIR_INGRESS, counter) as f64),
-                    (&[("direction", "egress")], kernel.get(DIR_EGRESS, counter) as f64),
+                    (
+                        &[("direction", "ingress")],
+                        kernel.get(shadowtap_common::DIR_INGRESS, counter) as f64,
+                    ),
+                    (
+                        &[("direction", "egress")],
+                        kernel.get(DIR_EGRESS, counter) as f64,
+                    ),
                 ],
             );
         }
@@ -282,19 +305,39 @@ impl Pipeline {
             if let serde_json::Value::Object(map) = value {
                 for (k, v) in map {
                     if let Some(n) = v.as_f64() {
-                        e.family(&format!("shadowtap_{prefix}_{k}"), "gauge", "Userspace pipeline counter.", &[(&[], n)]);
+                        e.family(
+                            &format!("shadowtap_{prefix}_{k}"),
+                            "gauge",
+                            "Userspace pipeline counter.",
+                            &[(&[], n)],
+                        );
                     }
                 }
             }
         }
         let inserts = kernel.total(Counter::FlowInserts);
         let evicted = inserts.saturating_sub(live_flows as u64 + self.flows_removed);
-        e.family("shadowtap_flows_live", "gauge", "Flows in the kernel flow map.", &[(&[], live_flows as f64)]);
-        e.family("shadowtap_flows_evicted_total", "counter", "Flows the kernel LRU evicted under pressure.", &[(&[], evicted as f64)]);
+        e.family(
+            "shadowtap_flows_live",
+            "gauge",
+            "Flows in the kernel flow map.",
+            &[(&[], live_flows as f64)],
+        );
+        e.family(
+            "shadowtap_flows_evicted_total",
+            "counter",
+            "Flows the kernel LRU evicted under pressure.",
+            &[(&[], evicted as f64)],
+        );
         e.finish()
     }
 
-    fn stats_line(&mut self, kernel: &CounterSnapshot, live_flows: usize, final_line: bool) -> Result<()> {
+    fn stats_line(
+        &mut self,
+        kernel: &CounterSnapshot,
+        live_flows: usize,
+        final_line: bool,
+    ) -> Result<()> {
         // Inserts the kernel made that are neither still in the map nor removed by us were
         // evicted by the LRU under pressure.
         let inserts = kernel.total(Counter::FlowInserts);
@@ -397,16 +440,20 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer fd with tokio: {e}"))?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
     let page = MetricsPage::default();
     let _metrics_task = if args.metrics_listen == "off" {
         None
     } else {
-        let addr: std::net::SocketAddr = args
-            .metrics_listen
-            .parse()
-            .with_context(|| format!("invalid option --metrics-listen: {:?} is not ADDR:PORT", args.metrics_listen))?;
+        let addr: std::net::SocketAddr = args.metrics_listen.parse().with_context(|| {
+            format!(
+                "invalid option --metrics-listen: {:?} is not ADDR:PORT",
+                args.metrics_listen
+            )
+        })?;
         let page = page.clone();
         Some(AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(addr, page).await {
@@ -417,7 +464,9 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval));
     tick.tick().await;
-    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let idle_ns = args.flow_idle_timeout.saturating_mul(1_000_000_000);
 
     loop {

@@ -7,11 +7,14 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use shadowtap_agent::{
-    capture::{CounterSnapshot, KernelMaps, Mode, TC_PROGRAM, Tap, TapOptions, XDP_PROGRAM, XdpMode},
+    capture::{
+        CounterSnapshot, KernelMaps, Mode, TC_PROGRAM, Tap, TapOptions, XDP_PROGRAM, XdpMode,
+    },
     decode::{self, LinkType},
 };
 use shadowtap_common::{
-    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, RecordHeader, RecordKind, TLS_HEAD_LEN,
+    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, RecordHeader, RecordKind,
+    TLS_HEAD_LEN,
 };
 
 const XDP_DROP: u32 = 1;
@@ -74,19 +77,31 @@ impl Harness {
         };
         let ebpf = self.tap.ebpf_mut();
         let verdict = if egress {
-            let prog: &mut SchedClassifier =
-                ebpf.program_mut(TC_PROGRAM).expect("tc program").try_into().expect("tc type");
-            prog.test_run(opts).expect("BPF_PROG_TEST_RUN tc").return_value
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .expect("tc program")
+                .try_into()
+                .expect("tc type");
+            prog.test_run(opts)
+                .expect("BPF_PROG_TEST_RUN tc")
+                .return_value
         } else {
-            let prog: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).expect("xdp program").try_into().expect("xdp type");
-            prog.test_run(opts).expect("BPF_PROG_TEST_RUN xdp").return_value
+            let prog: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .expect("xdp program")
+                .try_into()
+                .expect("xdp type");
+            prog.test_run(opts)
+                .expect("BPF_PROG_TEST_RUN xdp")
+                .return_value
         };
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
             assert!(item.len() >= RECORD_HEADER_LEN);
             // SAFETY: the record starts with a RecordHeader written by the kernel.
             let header: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let data = item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(header.cap_len)].to_vec();
+            let data =
+                item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(header.cap_len)].to_vec();
             records.push(Rec { header, data });
         }
         let after = self.maps.counters().expect("counters");
@@ -174,7 +189,8 @@ fn tcp_v6_with_exts(exts: &[u8], payload: &[u8], fragment_offset: u16) -> Vec<u8
     out
 }
 
-const GET: &[u8] = b"GET /api/v1/items/42?x=1 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: t\r\n\r\n";
+const GET: &[u8] =
+    b"GET /api/v1/items/42?x=1 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: t\r\n\r\n";
 
 fn only_record(o: &Outcome) -> &Rec {
     assert_eq!(o.records.len(), 1, "expected exactly one record");
@@ -203,7 +219,8 @@ fn http_request_head_is_recorded_with_headers_and_snaplen_payload() {
     assert_eq!(o.delta.get(DIR_INGRESS, Counter::Events), 1);
     assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 0);
     // The shared userspace decoder reads the record as the original frame.
-    let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode record");
+    let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len)
+        .expect("decode record");
     assert_eq!(meta.src_port, 40000);
     assert_eq!(meta.dst_port, 80);
     assert_eq!(meta.payload_len as usize, payload.len());
@@ -212,17 +229,43 @@ fn http_request_head_is_recorded_with_headers_and_snaplen_payload() {
 #[test]
 fn every_method_token_and_status_line_is_recorded_and_others_are_not() {
     let mut h = Harness::new(&options(Mode::Host));
-    for m in ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"] {
-        let frame = tcp_v4(format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(), false, false);
+    for m in [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ] {
+        let frame = tcp_v4(
+            format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+            false,
+            false,
+        );
         let o = h.run(&frame, false);
-        assert_eq!(only_record(&o).header.kind, RecordKind::HttpHead as u8, "{m}");
+        assert_eq!(
+            only_record(&o).header.kind,
+            RecordKind::HttpHead as u8,
+            "{m}"
+        );
     }
-    let o = h.run(&tcp_v4(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, false), true);
+    let o = h.run(
+        &tcp_v4(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        ),
+        true,
+    );
     assert_eq!(only_record(&o).header.kind, RecordKind::HttpHead as u8);
     assert_eq!(only_record(&o).header.direction, DIR_EGRESS);
-    for body in [&b"GETX / HTTP/1.1\r\n\r\n"[..], b"get / HTTP/1.1\r\n\r\n", b"HTTP/2.0 200\r\n\r\n", b"\x00\x01\x02binary-data"] {
+    for body in [
+        &b"GETX / HTTP/1.1\r\n\r\n"[..],
+        b"get / HTTP/1.1\r\n\r\n",
+        b"HTTP/2.0 200\r\n\r\n",
+        b"\x00\x01\x02binary-data",
+    ] {
         let o = h.run(&tcp_v4(body, false, false), false);
-        assert!(o.records.is_empty(), "{:?} must not be recorded", String::from_utf8_lossy(body));
+        assert!(
+            o.records.is_empty(),
+            "{:?} must not be recorded",
+            String::from_utf8_lossy(body)
+        );
         assert_eq!(o.delta.get(DIR_INGRESS, Counter::Events), 0);
         assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
     }
@@ -234,20 +277,29 @@ fn tcp_control_segments_and_tls_client_hello() {
     let syn = h.run(&tcp_v4(b"", true, false), false);
     let rec = only_record(&syn);
     assert_eq!(rec.header.kind, RecordKind::TcpControl as u8);
-    assert_eq!(rec.data.len(), 14 + 20 + 20, "control records carry headers only");
+    assert_eq!(
+        rec.data.len(),
+        14 + 20 + 20,
+        "control records carry headers only"
+    );
     let fin = h.run(&tcp_v4(b"", false, true), false);
     assert_eq!(only_record(&fin).header.kind, RecordKind::TcpControl as u8);
     // A pure ACK mid-stream only updates counters.
     let ack = h.run(&tcp_v4(b"", false, false), false);
     assert!(ack.records.is_empty());
 
-    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     hello.extend(std::iter::repeat_n(0xab, 1200));
     let frame = tcp_v4(&hello, false, false);
     let o = h.run(&frame, false);
     let rec = only_record(&o);
     assert_eq!(rec.header.kind, RecordKind::TlsClientHello as u8);
-    assert_eq!(rec.data.len(), (14 + 20 + 20 + usize::from(TLS_HEAD_LEN)).min(MAX_CAPTURE));
+    assert_eq!(
+        rec.data.len(),
+        (14 + 20 + 20 + usize::from(TLS_HEAD_LEN)).min(MAX_CAPTURE)
+    );
 }
 
 #[test]
@@ -258,8 +310,13 @@ fn vlan_and_qinq_frames_are_parsed() {
         let frame = with_vlans(&base, tags);
         let o = h.run(&frame, false);
         let rec = only_record(&o);
-        assert_eq!(rec.header.kind, RecordKind::HttpHead as u8, "tags {tags:x?}");
-        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode");
+        assert_eq!(
+            rec.header.kind,
+            RecordKind::HttpHead as u8,
+            "tags {tags:x?}"
+        );
+        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len)
+            .expect("decode");
         assert_eq!(meta.dst_port, 80);
     }
     // Three tags is more than we walk: the third TPID is not IP, so the frame is non-IP.
@@ -275,16 +332,28 @@ fn ipv6_extension_chains() {
         let frame = tcp_v6_with_exts(exts, GET, 0);
         let o = h.run(&frame, false);
         let rec = only_record(&o);
-        assert_eq!(rec.header.kind, RecordKind::HttpHead as u8, "chain {exts:?}");
-        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len).expect("decode");
-        assert_eq!((meta.src_port, meta.dst_port), (40001, 8080), "chain {exts:?}");
+        assert_eq!(
+            rec.header.kind,
+            RecordKind::HttpHead as u8,
+            "chain {exts:?}"
+        );
+        let meta = decode::decode_frame(LinkType::Ethernet, &rec.data, rec.header.wire_len)
+            .expect("decode");
+        assert_eq!(
+            (meta.src_port, meta.dst_port),
+            (40001, 8080),
+            "chain {exts:?}"
+        );
     }
     // A non-first fragment has no transport header: counted, no record, not malformed.
     let o = h.run(&tcp_v6_with_exts(&[44], GET, 100), false);
     assert!(o.records.is_empty());
     assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 0);
     // A chain longer than the bounded walk (6 headers) is counted as malformed.
-    let o = h.run(&tcp_v6_with_exts(&[0, 60, 60, 60, 60, 60, 60], GET, 0), false);
+    let o = h.run(
+        &tcp_v6_with_exts(&[0, 60, 60, 60, 60, 60, 60], GET, 0),
+        false,
+    );
     assert!(o.records.is_empty());
     assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1);
 }
@@ -305,7 +374,10 @@ fn bad_ihl_and_lengths_are_malformed() {
     let mut f = good.clone();
     f[14] = 0x4f;
     f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    assert_eq!(h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed), 1);
+    assert_eq!(
+        h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed),
+        1
+    );
     // TCP data offset below 5 words.
     let mut f = good.clone();
     f[14 + 20 + 12] = 0x40;
@@ -315,7 +387,10 @@ fn bad_ihl_and_lengths_are_malformed() {
     // Wrong IP version nibble.
     let mut f = good;
     f[14] = 0x65;
-    assert_eq!(h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed), 1);
+    assert_eq!(
+        h.run(&f, false).delta.get(DIR_INGRESS, Counter::Malformed),
+        1
+    );
 }
 
 #[test]
@@ -332,8 +407,17 @@ fn every_truncation_of_real_frames_is_counted_never_recorded() {
         for len in 14..frame.len() {
             let o = h.run(&frame[..len], false);
             assert_eq!(o.verdict, XDP_PASS, "len {len}");
-            assert!(o.records.is_empty(), "a frame cut at {len} of {} must not be recorded", frame.len());
-            assert_eq!(o.delta.get(DIR_INGRESS, Counter::Malformed), 1, "len {len} of {}", frame.len());
+            assert!(
+                o.records.is_empty(),
+                "a frame cut at {len} of {} must not be recorded",
+                frame.len()
+            );
+            assert_eq!(
+                o.delta.get(DIR_INGRESS, Counter::Malformed),
+                1,
+                "len {len} of {}",
+                frame.len()
+            );
             assert_eq!(o.delta.get(DIR_INGRESS, Counter::Packets), 1);
         }
         let o = h.run(frame, false);
@@ -381,13 +465,21 @@ fn sampling_keeps_request_and_response_of_a_connection_together() {
             .ipv4([10, 1, 0, 2], [10, 1, 0, 1], 64)
             .tcp(80, port, 1, 100);
         let mut g = Vec::new();
-        resp.write(&mut g, b"HTTP/1.1 200 OK\r\n\r\n").expect("frame");
+        resp.write(&mut g, b"HTTP/1.1 200 OK\r\n\r\n")
+            .expect("frame");
         let a = h.run(&f, false);
         let b = h.run(&g, true);
-        assert_eq!(a.records.len(), b.records.len(), "port {port}: request and response sampled apart");
+        assert_eq!(
+            a.records.len(),
+            b.records.len(),
+            "port {port}: request and response sampled apart"
+        );
         kept += a.records.len() as u64;
         sampled += a.delta.get(DIR_INGRESS, Counter::SampledOut);
-        assert_eq!(a.records.len() as u64 + a.delta.get(DIR_INGRESS, Counter::SampledOut), 1);
+        assert_eq!(
+            a.records.len() as u64 + a.delta.get(DIR_INGRESS, Counter::SampledOut),
+            1
+        );
     }
     assert_eq!(kept + sampled, 200);
     // 1 in 4 with a decent hash: far from 0 and from 200.
@@ -419,8 +511,14 @@ fn flows_accumulate_per_direction() {
     }
     h.run(&frame, true);
     let flows = h.maps.flows();
-    let ingress: Vec<_> = flows.iter().filter(|f| f.key.direction == DIR_INGRESS).collect();
-    let egress: Vec<_> = flows.iter().filter(|f| f.key.direction == DIR_EGRESS).collect();
+    let ingress: Vec<_> = flows
+        .iter()
+        .filter(|f| f.key.direction == DIR_INGRESS)
+        .collect();
+    let egress: Vec<_> = flows
+        .iter()
+        .filter(|f| f.key.direction == DIR_EGRESS)
+        .collect();
     assert_eq!(ingress.len(), 1);
     assert_eq!(egress.len(), 1);
     assert_eq!(ingress[0].stats.packets, 5);
@@ -428,5 +526,11 @@ fn flows_accumulate_per_direction() {
     assert_eq!(ingress[0].stats.payload_bytes, 50);
     assert!(ingress[0].stats.first_ns > 0 && ingress[0].stats.last_ns >= ingress[0].stats.first_ns);
     assert_eq!(egress[0].stats.packets, 1);
-    assert_eq!(h.maps.counters().expect("counters").total(Counter::FlowInserts), 2);
+    assert_eq!(
+        h.maps
+            .counters()
+            .expect("counters")
+            .total(Counter::FlowInserts),
+        2
+    );
 }

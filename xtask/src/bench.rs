@@ -5,7 +5,11 @@ use anyhow::Result;
 use crate::{ebpf, setup, util};
 
 /// (name, cargo bench target, needs the eBPF object)
-const BENCHES: &[(&str, &str, bool)] = &[("xdp", "xdp", true), ("decode", "decode", false), ("forecast", "forecast", false)];
+const BENCHES: &[(&str, &str, bool)] = &[
+    ("xdp", "xdp", true),
+    ("decode", "decode", false),
+    ("forecast", "forecast", false),
+];
 
 pub fn run(filter: Option<&str>) -> Result<()> {
     setup::run()?;

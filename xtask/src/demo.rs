@@ -23,7 +23,15 @@ pub fn run(seconds: u64) -> Result<()> {
     }
     setup::run()?;
     ebpf::build()?;
-    util::cargo(&["build", "--release", "--bins", "-p", "shadowtap-agent", "-p", "shadowtap-tests"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--bins",
+        "-p",
+        "shadowtap-agent",
+        "-p",
+        "shadowtap-tests",
+    ])?;
     let bin = util::root().join("target/release");
     let agent_bin = bin.join("shadowtap-agent");
     let peer_bin = bin.join("shadowtap-httppeer");
@@ -47,7 +55,13 @@ pub fn run(seconds: u64) -> Result<()> {
     let mut server = pair
         .server
         .command(&peer_bin)
-        .args(["server", "--listen", &format!("{server_v4}:8080"), "--listen", &format!("[{server_v6}]:8080")])
+        .args([
+            "server",
+            "--listen",
+            &format!("{server_v4}:8080"),
+            "--listen",
+            &format!("[{server_v6}]:8080"),
+        ])
         .args(["--max-seconds", &(seconds + 20).to_string()])
         .stdout(Stdio::null())
         .spawn()
@@ -55,7 +69,17 @@ pub fn run(seconds: u64) -> Result<()> {
     let mut agent = pair
         .server
         .command(&agent_bin)
-        .args(["run", "--iface", &pair.server_if, "--mode", "host", "--output", "-", "--stats-interval", "2"])
+        .args([
+            "run",
+            "--iface",
+            &pair.server_if,
+            "--mode",
+            "host",
+            "--output",
+            "-",
+            "--stats-interval",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting shadowtap-agent")?;
@@ -80,8 +104,21 @@ pub fn run(seconds: u64) -> Result<()> {
             let status = pair
                 .client
                 .command(&peer_bin)
-                .args(["client", "--connect", &target, "--hosts", "shop.example,api.example,static.example"])
-                .args(["--connections", "4", "--requests-per-conn", "5", "--pipeline", "2"])
+                .args([
+                    "client",
+                    "--connect",
+                    &target,
+                    "--hosts",
+                    "shop.example,api.example,static.example",
+                ])
+                .args([
+                    "--connections",
+                    "4",
+                    "--requests-per-conn",
+                    "5",
+                    "--pipeline",
+                    "2",
+                ])
                 .stdout(Stdio::null())
                 .status()
                 .context("running the HTTP client peer")?;

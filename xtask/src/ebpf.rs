@@ -20,7 +20,8 @@ pub fn build() -> Result<()> {
     )?;
     eprintln!(
         "xtask: eBPF object at {}",
-        dir.join("target/bpfel-unknown-none/release/shadowtap").display()
+        dir.join("target/bpfel-unknown-none/release/shadowtap")
+            .display()
     );
     Ok(())
 }

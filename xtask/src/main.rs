@@ -62,7 +62,14 @@ fn test(extra: &[String]) -> Result<()> {
     setup::run()?;
     ebpf::build()?;
     util::cargo(&["fmt", "--all", "--", "--check"])?;
-    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     // Build the binaries the integration tests start (agent, HTTP peer) before running them.
     util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];

@@ -42,7 +42,9 @@ fn ensure_broker() -> Result<()> {
         eprintln!("xtask: nisshi {NISSHI_VERSION} present");
         return Ok(());
     }
-    eprintln!("xtask: installing the nisshi {NISSHI_VERSION} Kafka-compatible broker (about 16 minutes on 2 cores)");
+    eprintln!(
+        "xtask: installing the nisshi {NISSHI_VERSION} Kafka-compatible broker (about 16 minutes on 2 cores)"
+    );
     util::run(Command::new("cargo").args([
         &format!("+{TOOLCHAIN}"),
         "install",
@@ -89,10 +91,24 @@ fn apt() -> Result<()> {
 
 /// rust-src for build-std, and bpf-linker built against Debian's LLVM 22.
 pub fn ensure_ebpf_toolchain() -> Result<()> {
-    let has_src = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", TOOLCHAIN]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let has_src = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
-        util::run(Command::new("rustup").args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal", "--component", "rust-src,rustfmt,clippy"]))?;
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,rustfmt,clippy",
+        ]))?;
     }
     let linker_ok = output(Command::new("bpf-linker").arg("--version"))
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION));

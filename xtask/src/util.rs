@@ -45,7 +45,9 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 /// Output of `cmd` as a string, if it ran successfully.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn is_root() -> bool {

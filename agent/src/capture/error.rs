@@ -19,13 +19,17 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the kernel verifier rejected program {program}: {io_error}\n--- verifier log ---\n{log}")]
+    #[error(
+        "the kernel verifier rejected program {program}: {io_error}\n--- verifier log ---\n{log}"
+    )]
     Verifier {
         program: &'static str,
         io_error: std::io::Error,
         log: String,
     },
-    #[error("program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
+    #[error(
+        "program {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)"
+    )]
     MissingProgram(&'static str),
     #[error("map {0} is missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
     MissingMap(&'static str),
@@ -62,7 +66,9 @@ impl CaptureError {
             if is_permission(io_error) {
                 return Self::Privilege {
                     action: "creating BPF maps".into(),
-                    source: std::io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(libc::EPERM)),
+                    source: std::io::Error::from_raw_os_error(
+                        io_error.raw_os_error().unwrap_or(libc::EPERM),
+                    ),
                 };
             }
         }

@@ -4,7 +4,9 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
-use shadowtap_common::{COUNTER_COUNT, COUNTER_SLOTS, Counter, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats};
+use shadowtap_common::{
+    COUNTER_COUNT, COUNTER_SLOTS, Counter, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats,
+};
 
 use super::CaptureError;
 
@@ -17,7 +19,11 @@ pub struct CounterSnapshot {
 
 impl CounterSnapshot {
     pub fn get(&self, dir: u8, counter: Counter) -> u64 {
-        let block = if dir == DIR_EGRESS { &self.egress } else { &self.ingress };
+        let block = if dir == DIR_EGRESS {
+            &self.egress
+        } else {
+            &self.ingress
+        };
         block[counter as usize]
     }
 
@@ -52,10 +58,15 @@ pub struct KernelMaps {
 
 impl KernelMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, CaptureError> {
-        let counters = ebpf.take_map("COUNTERS").ok_or(CaptureError::MissingMap("COUNTERS"))?;
-        let flows = ebpf.take_map("FLOWS").ok_or(CaptureError::MissingMap("FLOWS"))?;
+        let counters = ebpf
+            .take_map("COUNTERS")
+            .ok_or(CaptureError::MissingMap("COUNTERS"))?;
+        let flows = ebpf
+            .take_map("FLOWS")
+            .ok_or(CaptureError::MissingMap("FLOWS"))?;
         Ok(Self {
-            counters: PerCpuArray::try_from(counters).map_err(|e| CaptureError::Map("COUNTERS", e))?,
+            counters: PerCpuArray::try_from(counters)
+                .map_err(|e| CaptureError::Map("COUNTERS", e))?,
             flows: PerCpuHashMap::try_from(flows).map_err(|e| CaptureError::Map("FLOWS", e))?,
         })
     }

@@ -17,14 +17,17 @@ use aya::{
     maps::{Array, HashMap, MapData, RingBuf},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
 };
-use shadowtap_common::{AF_V4, Config, FlowKey, MAX_FILTER_PORTS, MAX_SNAPLEN, MODE_HOST, MODE_TAP};
+use shadowtap_common::{
+    AF_V4, Config, FlowKey, MAX_FILTER_PORTS, MAX_SNAPLEN, MODE_HOST, MODE_TAP,
+};
 use tracing::{info, warn};
 
 pub use error::CaptureError;
 pub use maps::{CounterSnapshot, FlowEntry, KernelMaps};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadowtap.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadowtap.bpf.o"));
 
 pub const XDP_PROGRAM: &str = "shadowtap_xdp";
 pub const TC_PROGRAM: &str = "shadowtap_tc";
@@ -92,10 +95,16 @@ impl TapOptions {
             });
         }
         let page = 4096u32;
-        if self.ringbuf_bytes < page || !(self.ringbuf_bytes / page).is_power_of_two() || self.ringbuf_bytes % page != 0 {
+        if self.ringbuf_bytes < page
+            || !(self.ringbuf_bytes / page).is_power_of_two()
+            || self.ringbuf_bytes % page != 0
+        {
             return Err(CaptureError::InvalidOption {
                 field: "ringbuf-size",
-                reason: format!("must be a power-of-two multiple of 4 KiB, got {} bytes", self.ringbuf_bytes),
+                reason: format!(
+                    "must be a power-of-two multiple of 4 KiB, got {} bytes",
+                    self.ringbuf_bytes
+                ),
             });
         }
         if self.flow_entries == 0 {
@@ -161,10 +170,12 @@ impl Tap {
             .map_err(CaptureError::from_ebpf)?;
         for name in [XDP_PROGRAM, XDP_BASELINE_PROGRAM] {
             let prog: &mut Xdp = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| CaptureError::from_program(name, e))?;
+            prog.load()
+                .map_err(|e| CaptureError::from_program(name, e))?;
         }
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
-        tc.load().map_err(|e| CaptureError::from_program(TC_PROGRAM, e))?;
+        tc.load()
+            .map_err(|e| CaptureError::from_program(TC_PROGRAM, e))?;
 
         let mut tap = Self {
             ebpf,
@@ -176,7 +187,9 @@ impl Tap {
 
     fn configure(&mut self, opts: &TapOptions) -> Result<(), CaptureError> {
         let mut config: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf.map_mut("CONFIG").ok_or(CaptureError::MissingMap("CONFIG"))?,
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or(CaptureError::MissingMap("CONFIG"))?,
         )
         .map_err(|e| CaptureError::Map("CONFIG", e))?;
         config
@@ -245,13 +258,18 @@ impl Tap {
     }
 
     /// Starts forwarding the kernel's aya-log records to `tracing` (via the `log` facade).
-    pub fn init_kernel_log(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, CaptureError> {
+    pub fn init_kernel_log(
+        &mut self,
+    ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, CaptureError> {
         aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| CaptureError::Log(e.to_string()))
     }
 
     /// Takes the ring buffer of records (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(CaptureError::MissingMap("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(CaptureError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|e| CaptureError::Map("EVENTS", e))
     }
 
@@ -272,7 +290,8 @@ where
     let prog = ebpf
         .program_mut(name)
         .ok_or(CaptureError::MissingProgram(name))?;
-    prog.try_into().map_err(|e| CaptureError::from_program(name, e))
+    prog.try_into()
+        .map_err(|e| CaptureError::from_program(name, e))
 }
 
 /// Converts a flow key's address bytes to an `IpAddr`.
@@ -282,6 +301,9 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
         let d = Ipv4Addr::new(key.dst[0], key.dst[1], key.dst[2], key.dst[3]);
         (IpAddr::V4(s), IpAddr::V4(d))
     } else {
-        (IpAddr::V6(Ipv6Addr::from(key.src)), IpAddr::V6(Ipv6Addr::from(key.dst)))
+        (
+            IpAddr::V6(Ipv6Addr::from(key.src)),
+            IpAddr::V6(Ipv6Addr::from(key.dst)),
+        )
     }
 }

@@ -1,0 +1,281 @@
+//! Running the real `shadowtap-agent` for live tests.
+//!
+//! Contract used here (from the project brief):
+//! `shadowtap-agent run --iface IF --mode host|tap --xdp-mode driver|skb --output FILE
+//! --stats-interval S` writes JSON lines to FILE and, on SIGINT/SIGTERM, a final `stats` line,
+//! then detaches. `shadowtap-agent replay --pcap FILE --output OUT` decodes a capture with the
+//! same decoder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::bpf::{Attachments, attachments};
+use crate::error::{Error, Result};
+use crate::events::EventLog;
+use crate::netns::Netns;
+use crate::process::BackgroundProcess;
+use crate::support::target_dir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// XDP ingress and tc egress, packets pass.
+    Host,
+    /// XDP ingress only, packets are accounted then dropped.
+    Tap,
+}
+
+impl CaptureMode {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Tap => "tap",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Driver,
+    Skb,
+}
+
+impl XdpMode {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        }
+    }
+
+    /// The hook name [`crate::bpf`] reports for this mode.
+    pub fn hook_name(self) -> &'static str {
+        match self {
+            Self::Driver => "xdp driver",
+            Self::Skb => "xdp skb",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub iface: String,
+    pub mode: CaptureMode,
+    pub xdp_mode: XdpMode,
+    pub stats_interval_secs: u32,
+    pub extra_args: Vec<String>,
+}
+
+/// The agent binary: `SHADOWTAP_AGENT_BIN`, else the newer of `target/{debug,release}`.
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SHADOWTAP_AGENT_BIN") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Precondition(format!(
+                "SHADOWTAP_AGENT_BIN={} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let target = target_dir();
+    let newest = ["debug", "release"]
+        .iter()
+        .map(|profile| target.join(profile).join("shadowtap-agent"))
+        .filter_map(|p| {
+            let modified = p.metadata().and_then(|m| m.modified()).ok()?;
+            Some((modified, p))
+        })
+        .max_by_key(|(modified, _)| *modified);
+    newest.map(|(_, p)| p).ok_or_else(|| {
+        Error::Precondition(format!(
+            "shadowtap-agent not built: no {0}/debug/shadowtap-agent or {0}/release/shadowtap-agent \
+             (run `cargo xtask build-ebpf && cargo build -p shadowtap-agent`, or set \
+             SHADOWTAP_AGENT_BIN)",
+            target.display()
+        ))
+    })
+}
+
+/// A running agent; killed if dropped while running.
+pub struct RunningAgent {
+    process: BackgroundProcess,
+    output: PathBuf,
+    config: AgentConfig,
+}
+
+/// What a stopped agent left behind.
+pub struct AgentExit {
+    pub status: ExitStatus,
+    pub log: EventLog,
+    pub stderr: String,
+}
+
+impl RunningAgent {
+    /// Starts `shadowtap-agent run` inside `ns`; its output goes to `work_dir/agent.jsonl`.
+    pub fn start(ns: &Netns, config: &AgentConfig, work_dir: &Path) -> Result<Self> {
+        let binary = agent_binary()?;
+        let output = work_dir.join("agent.jsonl");
+        let interval = config.stats_interval_secs.to_string();
+        let mut args: Vec<String> = [
+            "run",
+            "--iface",
+            &config.iface,
+            "--mode",
+            config.mode.as_arg(),
+            "--xdp-mode",
+            config.xdp_mode.as_arg(),
+            "--output",
+            &output.to_string_lossy(),
+            "--stats-interval",
+            &interval,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(config.extra_args.iter().cloned());
+        let mut cmd = ns.command(&binary);
+        cmd.args(&args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let process = BackgroundProcess::spawn(cmd, "agent", work_dir)?;
+        Ok(Self {
+            process,
+            output,
+            config: config.clone(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn output_path(&self) -> &Path {
+        &self.output
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        self.process.stderr_tail()
+    }
+
+    /// Waits until XDP (in the requested mode) and, in host mode, a tc egress program are
+    /// attached to the interface. Fails at once if the agent exits first, and if XDP is
+    /// attached in another mode than requested.
+    pub fn wait_attached(&mut self, ns: &Netns, timeout: Duration) -> Result<Attachments> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                return Err(Error::Precondition(format!(
+                    "shadowtap-agent exited ({status}) before attaching to {}; {}",
+                    self.config.iface,
+                    self.process.stderr_tail()
+                )));
+            }
+            let found = attachments(ns, &self.config.iface)?;
+            let wanted_hook = self.config.xdp_mode.hook_name();
+            if let Some(other) = found.xdp.iter().find(|p| p.hook != wanted_hook) {
+                return Err(Error::Precondition(format!(
+                    "asked for {wanted_hook} but the agent attached {} (prog {})",
+                    other.hook, other.id
+                )));
+            }
+            let ready = !found.xdp.is_empty()
+                && (self.config.mode == CaptureMode::Tap || found.has_tc_egress());
+            if ready {
+                return Ok(found);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("agent attaching to {}", self.config.iface),
+                    timeout,
+                    detail: format!("attached so far: {found:?}; {}", self.process.stderr_tail()),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The events written so far (a line being written is left out).
+    pub fn events(&self) -> Result<EventLog> {
+        if !self.output.exists() {
+            return Ok(EventLog::default());
+        }
+        EventLog::read(&self.output, true)
+    }
+
+    /// Polls the output until `done` holds or `timeout` passes; returns whether it held.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&EventLog) -> bool) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.events()?) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` (SIGINT or SIGTERM for a clean stop), waits for the exit and reads the
+    /// whole output, which must then consist of complete lines.
+    pub fn stop(mut self, signal: i32, timeout: Duration) -> Result<AgentExit> {
+        let status = self.process.stop(signal, timeout)?;
+        if !self.output.is_file() {
+            return Err(Error::Precondition(format!(
+                "shadowtap-agent exited ({status}) without writing {}; {}",
+                self.output.display(),
+                self.process.stderr_tail()
+            )));
+        }
+        let log = EventLog::read(&self.output, false)?;
+        Ok(AgentExit {
+            status,
+            log,
+            stderr: self.process.stderr()?,
+        })
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.process.stop(libc::SIGKILL, Duration::from_secs(5))
+    }
+}
+
+/// Decodes `pcap` with `shadowtap-agent replay` and returns its events.
+pub fn replay(pcap: &Path, work_dir: &Path, extra_args: &[&str]) -> Result<EventLog> {
+    let binary = agent_binary()?;
+    let stem = pcap.file_name().map_or_else(
+        || "capture".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let output = work_dir.join(format!("replay-{stem}.jsonl"));
+    let mut cmd = Command::new(&binary);
+    cmd.arg("replay")
+        .arg("--pcap")
+        .arg(pcap)
+        .arg("--output")
+        .arg(&output)
+        .args(extra_args);
+    let mut process = BackgroundProcess::spawn(cmd, &format!("replay-{stem}"), work_dir)?;
+    let status = process.wait_timeout(Duration::from_secs(60))?;
+    if !status.success() {
+        return Err(Error::CommandFailed {
+            command: process.command().to_owned(),
+            status: status.to_string(),
+            stderr: process.stderr_tail(),
+        });
+    }
+    if !output.is_file() {
+        return Err(Error::Precondition(format!(
+            "`{}` exited 0 but wrote no {}; {}",
+            process.command(),
+            output.display(),
+            process.stderr_tail()
+        )));
+    }
+    EventLog::read(&output, false)
+}
