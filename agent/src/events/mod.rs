@@ -1,0 +1,288 @@
+//! Events stage: connection tracking, request/response pairing and the JSON event types.
+//!
+//! The JSON shape is the event contract (see the project brief): one object per line,
+//! `kind` first, then the common packet fields, then the kind's own fields.
+
+mod flow;
+mod lru;
+mod tracker;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+
+pub use flow::{FlowTable, FlowTableConfig, FlowTableStats};
+pub use tracker::{Tracker, TrackerConfig, TrackerStats};
+
+use crate::decode::PacketMeta;
+
+/// Which hook saw the packet. Pcap replay reports `ingress` (a tap sees traffic arriving)
+/// unless a Linux cooked header marks the packet as outgoing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    /// From the kernel's `DIR_INGRESS` / `DIR_EGRESS` byte.
+    pub fn from_kernel(dir: u8) -> Option<Self> {
+        match dir {
+            shadowtap_common::DIR_INGRESS => Some(Self::Ingress),
+            shadowtap_common::DIR_EGRESS => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Where and when a packet was seen; supplied by the capture or replay stage.
+#[derive(Clone, Debug)]
+pub struct PacketContext {
+    /// Unix-epoch nanoseconds.
+    pub ts_ns: u64,
+    /// Interface name (for pcap replay: the file name).
+    pub iface: Arc<str>,
+    pub direction: Direction,
+}
+
+fn serialize_arc_str<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// Fields every packet-derived event carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventCommon {
+    pub ts_ns: u64,
+    #[serde(serialize_with = "serialize_arc_str")]
+    pub iface: Arc<str>,
+    pub direction: Direction,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl EventCommon {
+    pub fn of(ctx: &PacketContext, meta: &PacketMeta<'_>) -> Self {
+        Self {
+            ts_ns: ctx.ts_ns,
+            iface: Arc::clone(&ctx.iface),
+            direction: ctx.direction,
+            src: meta.src,
+            dst: meta.dst,
+            src_port: meta.src_port,
+            dst_port: meta.dst_port,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnOpenEvent {
+    #[serde(flatten)]
+    pub common: EventCommon,
+    /// false: the client's SYN; true: the server's SYN-ACK.
+    pub syn_ack: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloseReason {
+    Fin,
+    Rst,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnCloseEvent {
+    #[serde(flatten)]
+    pub common: EventCommon,
+    pub reason: CloseReason,
+    /// Since the first SYN of the connection, when that was seen.
+    pub duration_us: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpRequestEvent {
+    #[serde(flatten)]
+    pub common: EventCommon,
+    pub method: String,
+    pub path: String,
+    /// `HTTP/1.x`, null when the request line was cut before it.
+    pub version: Option<String>,
+    pub host: Option<String>,
+    /// On-wire TCP payload length of the segment carrying the head.
+    pub bytes: u32,
+    pub content_length: Option<u64>,
+    /// The captured head ended (snaplen) before the end of the headers.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpResponseEvent {
+    #[serde(flatten)]
+    pub common: EventCommon,
+    pub status: Option<u16>,
+    pub bytes: u32,
+    pub content_length: Option<u64>,
+    pub truncated: bool,
+    /// From the paired request's head to this response's head.
+    pub latency_us: Option<u64>,
+    /// Of the paired request.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsClientHelloEvent {
+    #[serde(flatten)]
+    pub common: EventCommon,
+    pub sni: Option<String>,
+    /// Highest version offered, e.g. `TLS1.3`.
+    pub tls_version: String,
+    pub bytes: u32,
+}
+
+/// Per-direction flow counters: from the kernel's flow map, or from [`FlowTable`] on the
+/// pcap path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowEvent {
+    /// `ts_ns` is the flow's last packet; the addresses are the direction's source/dest.
+    #[serde(flatten)]
+    pub common: EventCommon,
+    pub proto: FlowProto,
+    pub packets: u64,
+    /// Frame bytes.
+    pub bytes: u64,
+    /// TCP/UDP payload bytes.
+    pub payload_bytes: u64,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    /// OR of the TCP flag bytes seen (0 for UDP).
+    pub tcp_flags: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowProto {
+    Tcp,
+    Udp,
+}
+
+impl FlowProto {
+    pub fn from_ip_proto(proto: u8) -> Option<Self> {
+        match proto {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl FlowEvent {
+    /// Builds a flow event from one entry of the kernel's per-flow map (stats already summed
+    /// over CPUs). `mono_to_epoch_ns` is added to the kernel's monotonic timestamps. `None`
+    /// for protocols other than TCP/UDP or an unknown address family.
+    pub fn from_kernel(
+        key: &shadowtap_common::FlowKey,
+        stats: &shadowtap_common::FlowStats,
+        iface: Arc<str>,
+        mono_to_epoch_ns: u64,
+    ) -> Option<Self> {
+        let addr = |raw: &[u8; 16]| -> Option<IpAddr> {
+            match key.family {
+                shadowtap_common::AF_V4 => Some(IpAddr::from([raw[0], raw[1], raw[2], raw[3]])),
+                shadowtap_common::AF_V6 => Some(IpAddr::from(*raw)),
+                _ => None,
+            }
+        };
+        let first = stats.first_ns.saturating_add(mono_to_epoch_ns);
+        let last = stats.last_ns.saturating_add(mono_to_epoch_ns);
+        Some(Self {
+            common: EventCommon {
+                ts_ns: last,
+                iface,
+                direction: Direction::from_kernel(key.direction)?,
+                src: addr(&key.src)?,
+                dst: addr(&key.dst)?,
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+            },
+            proto: FlowProto::from_ip_proto(key.proto)?,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            payload_bytes: stats.payload_bytes,
+            first_ts_ns: first,
+            last_ts_ns: last,
+            tcp_flags: stats.tcp_flags,
+        })
+    }
+}
+
+/// The final (and periodic) counters line. The body is free-form so that the live agent can
+/// add kernel counters per direction and replay its own; keys are `snake_case` counter names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsEvent {
+    pub ts_ns: u64,
+    #[serde(flatten)]
+    pub counters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One line of the event stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    ConnOpen(ConnOpenEvent),
+    ConnClose(ConnCloseEvent),
+    HttpRequest(HttpRequestEvent),
+    HttpResponse(HttpResponseEvent),
+    TlsClientHello(TlsClientHelloEvent),
+    Flow(FlowEvent),
+    Stats(StatsEvent),
+}
+
+impl Event {
+    /// The `kind` string of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ConnOpen(_) => "conn_open",
+            Event::ConnClose(_) => "conn_close",
+            Event::HttpRequest(_) => "http_request",
+            Event::HttpResponse(_) => "http_response",
+            Event::TlsClientHello(_) => "tls_client_hello",
+            Event::Flow(_) => "flow",
+            Event::Stats(_) => "stats",
+        }
+    }
+}
+
+/// Counts of events written, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    pub conn_open: u64,
+    pub conn_close: u64,
+    pub http_request: u64,
+    pub http_response: u64,
+    pub tls_client_hello: u64,
+    pub flow: u64,
+    pub stats: u64,
+}
+
+impl EventCounts {
+    pub fn record(&mut self, event: &Event) {
+        let slot = match event {
+            Event::ConnOpen(_) => &mut self.conn_open,
+            Event::ConnClose(_) => &mut self.conn_close,
+            Event::HttpRequest(_) => &mut self.http_request,
+            Event::HttpResponse(_) => &mut self.http_response,
+            Event::TlsClientHello(_) => &mut self.tls_client_hello,
+            Event::Flow(_) => &mut self.flow,
+            Event::Stats(_) => &mut self.stats,
+        };
+        *slot += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;
