@@ -12,6 +12,9 @@ pub const MAX_CAPTURE: usize = 1024;
 /// Default and maximum HTTP payload head copied per record.
 pub const DEFAULT_SNAPLEN: u16 = 128;
 pub const MAX_SNAPLEN: u16 = 256;
+/// Smallest useful snaplen: both sides classify on the first 8 payload bytes, and a request
+/// line needs a few more to name its path.
+pub const MIN_SNAPLEN: u16 = 16;
 /// TLS ClientHello heads are copied up to this many payload bytes (SNI lives in the extensions).
 pub const TLS_HEAD_LEN: u16 = 768;
 /// Capacity of the optional port filter map.

@@ -29,6 +29,8 @@ enum Command {
     Run(RunArgs),
     /// Decode a pcap/pcapng file with the same decoder and tracker as the live path (no root).
     Replay(ReplayArgs),
+    /// Compare predictive scaling with a reactive autoscaler on a recorded demand series.
+    Backtest(shadowtap_agent::backtest::BacktestArgs),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
     let result: Result<()> = match cli.command {
         Command::Run(args) => runtime::run(&args),
         Command::Replay(args) => replay(&args),
+        Command::Backtest(args) => shadowtap_agent::backtest::run_backtest(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,9 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use shadowtap_common::{
-    Counter, DIR_EGRESS, FlowKey, FlowStats, MAX_SNAPLEN, RECORD_HEADER_LEN, RecordHeader,
-};
+use shadowtap_common::{Counter, DIR_EGRESS, FlowKey, FlowStats, RECORD_HEADER_LEN, RecordHeader};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
@@ -90,12 +88,6 @@ impl RunArgs {
                 "invalid option --kernel-log: {other:?} (off, error, warn, info, debug, trace)"
             ),
         };
-        if self.snaplen == 0 || self.snaplen > MAX_SNAPLEN {
-            bail!(
-                "invalid option --snaplen: must be between 1 and {MAX_SNAPLEN}, got {}",
-                self.snaplen
-            );
-        }
         if self.stats_interval == 0 {
             bail!("invalid option --stats-interval: must be at least 1 second");
         }
@@ -412,13 +404,23 @@ fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<usize> {
 
 async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let mut tap = Tap::load(opts)?;
-    let _kernel_log = match tap.init_kernel_log() {
-        Ok(l) => Some(l),
+    // aya-log records arrive on their own ring buffer; flush it whenever its fd is readable.
+    let kernel_log = match tap.init_kernel_log() {
+        // SAFETY: the logger owns its ring-buffer fd for its whole life.
+        Ok(l) => match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(error = %e, "kernel log forwarding unavailable");
+                None
+            }
+        },
         Err(e) => {
             warn!(error = %e, "kernel log forwarding unavailable");
             None
         }
     };
+    let mut kernel_log = kernel_log;
     let ring = tap.take_events()?;
     let mut maps = tap.take_maps()?;
     for iface in &args.ifaces {
@@ -494,6 +496,16 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
                     malformed = kernel.total(Counter::Malformed),
                     "stats"
                 );
+            }
+            guard = async {
+                match kernel_log.as_mut() {
+                    Some(fd) => fd.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard.context("waiting on the kernel log ring")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             _ = metrics_tick.tick() => {
                 let kernel = maps.counters()?;

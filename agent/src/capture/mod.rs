@@ -18,7 +18,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
 };
 use shadowtap_common::{
-    AF_V4, Config, FlowKey, MAX_FILTER_PORTS, MAX_SNAPLEN, MODE_HOST, MODE_TAP,
+    AF_V4, Config, FlowKey, MAX_FILTER_PORTS, MAX_SNAPLEN, MIN_SNAPLEN, MODE_HOST, MODE_TAP,
 };
 use tracing::{info, warn};
 
@@ -76,10 +76,13 @@ pub struct TapOptions {
 
 impl TapOptions {
     pub fn validate(&self) -> Result<(), CaptureError> {
-        if self.snaplen == 0 || self.snaplen > MAX_SNAPLEN {
+        if self.snaplen < MIN_SNAPLEN || self.snaplen > MAX_SNAPLEN {
             return Err(CaptureError::InvalidOption {
                 field: "snaplen",
-                reason: format!("must be between 1 and {MAX_SNAPLEN}, got {}", self.snaplen),
+                reason: format!(
+                    "must be between {MIN_SNAPLEN} and {MAX_SNAPLEN}, got {}",
+                    self.snaplen
+                ),
             });
         }
         if self.sample_n == 0 {

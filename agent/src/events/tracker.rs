@@ -69,6 +69,8 @@ pub struct TrackerStats {
     /// beyond the pipelining depth.
     pub requests_unanswered: u64,
     pub conns_active: u64,
+    /// Gauge: closed connections still remembered until their idle expiry.
+    pub conns_closed_lingering: u64,
     pub requests_pending: u64,
 }
 
@@ -143,7 +145,11 @@ impl Tracker {
 
     pub fn stats(&self) -> TrackerStats {
         let mut s = self.stats;
-        s.conns_active = self.conns.len() as u64;
+        // Closed connections linger until idle expiry (late retransmissions of their FIN or
+        // last response are still recognised); they are not active.
+        let tracked = self.conns.len() as u64;
+        s.conns_active = self.conns.values().filter(|c| !c.closed).count() as u64;
+        s.conns_closed_lingering = tracked - s.conns_active;
         s.requests_pending = self
             .conns
             .values()
