@@ -104,8 +104,8 @@ impl Config {
     };
 }
 
-/// Indices into the per-CPU `COUNTERS` array. Each hook direction has its own block of
-/// `COUNTER_COUNT` slots: slot = direction * `COUNTER_COUNT` + counter.
+/// Indices into a [`Counters`] block (one block per hook direction in the per-CPU `COUNTERS`
+/// array).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -122,7 +122,9 @@ pub enum Counter {
 }
 
 pub const COUNTER_COUNT: u32 = 10;
-pub const COUNTER_SLOTS: u32 = COUNTER_COUNT * 2;
+
+/// The per-CPU value of the `COUNTERS` map: entry 0 is ingress, entry 1 egress.
+pub type Counters = [u64; COUNTER_COUNT as usize];
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [

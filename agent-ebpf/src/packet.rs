@@ -37,16 +37,22 @@ fn bounded(len: u32) -> Option<u32> {
 
 pub struct XdpPacket {
     ctx: *mut xdp_md,
-    len: u32,
+    data: usize,
+    data_end: usize,
     ifindex: u32,
 }
+
+/// Largest offset a header read may start at. Bounding the offset gives the verifier a
+/// known range for `data + offset`, which direct packet access requires.
+const MAX_HEADER_OFFSET: usize = 4096;
 
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
         Self {
             ctx: ctx.ctx,
-            len: (ctx.data_end() - ctx.data()) as u32,
+            data: ctx.data(),
+            data_end: ctx.data_end(),
             ifindex: ctx.ingress_ifindex() as u32,
         }
     }
@@ -55,7 +61,7 @@ impl XdpPacket {
 impl Packet for XdpPacket {
     #[inline(always)]
     fn len(&self) -> u32 {
-        self.len
+        (self.data_end - self.data) as u32
     }
 
     #[inline(always)]
@@ -63,13 +69,20 @@ impl Packet for XdpPacket {
         self.ifindex
     }
 
+    /// Direct packet access: XDP frames are linear (we do not opt into multi-buffer), so a
+    /// bounds check against `data_end` replaces a helper call per header.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        let mut buf = [0u8; N];
-        // SAFETY: the helper writes at most N bytes into `buf` and fails on short packets.
-        let ret =
-            unsafe { bpf_xdp_load_bytes(self.ctx, offset, buf.as_mut_ptr().cast(), N as u32) };
-        (ret == 0).then_some(buf)
+        let off = offset as usize;
+        if off > MAX_HEADER_OFFSET {
+            return None;
+        }
+        let start = self.data + off;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: [start, start + N) lies inside the frame, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
     }
 
     #[inline(always)]

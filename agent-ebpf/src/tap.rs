@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use shadowtap_common::{
-    AF_V4, AF_V6, COUNTER_COUNT, COUNTER_SLOTS, Config, Counter, DEFAULT_FLOW_ENTRIES, FlowKey,
-    FlowStats, MAX_CAPTURE, MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordKind, TLS_HEAD_LEN,
+    AF_V4, AF_V6, Config, Counter, Counters, DEFAULT_FLOW_ENTRIES, FlowKey, FlowStats, MAX_CAPTURE,
+    MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordKind, TLS_HEAD_LEN,
 };
 
 use crate::packet::Packet;
@@ -18,8 +18,9 @@ use crate::packet::Packet;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// One block of counters per hook direction: a single lookup per packet finds them all.
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -46,13 +47,17 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
+/// This CPU's counter block for one direction (null only if the map were missing).
+type Ctrs = *mut Counters;
+
 #[inline(always)]
-fn count(dir: u8, counter: Counter, value: u64) {
-    let slot = dir as u32 * COUNTER_COUNT + counter as u32;
-    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *p += value };
+fn count(ctrs: Ctrs, counter: Counter, value: u64) {
+    if ctrs.is_null() {
+        return;
     }
+    // SAFETY: per-CPU block, no concurrent writer on this CPU while the program runs; the
+    // index is a constant below COUNTER_COUNT.
+    unsafe { (*ctrs)[counter as usize] += value };
 }
 
 #[inline(always)]
@@ -84,17 +89,20 @@ pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
         None => Config::DEFAULT,
     };
     let frame_len = pkt.len();
-    count(dir, Counter::Packets, 1);
-    count(dir, Counter::Bytes, frame_len as u64);
+    let ctrs: Ctrs = COUNTERS
+        .get_ptr_mut(dir as u32)
+        .unwrap_or(core::ptr::null_mut());
+    count(ctrs, Counter::Packets, 1);
+    count(ctrs, Counter::Bytes, frame_len as u64);
 
     let parsed = match walk(pkt, dir) {
         Walk::Ok(p) => p,
         Walk::NonIp => {
-            count(dir, Counter::NonIp, 1);
+            count(ctrs, Counter::NonIp, 1);
             return cfg.mode;
         }
         Walk::Malformed => {
-            count(dir, Counter::Malformed, 1);
+            count(ctrs, Counter::Malformed, 1);
             debug!(pkt_ctx(), "malformed frame of {} bytes", frame_len);
             return cfg.mode;
         }
@@ -104,19 +112,19 @@ pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
         && PORT_FILTER.get_ptr(&parsed.key.src_port).is_none()
         && PORT_FILTER.get_ptr(&parsed.key.dst_port).is_none()
     {
-        count(dir, Counter::Filtered, 1);
+        count(ctrs, Counter::Filtered, 1);
         return cfg.mode;
     }
 
     // SAFETY: reading the kernel's monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    update_flow(&parsed, frame_len, now, dir);
+    update_flow(&parsed, frame_len, now, ctrs);
 
     if let Some(kind) = classify(pkt, &parsed) {
         if kind != RecordKind::TcpControl && !sampled_in(&parsed.key, cfg.sample_n) {
-            count(dir, Counter::SampledOut, 1);
+            count(ctrs, Counter::SampledOut, 1);
         } else {
-            emit(pkt, &parsed, kind, &cfg, frame_len, now, dir);
+            emit(pkt, &parsed, kind, &cfg, frame_len, now, dir, ctrs);
         }
     }
     cfg.mode
@@ -305,7 +313,7 @@ fn walk<P: Packet>(pkt: &P, dir: u8) -> Walk {
 }
 
 #[inline(always)]
-fn update_flow(p: &Parsed, frame_len: u32, now: u64, dir: u8) {
+fn update_flow(p: &Parsed, frame_len: u32, now: u64, ctrs: Ctrs) {
     if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
         // SAFETY: per-CPU value of an existing entry; only this CPU writes it now.
         unsafe {
@@ -331,9 +339,9 @@ fn update_flow(p: &Parsed, frame_len: u32, now: u64, dir: u8) {
         _pad: 0,
     };
     if FLOWS.insert(&p.key, &stats, 0).is_ok() {
-        count(dir, Counter::FlowInserts, 1);
+        count(ctrs, Counter::FlowInserts, 1);
     } else {
-        count(dir, Counter::FlowUpdateFailed, 1);
+        count(ctrs, Counter::FlowUpdateFailed, 1);
     }
 }
 
@@ -411,6 +419,7 @@ fn emit<P: Packet>(
     frame_len: u32,
     now: u64,
     dir: u8,
+    ctrs: Ctrs,
 ) {
     let want_payload = match kind {
         RecordKind::TcpControl => 0,
@@ -437,7 +446,7 @@ fn emit<P: Packet>(
     }
 
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-        count(dir, Counter::RingbufReserveFailed, 1);
+        count(ctrs, Counter::RingbufReserveFailed, 1);
         return;
     };
     let rec = entry.as_mut_ptr();
@@ -453,10 +462,10 @@ fn emit<P: Packet>(
         (*rec).header._pad = 0;
         if !pkt.copy_head((*rec).data.as_mut_ptr(), cap) {
             entry.discard(0);
-            count(dir, Counter::Malformed, 1);
+            count(ctrs, Counter::Malformed, 1);
             return;
         }
     }
     entry.submit(0);
-    count(dir, Counter::Events, 1);
+    count(ctrs, Counter::Events, 1);
 }

@@ -5,7 +5,7 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
 use shadowtap_common::{
-    COUNTER_COUNT, COUNTER_SLOTS, Counter, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats,
+    COUNTER_COUNT, Counter, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats,
 };
 
 use super::CaptureError;
@@ -52,7 +52,7 @@ pub struct FlowEntry {
 }
 
 pub struct KernelMaps {
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counters>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
 }
 
@@ -73,18 +73,19 @@ impl KernelMaps {
 
     pub fn counters(&self) -> Result<CounterSnapshot, CaptureError> {
         let mut snap = CounterSnapshot::default();
-        for slot in 0..COUNTER_SLOTS {
-            let values = self
+        for (dir, block) in [
+            (DIR_INGRESS, &mut snap.ingress),
+            (DIR_EGRESS, &mut snap.egress),
+        ] {
+            let per_cpu = self
                 .counters
-                .get(&slot, 0)
+                .get(&u32::from(dir), 0)
                 .map_err(|e| CaptureError::Map("COUNTERS", e))?;
-            let sum: u64 = values.iter().sum();
-            let (block, idx) = if slot >= COUNTER_COUNT {
-                (&mut snap.egress, slot - COUNTER_COUNT)
-            } else {
-                (&mut snap.ingress, slot)
-            };
-            block[idx as usize] = sum;
+            for cpu in per_cpu.iter() {
+                for (sum, v) in block.iter_mut().zip(cpu) {
+                    *sum += v;
+                }
+            }
         }
         Ok(snap)
     }
