@@ -1,0 +1,230 @@
+//! Model stage: per-resource and per-client behavioural models built from the event stream.
+//!
+//! A **resource** is a service (destination `addr:port`, refined by HTTP `Host` or TLS SNI
+//! when seen); a **client** is a source address, optionally aggregated to a prefix. Each keeps
+//! event-time windows (see [`crate::windows`]) of requests, connections, bytes, request-size
+//! and latency histograms, status classes and a top-k endpoint mix; closed windows come out as
+//! mergeable [`WindowSummary`]s. Resources also keep a bounded demand series for the
+//! forecaster, and every entity an hour-of-week profile.
+//!
+//! Memory is bounded: at most `max_resources` / `max_clients` entities (CLOCK eviction, with
+//! counters), `max_templates` endpoint templates, `max_connections` connections in flight.
+//! Finding an existing entity or template hashes the event's borrowed strings and never
+//! allocates.
+
+mod conns;
+mod demand;
+mod ids;
+mod queries;
+mod snapshot;
+mod store;
+mod summary;
+mod table;
+mod templates;
+
+#[cfg(test)]
+mod pcap_tests;
+#[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+pub use ids::{
+    ClientId, EntityId, ID_PLACEHOLDER, IdParseError, MAX_TEMPLATE_LEN, OTHER_TEMPLATE, ResourceId,
+    endpoint_template, is_id_segment, normalize_host,
+};
+pub use store::ModelStore;
+pub use summary::{StatusClasses, WindowSummary, hdr_base64};
+pub use table::HOURS_PER_WEEK;
+
+use crate::windows::{BASE_NS, Level};
+
+/// Errors of the model stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model config `{field}`: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("demand step of {step_ms} ms is not a positive multiple of the {base_ms} ms base step")]
+    Step { step_ms: u128, base_ms: u64 },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model snapshot is corrupt: {0}")]
+    Snapshot(String),
+}
+
+/// Which closed windows become [`WindowSummary`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, one per window level and entity kind"
+)]
+pub struct EmitConfig {
+    pub second: bool,
+    pub ten_seconds: bool,
+    pub minute: bool,
+    /// Also emit client summaries (resources always are, at the levels above).
+    pub clients: bool,
+}
+
+impl Default for EmitConfig {
+    fn default() -> Self {
+        Self {
+            second: true,
+            ten_seconds: true,
+            minute: true,
+            clients: false,
+        }
+    }
+}
+
+impl EmitConfig {
+    pub fn level(&self, level: Level) -> bool {
+        match level {
+            Level::Second => self.second,
+            Level::TenSeconds => self.ten_seconds,
+            Level::Minute => self.minute,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelConfig {
+    /// Resources modelled at once; beyond, CLOCK eviction (counted).
+    pub max_resources: usize,
+    /// Clients modelled at once; beyond, CLOCK eviction (counted).
+    pub max_clients: usize,
+    /// Clients are aggregated to this IPv4 prefix length (32 = per address).
+    pub client_prefix_v4: u8,
+    /// Clients are aggregated to this IPv6 prefix length (128 = per address).
+    pub client_prefix_v6: u8,
+    /// Refine resources by HTTP `Host` / TLS SNI.
+    pub refine_by_host: bool,
+    /// Events this much older than the latest are still counted; older ones are
+    /// `late_dropped`.
+    pub allowed_lateness_ns: u64,
+    /// Endpoint templates listed per summary (the rest is `endpoints_other`).
+    pub top_k: usize,
+    /// Space-saving counters per window (≥ `top_k`; more counters, more exact counts).
+    pub endpoint_counters: usize,
+    /// Distinct `METHOD /template` endpoints kept; further ones count as `(other)`.
+    pub max_templates: usize,
+    /// Connections in flight tracked for attribution and concurrency.
+    pub max_connections: usize,
+    /// Step of the demand series, seconds.
+    pub demand_step_secs: u64,
+    /// Demand steps kept per resource.
+    pub demand_history: usize,
+    pub emit: EmitConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            max_resources: 4096,
+            max_clients: 16_384,
+            client_prefix_v4: 32,
+            client_prefix_v6: 128,
+            refine_by_host: true,
+            allowed_lateness_ns: BASE_NS,
+            top_k: 10,
+            endpoint_counters: 32,
+            max_templates: 4096,
+            max_connections: 65_536,
+            demand_step_secs: 60,
+            demand_history: 1440,
+            emit: EmitConfig::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field, reason: &str| {
+            Err(ModelError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_resources == 0 || self.max_resources > u32::MAX as usize / 2 {
+            return bad("max_resources", "must be in 1..=2^31");
+        }
+        if self.max_clients == 0 || self.max_clients > u32::MAX as usize / 2 {
+            return bad("max_clients", "must be in 1..=2^31");
+        }
+        if self.client_prefix_v4 > 32 {
+            return bad("client_prefix_v4", "must be at most 32");
+        }
+        if self.client_prefix_v6 > 128 {
+            return bad("client_prefix_v6", "must be at most 128");
+        }
+        if self.allowed_lateness_ns > 600 * BASE_NS {
+            return bad("allowed_lateness_ns", "must be at most 10 minutes");
+        }
+        if self.top_k == 0 {
+            return bad("top_k", "must be at least 1");
+        }
+        if self.endpoint_counters < self.top_k || self.endpoint_counters > 1024 {
+            return bad("endpoint_counters", "must be in top_k..=1024");
+        }
+        if self.max_templates < 2 || self.max_templates > u32::MAX as usize / 2 {
+            return bad("max_templates", "must be in 2..=2^31");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.demand_step_secs == 0 || self.demand_step_secs > 7 * 86_400 {
+            return bad("demand_step_secs", "must be in 1..=604800");
+        }
+        if self.demand_history == 0 || self.demand_history > 1_000_000 {
+            return bad("demand_history", "must be in 1..=1000000");
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the model stage (monotonic unless marked as a gauge). Every event that was
+/// not counted in a window is counted here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelStats {
+    pub events: u64,
+    pub http_requests: u64,
+    pub http_responses: u64,
+    pub conn_opens: u64,
+    pub conn_closes: u64,
+    pub tls_client_hellos: u64,
+    /// `flow` and `stats` events (not modelled).
+    pub ignored: u64,
+    /// Events older than the oldest open window.
+    pub late_dropped: u64,
+    /// `conn_close` of a connection not tracked (opened before the model started, or
+    /// evicted).
+    pub closes_untracked: u64,
+    pub summaries_emitted: u64,
+    pub resources_created: u64,
+    pub resources_evicted: u64,
+    /// Gauge.
+    pub resources_active: u64,
+    pub clients_created: u64,
+    pub clients_evicted: u64,
+    /// Gauge.
+    pub clients_active: u64,
+    /// Gauge: distinct endpoint templates.
+    pub templates: u64,
+    /// Requests counted under the `(other)` template (table full, path too long, odd method).
+    pub templates_other: u64,
+    /// Gauge.
+    pub conns_tracked: u64,
+    /// Connections dropped from tracking to make room.
+    pub conns_evicted: u64,
+    /// Gauge: watermark (latest event time minus the allowed lateness), unix ns.
+    pub watermark_ns: u64,
+}

@@ -1,0 +1,128 @@
+use std::time::Duration;
+
+use super::tests::request;
+use super::*;
+use crate::windows::{BASE_NS, Level};
+
+const S: u64 = BASE_NS;
+const MONDAY: u64 = 1_704_067_200 * S;
+
+fn busy_model() -> ModelStore {
+    let mut model = ModelStore::new(ModelConfig {
+        max_clients: 50,
+        emit: EmitConfig {
+            clients: true,
+            ..EmitConfig::default()
+        },
+        ..ModelConfig::default()
+    })
+    .expect("config");
+    for i in 0..3000u64 {
+        let client = format!("192.0.2.{}", i % 97);
+        let path = format!("/orders/{}/lines", i % 13);
+        let host = ["a.example", "b.example"][(i % 2) as usize];
+        model.observe(&request(MONDAY + i * S / 20, &client, Some(host), &path));
+    }
+    model
+}
+
+fn feed_more(model: &mut ModelStore) -> Vec<WindowSummary> {
+    for i in 0..500u64 {
+        let client = format!("192.0.2.{}", i % 7);
+        model.observe(&request(
+            MONDAY + 150 * S + i * S / 10,
+            &client,
+            Some("a.example"),
+            "/x",
+        ));
+    }
+    model.flush();
+    model.drain_summaries().collect()
+}
+
+#[test]
+fn snapshot_round_trip_resumes_identically() {
+    let mut original = busy_model();
+    let mut bytes = Vec::new();
+    original.write_snapshot(&mut bytes).expect("snapshot");
+    let mut restored = ModelStore::read_snapshot(&bytes[..]).expect("restore");
+    assert_eq!(restored.stats(), original.stats());
+    assert_eq!(restored.config(), original.config());
+    let id = ResourceId::new("10.0.0.1:80".parse().expect("addr"), Some("a.example"));
+    assert_eq!(
+        restored
+            .demand_series(&id, Duration::from_secs(60))
+            .expect("series"),
+        original
+            .demand_series(&id, Duration::from_secs(60))
+            .expect("series"),
+    );
+    assert_eq!(
+        restored.hour_of_week(&EntityId::Resource(id.clone())),
+        original.hour_of_week(&EntityId::Resource(id.clone())),
+    );
+    // Both continue the same way: same summaries, same counters.
+    let a = feed_more(&mut original);
+    let b = feed_more(&mut restored);
+    assert!(a.iter().any(|s| s.level() == Some(Level::Minute)));
+    assert_eq!(a, b);
+    assert_eq!(restored.stats(), original.stats());
+    // And through a file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.json");
+    original.save_snapshot(&path).expect("save");
+    let from_file = ModelStore::load_snapshot(&path).expect("load");
+    assert_eq!(from_file.stats(), original.stats());
+}
+
+#[test]
+fn corrupt_snapshots_are_errors_not_panics() {
+    let model = busy_model();
+    let mut bytes = Vec::new();
+    model.write_snapshot(&mut bytes).expect("snapshot");
+    let text = String::from_utf8(bytes.clone()).expect("utf-8");
+
+    // Truncated at many points, garbage, empty.
+    for cut in (0..bytes.len()).step_by(bytes.len() / 37 + 1) {
+        let err = ModelStore::read_snapshot(&bytes[..cut])
+            .err()
+            .expect("truncated");
+        assert!(matches!(err, ModelError::Snapshot(_)), "{err}");
+    }
+    assert!(matches!(
+        ModelStore::read_snapshot(&b"\x00\xffnot json"[..]),
+        Err(ModelError::Snapshot(_))
+    ));
+
+    // Well-formed JSON whose content is inconsistent.
+    let tamper = [
+        (r#""version":1"#, r#""version":99"#),
+        (r#""max_clients":50"#, r#""max_clients":5"#),
+        (r#""templates":["(other)""#, r#""templates":["oops""#),
+        (r#""buckets":[["#, r#""buckets":[[65000,1],["#),
+        (r#""entries":[["#, r#""entries":[[4000000,1],["#),
+        (r#""hour_of_week":["#, r#""hour_of_week":[1,"#),
+        (r#""resource":"#, r#""resource":"not an id","x":"#),
+    ];
+    for (from, to) in tamper {
+        assert!(text.contains(from), "snapshot has {from}");
+        let bad = text.replacen(from, to, 1);
+        let err = ModelStore::read_snapshot(bad.as_bytes()).err().expect(from);
+        assert!(matches!(err, ModelError::Snapshot(_)), "{from}: {err}");
+    }
+    // A duplicated entity.
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut dup = v.clone();
+    let first = dup["resources"][0].clone();
+    dup["resources"].as_array_mut().expect("array").push(first);
+    let err = ModelStore::read_snapshot(dup.to_string().as_bytes())
+        .err()
+        .expect("duplicate");
+    assert!(err.to_string().contains("twice"), "{err}");
+
+    let err = ModelStore::load_snapshot(std::path::Path::new("/nonexistent/model.json"))
+        .err()
+        .expect("missing");
+    assert!(matches!(err, ModelError::Io { .. }));
+    assert!(err.to_string().contains("/nonexistent/model.json"));
+}

@@ -1,0 +1,576 @@
+//! [`ModelStore`]: the event → entity → window path, window closing, and queries.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::conns::{Attribution, Conn, ConnKey, ConnTable};
+use super::ids::{ClientId, EntityId, ResourceId, normalize_host, resource_hash};
+use super::summary::WindowSummary;
+use super::table::{Entity, EntityKey, EntityTable, HOURS_PER_WEEK};
+use super::templates::Templates;
+use super::{ModelConfig, ModelError, ModelStats};
+use crate::events::{
+    ConnCloseEvent, ConnOpenEvent, Event, HttpRequestEvent, HttpResponseEvent, TlsClientHelloEvent,
+};
+use crate::windows::{Clock, Level, WindowAcc, status_slot};
+
+impl EntityKey for ResourceId {
+    fn entity_id(&self) -> EntityId {
+        EntityId::Resource(self.clone())
+    }
+    fn key_hash(&self) -> u64 {
+        resource_hash(self.addr, self.host.as_deref())
+    }
+    fn heap_bytes(&self) -> usize {
+        self.host.as_ref().map_or(0, String::capacity)
+    }
+}
+
+impl EntityKey for ClientId {
+    fn entity_id(&self) -> EntityId {
+        EntityId::Client(*self)
+    }
+    fn key_hash(&self) -> u64 {
+        self.hash64()
+    }
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// The behavioural models of every resource and client, fed with [`Event`]s.
+///
+/// Closed windows accumulate as [`WindowSummary`]s until [`ModelStore::drain_summaries`].
+pub struct ModelStore {
+    pub(super) config: ModelConfig,
+    pub(super) ring_len: usize,
+    pub(super) clock: Clock,
+    pub(super) resources: EntityTable<ResourceId>,
+    pub(super) clients: EntityTable<ClientId>,
+    pub(super) templates: Templates,
+    pub(super) conns: ConnTable,
+    pub(super) stats: ModelStats,
+    pub(super) summaries: Vec<WindowSummary>,
+    pub(super) summaries_drained: u64,
+}
+
+/// Hour of week of a second since the epoch (Monday 00:00 UTC = 0; the epoch was a Thursday).
+pub(super) fn hour_of_week(secs: u64) -> usize {
+    ((secs / 3600 + 72) % HOURS_PER_WEEK as u64) as usize
+}
+
+/// Records into entity `slot`'s window `index` and lists it as active; the window's
+/// concurrency maximum sees the gauge before and after `update`.
+#[inline]
+fn touch<K>(
+    table: &mut EntityTable<K>,
+    slot: u32,
+    index: u64,
+    ring_len: usize,
+    update: impl FnOnce(&mut WindowAcc, &mut u64),
+) {
+    if let Some(e) = table.get_mut(slot) {
+        let acc = e.windows.record(index, ring_len);
+        acc.concurrent_max = acc.concurrent_max.max(e.open_conns);
+        update(acc, &mut e.open_conns);
+        acc.concurrent_max = acc.concurrent_max.max(e.open_conns);
+        table.mark_active(slot);
+    }
+}
+
+/// Closes `entity`'s windows up to `closed_until`; 1 s windows feed the hour-of-week profile
+/// and, `with_demand`, the demand series. Summaries and roll-ups are made when `detail`.
+/// Returns whether windows remain open.
+fn close_entity<K: EntityKey>(
+    entity: &mut Entity<K>,
+    closed_until: u64,
+    config: &ModelConfig,
+    templates: &[Box<str>],
+    out: &mut Vec<WindowSummary>,
+    detail: bool,
+    with_demand: bool,
+) -> bool {
+    let Entity {
+        key,
+        windows,
+        hour_of_week: profile,
+        demand,
+        ..
+    } = entity;
+    windows.close(
+        closed_until,
+        config.endpoint_counters,
+        detail,
+        &mut |level, start, acc| {
+            if level == Level::Second {
+                if profile.len() != HOURS_PER_WEEK {
+                    profile.resize(HOURS_PER_WEEK, 0);
+                }
+                profile[hour_of_week(start)] += acc.requests;
+                if with_demand {
+                    demand.add(
+                        start,
+                        acc.requests,
+                        config.demand_step_secs,
+                        config.demand_history,
+                    );
+                }
+            }
+            if detail && config.emit.level(level) {
+                out.push(WindowSummary::from_acc(
+                    key.entity_id(),
+                    level,
+                    start,
+                    acc,
+                    templates,
+                    config.top_k,
+                ));
+            }
+        },
+    )
+}
+
+impl ModelStore {
+    pub fn new(config: ModelConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        Ok(Self {
+            ring_len: Clock::ring_len(config.allowed_lateness_ns),
+            clock: Clock::new(config.allowed_lateness_ns),
+            resources: EntityTable::new(config.max_resources),
+            clients: EntityTable::new(config.max_clients),
+            templates: Templates::new(config.max_templates),
+            conns: ConnTable::new(config.max_connections),
+            stats: ModelStats::default(),
+            summaries: Vec::new(),
+            summaries_drained: 0,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Feeds one event. Time advances to the event's timestamp first (closing windows).
+    pub fn observe(&mut self, event: &Event) {
+        self.stats.events += 1;
+        match event {
+            Event::HttpRequest(r) => {
+                self.stats.http_requests += 1;
+                if let Some(index) = self.admit(r.common.ts_ns) {
+                    self.on_request(r, index);
+                }
+            }
+            Event::HttpResponse(r) => {
+                self.stats.http_responses += 1;
+                if let Some(index) = self.admit(r.common.ts_ns) {
+                    self.on_response(r, index);
+                }
+            }
+            Event::TlsClientHello(t) => {
+                self.stats.tls_client_hellos += 1;
+                if let Some(index) = self.admit(t.common.ts_ns) {
+                    self.on_client_hello(t, index);
+                }
+            }
+            Event::ConnOpen(o) => {
+                self.stats.conn_opens += 1;
+                self.advance_to(o.common.ts_ns);
+                self.on_conn_open(o);
+            }
+            Event::ConnClose(c) => {
+                self.stats.conn_closes += 1;
+                let index = self.admit(c.common.ts_ns);
+                self.on_conn_close(c, index);
+            }
+            Event::Flow(_) | Event::Stats(_) => self.stats.ignored += 1,
+        }
+    }
+
+    /// Moves event time forward (e.g. from a timer when traffic stops), closing windows.
+    pub fn advance_to(&mut self, ts_ns: u64) {
+        if let Some(step) = self.clock.advance(ts_ns) {
+            self.close_windows(step.to);
+        }
+    }
+
+    /// Closes every open window (end of a replay or shutdown). Events at or before the latest
+    /// timestamp seen are late afterwards.
+    pub fn flush(&mut self) {
+        if let Some(step) = self.clock.close_all() {
+            self.close_windows(step.to);
+        }
+    }
+
+    /// Summaries of the windows closed so far, oldest first per entity.
+    /// The caller must drain regularly: pending summaries are not bounded by the model.
+    pub fn drain_summaries(&mut self) -> std::vec::Drain<'_, WindowSummary> {
+        self.summaries_drained += self.summaries.len() as u64;
+        self.summaries.drain(..)
+    }
+
+    /// Summaries waiting for [`Self::drain_summaries`].
+    pub fn pending_summaries(&self) -> usize {
+        self.summaries.len()
+    }
+
+    pub fn stats(&self) -> ModelStats {
+        let mut s = self.stats;
+        s.resources_created = self.resources.created;
+        s.resources_evicted = self.resources.evicted;
+        s.resources_active = self.resources.len() as u64;
+        s.clients_created = self.clients.created;
+        s.clients_evicted = self.clients.evicted;
+        s.clients_active = self.clients.len() as u64;
+        s.templates = self.templates.len() as u64 - 1;
+        s.templates_other = self.templates.other;
+        s.conns_tracked = self.conns.len() as u64;
+        s.conns_evicted = self.conns.evicted;
+        s.watermark_ns = self.clock.watermark_ns().unwrap_or(0);
+        s.summaries_emitted = self.summaries_drained + self.summaries.len() as u64;
+        s
+    }
+
+    fn admit(&mut self, ts_ns: u64) -> Option<u64> {
+        self.advance_to(ts_ns);
+        let index = self.clock.admit(ts_ns);
+        if index.is_none() {
+            self.stats.late_dropped += 1;
+        }
+        index
+    }
+
+    fn close_windows(&mut self, closed_until: u64) {
+        let Self {
+            config,
+            resources,
+            clients,
+            templates,
+            summaries,
+            ..
+        } = self;
+        let names = templates.names();
+        resources.for_each_active(|e| {
+            close_entity(e, closed_until, config, names, summaries, true, true)
+        });
+        let emit_clients = config.emit.clients;
+        clients.for_each_active(|e| {
+            close_entity(
+                e,
+                closed_until,
+                config,
+                names,
+                summaries,
+                emit_clients,
+                true,
+            )
+        });
+    }
+
+    fn refine<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
+        if self.config.refine_by_host {
+            host.and_then(normalize_host)
+        } else {
+            None
+        }
+    }
+
+    /// The slot of resource (`addr`, normalised `host`), created if new.
+    #[inline]
+    fn resource_slot(&mut self, addr: SocketAddr, host: Option<&str>) -> u32 {
+        let hash = resource_hash(addr, host);
+        let found = self.resources.find(hash, |k| {
+            k.addr == addr
+                && match (&k.host, host) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                    _ => false,
+                }
+        });
+        if let Some(slot) = found {
+            return slot;
+        }
+        let key = ResourceId {
+            addr,
+            host: host.map(str::to_ascii_lowercase),
+        };
+        let Self {
+            config,
+            resources,
+            templates,
+            summaries,
+            ..
+        } = self;
+        resources.insert(Entity::new(key, hash), |_, mut old| {
+            old.windows
+                .close_all(config.endpoint_counters, &mut |level, start, acc| {
+                    if config.emit.level(level) {
+                        summaries.push(WindowSummary::from_acc(
+                            old.key.entity_id(),
+                            level,
+                            start,
+                            acc,
+                            templates.names(),
+                            config.top_k,
+                        ));
+                    }
+                });
+        })
+    }
+
+    /// The slot of the client of `addr`, created if new.
+    #[inline]
+    fn client_slot(&mut self, addr: IpAddr) -> u32 {
+        let id = ClientId::of(
+            addr,
+            self.config.client_prefix_v4,
+            self.config.client_prefix_v6,
+        );
+        let hash = id.hash64();
+        if let Some(slot) = self.clients.find(hash, |k| *k == id) {
+            return slot;
+        }
+        let Self {
+            config,
+            clients,
+            templates,
+            summaries,
+            ..
+        } = self;
+        clients.insert(Entity::new(id, hash), |_, mut old| {
+            if config.emit.clients {
+                old.windows
+                    .close_all(config.endpoint_counters, &mut |level, start, acc| {
+                        if config.emit.level(level) {
+                            summaries.push(WindowSummary::from_acc(
+                                EntityId::Client(old.key),
+                                level,
+                                start,
+                                acc,
+                                templates.names(),
+                                config.top_k,
+                            ));
+                        }
+                    });
+            }
+        })
+    }
+
+    fn on_request(&mut self, r: &HttpRequestEvent, index: u64) {
+        let c = &r.common;
+        let server = SocketAddr::new(c.dst, c.dst_port);
+        let host = self.refine(r.host.as_deref());
+        let rs = self.resource_slot(server, host);
+        let cs = self.client_slot(c.src);
+        let template = self.templates.intern(&r.method, &r.path);
+        let size = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
+        let counters = self.config.endpoint_counters;
+        let update = |acc: &mut WindowAcc, _: &mut u64| {
+            acc.requests += 1;
+            acc.bytes_in = acc.bytes_in.saturating_add(size);
+            acc.request_size.record(size);
+            acc.endpoints.observe(template, counters);
+        };
+        touch(&mut self.resources, rs, index, self.ring_len, update);
+        if self.config.emit.clients {
+            touch(&mut self.clients, cs, index, self.ring_len, update);
+        } else {
+            // Nobody reads client histograms or endpoint mixes: count only.
+            touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
+                acc.requests += 1;
+                acc.bytes_in = acc.bytes_in.saturating_add(size);
+            });
+        }
+        let key = ConnKey {
+            client: SocketAddr::new(c.src, c.src_port),
+            server,
+        };
+        self.attribute(&key, rs, cs, index);
+    }
+
+    fn on_response(&mut self, r: &HttpResponseEvent, index: u64) {
+        let c = &r.common;
+        let server = SocketAddr::new(c.src, c.src_port);
+        let rs = if let Some(host) = self.refine(r.host.as_deref()) {
+            self.resource_slot(server, Some(host))
+        } else {
+            // Unpaired, or its request had no Host: the resource the connection counts on.
+            let key = ConnKey {
+                client: SocketAddr::new(c.dst, c.dst_port),
+                server,
+            };
+            let attributed = self
+                .conns
+                .attribution(&key)
+                .and_then(|a| self.resources.resolve(a.resource).map(|_| a.resource.slot));
+            match attributed {
+                Some(slot) => slot,
+                None => self.resource_slot(server, None),
+            }
+        };
+        let cs = self.client_slot(c.dst);
+        let bytes = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
+        let status = status_slot(r.status);
+        let latency = r.latency_us;
+        let update = |acc: &mut WindowAcc, _: &mut u64| {
+            acc.responses += 1;
+            acc.bytes_out = acc.bytes_out.saturating_add(bytes);
+            acc.status[status] += 1;
+            if let Some(us) = latency {
+                acc.latency_us.record(us);
+            }
+        };
+        touch(&mut self.resources, rs, index, self.ring_len, update);
+        if self.config.emit.clients {
+            touch(&mut self.clients, cs, index, self.ring_len, update);
+        } else {
+            touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
+                acc.responses += 1;
+                acc.bytes_out = acc.bytes_out.saturating_add(bytes);
+                acc.status[status] += 1;
+            });
+        }
+    }
+
+    fn on_client_hello(&mut self, t: &TlsClientHelloEvent, index: u64) {
+        let c = &t.common;
+        let server = SocketAddr::new(c.dst, c.dst_port);
+        let host = self.refine(t.sni.as_deref());
+        let rs = self.resource_slot(server, host);
+        let cs = self.client_slot(c.src);
+        let bytes = u64::from(t.bytes);
+        let update = |acc: &mut WindowAcc, _: &mut u64| {
+            acc.tls_handshakes += 1;
+            acc.bytes_in = acc.bytes_in.saturating_add(bytes);
+        };
+        touch(&mut self.resources, rs, index, self.ring_len, update);
+        touch(&mut self.clients, cs, index, self.ring_len, update);
+        let key = ConnKey {
+            client: SocketAddr::new(c.src, c.src_port),
+            server,
+        };
+        self.attribute(&key, rs, cs, index);
+    }
+
+    /// Counts the connection of `key` as opened on resource `rs` and client `cs`, if it is
+    /// tracked and not yet counted: in the window of its SYN when that is still open.
+    fn attribute(&mut self, key: &ConnKey, rs: u32, cs: u32, index: u64) {
+        let Some(conn) = self.conns.unattributed_mut(key) else {
+            return;
+        };
+        let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
+        let (Some(resource), Some(client)) =
+            (self.resources.entity_ref(rs), self.clients.entity_ref(cs))
+        else {
+            return;
+        };
+        self.conns.attribute(key, Attribution { resource, client });
+        let opened = |acc: &mut WindowAcc, open: &mut u64| {
+            acc.conns_opened += 1;
+            *open += 1;
+        };
+        touch(&mut self.resources, rs, open_index, self.ring_len, opened);
+        touch(&mut self.clients, cs, open_index, self.ring_len, opened);
+    }
+
+    fn on_conn_open(&mut self, o: &ConnOpenEvent) {
+        let c = &o.common;
+        let (src, dst) = (
+            SocketAddr::new(c.src, c.src_port),
+            SocketAddr::new(c.dst, c.dst_port),
+        );
+        // A SYN-ACK opens a connection whose SYN was not seen (the server answers).
+        let key = if o.syn_ack {
+            ConnKey {
+                client: dst,
+                server: src,
+            }
+        } else {
+            ConnKey {
+                client: src,
+                server: dst,
+            }
+        };
+        if let Some(evicted) = self.conns.open(key, c.ts_ns) {
+            self.forget_conn(&evicted);
+        }
+    }
+
+    /// Undoes the gauges of a connection that is no longer tracked.
+    fn forget_conn(&mut self, conn: &Conn) {
+        if let Some(a) = conn.attributed {
+            if let Some(e) = self.resources.resolve(a.resource) {
+                e.open_conns = e.open_conns.saturating_sub(1);
+            }
+            if let Some(e) = self.clients.resolve(a.client) {
+                e.open_conns = e.open_conns.saturating_sub(1);
+            }
+        }
+    }
+
+    fn on_conn_close(&mut self, c: &ConnCloseEvent, index: Option<u64>) {
+        let e = &c.common;
+        let (a, b) = (
+            SocketAddr::new(e.src, e.src_port),
+            SocketAddr::new(e.dst, e.dst_port),
+        );
+        let forward = ConnKey {
+            client: a,
+            server: b,
+        };
+        let backward = ConnKey {
+            client: b,
+            server: a,
+        };
+        let Some((key, conn)) = self
+            .conns
+            .remove(&forward)
+            .map(|conn| (forward, conn))
+            .or_else(|| self.conns.remove(&backward).map(|conn| (backward, conn)))
+        else {
+            self.stats.closes_untracked += 1;
+            return;
+        };
+        let Some(index) = index else {
+            // Too late to count the close, but the connection is gone all the same.
+            self.forget_conn(&conn);
+            return;
+        };
+        let closed = |acc: &mut WindowAcc, open: &mut u64| {
+            acc.conns_closed += 1;
+            *open = open.saturating_sub(1);
+        };
+        if let Some(att) = conn.attributed {
+            if self.resources.resolve(att.resource).is_some() {
+                touch(
+                    &mut self.resources,
+                    att.resource.slot,
+                    index,
+                    self.ring_len,
+                    closed,
+                );
+            }
+            if self.clients.resolve(att.client).is_some() {
+                touch(
+                    &mut self.clients,
+                    att.client.slot,
+                    index,
+                    self.ring_len,
+                    closed,
+                );
+            }
+        } else {
+            // No request or ClientHello named the service: count it on the address.
+            let rs = self.resource_slot(key.server, None);
+            let cs = self.client_slot(key.client.ip());
+            let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
+            let opened = |acc: &mut WindowAcc, open: &mut u64| {
+                acc.conns_opened += 1;
+                *open += 1;
+            };
+            touch(&mut self.resources, rs, open_index, self.ring_len, opened);
+            touch(&mut self.clients, cs, open_index, self.ring_len, opened);
+            touch(&mut self.resources, rs, index, self.ring_len, closed);
+            touch(&mut self.clients, cs, index, self.ring_len, closed);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Interned `METHOD /endpoint/{id}` templates: windows count endpoint ids, names are looked
+//! up only when a summary is built.
+
+use hashbrown::HashTable;
+
+use super::ids::{
+    MAX_TEMPLATE_LEN, OTHER_TEMPLATE, stored_template_hash, template_eq, template_hash,
+    template_key,
+};
+
+/// Longest method token given its own template.
+const MAX_METHOD_LEN: usize = 16;
+
+pub(crate) struct Templates {
+    /// Id → name; id 0 is [`OTHER_TEMPLATE`].
+    names: Vec<Box<str>>,
+    index: HashTable<u32>,
+    max: usize,
+    /// Requests counted under id 0.
+    pub other: u64,
+}
+
+impl Templates {
+    pub fn new(max: usize) -> Self {
+        Self {
+            names: vec![OTHER_TEMPLATE.into()],
+            index: HashTable::new(),
+            max: max.max(2),
+            other: 0,
+        }
+    }
+
+    /// Rebuilds a table from its names (snapshot restore); `names[0]` must be
+    /// [`OTHER_TEMPLATE`] and names must be distinct.
+    pub fn from_names(names: Vec<Box<str>>, max: usize) -> Result<Self, String> {
+        if names.first().map(|n| &**n) != Some(OTHER_TEMPLATE) {
+            return Err(format!("template 0 must be `{OTHER_TEMPLATE}`"));
+        }
+        if names.len() > max.max(2) {
+            return Err(format!("{} templates, at most {max}", names.len()));
+        }
+        let mut index = HashTable::new();
+        for (id, name) in names.iter().enumerate().skip(1) {
+            let hash = stored_template_hash(name);
+            if index
+                .find(hash, |&i: &u32| names[i as usize] == *name)
+                .is_some()
+            {
+                return Err(format!("template `{name}` listed twice"));
+            }
+            index.insert_unique(hash, id as u32, |&i| {
+                stored_template_hash(&names[i as usize])
+            });
+        }
+        Ok(Self {
+            names,
+            index,
+            max: max.max(2),
+            other: 0,
+        })
+    }
+
+    /// The id of the template of `method target`, added if new.
+    #[inline]
+    pub fn intern(&mut self, method: &str, target: &str) -> u32 {
+        if method.is_empty() || method.len() > MAX_METHOD_LEN || method.contains(' ') {
+            self.other += 1;
+            return 0;
+        }
+        let (hash, len) = template_hash(method, target);
+        if len > MAX_TEMPLATE_LEN {
+            self.other += 1;
+            return 0;
+        }
+        let names = &self.names;
+        if let Some(&id) = self
+            .index
+            .find(hash, |&i| template_eq(&names[i as usize], method, target))
+        {
+            return id;
+        }
+        if self.names.len() >= self.max {
+            self.other += 1;
+            return 0;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(template_key(method, target).into());
+        let names = &self.names;
+        self.index
+            .insert_unique(hash, id, |&i| stored_template_hash(&names[i as usize]));
+        id
+    }
+
+    pub fn names(&self) -> &[Box<str>] {
+        &self.names
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.names.capacity() * std::mem::size_of::<Box<str>>()
+            + self.names.iter().map(|n| n.len()).sum::<usize>()
+            + self.index.capacity() * 5
+    }
+}

@@ -1,0 +1,422 @@
+//! Windows stage: event-time tumbling windows of 1 s, rolled up to 10 s and 1 min.
+//!
+//! Time comes from the events' own timestamps (`ts_ns`), never the wall clock, so a pcap
+//! replay and a live capture window the same traffic identically. A [`Clock`] keeps the
+//! watermark (latest timestamp seen minus the allowed lateness): a 1 s window closes once the
+//! watermark passes its end, an event older than the oldest open window is late and dropped
+//! (the caller counts it). Each entity keeps its open windows in [`EntityWindows`]: a ring of
+//! 1 s accumulators (as many as the lateness can keep open) plus one open 10 s and one open
+//! 1 min accumulator. A closed 1 s window is folded into its 10 s window, a closed 10 s window
+//! into its minute, so the roll-ups are exact sums of what the 1 s windows reported.
+
+mod hist;
+mod topk;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use serde::{Deserialize, Serialize};
+
+pub use hist::{LogHistogram, MAX_VALUE, SIGNIFICANT_DIGITS, bucket_index, bucket_low, new_hdr};
+pub use topk::TopK;
+
+/// Length of the base window.
+pub const BASE_NS: u64 = 1_000_000_000;
+
+/// Window lengths, in base (1 s) windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// 1 s.
+    Second,
+    /// 10 s.
+    TenSeconds,
+    /// 60 s.
+    Minute,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::Second, Level::TenSeconds, Level::Minute];
+
+    /// Length in seconds.
+    pub const fn secs(self) -> u64 {
+        match self {
+            Level::Second => 1,
+            Level::TenSeconds => 10,
+            Level::Minute => 60,
+        }
+    }
+
+    pub const fn len_ns(self) -> u64 {
+        self.secs() * BASE_NS
+    }
+
+    /// The level whose windows are `len_ns` long.
+    pub fn from_len_ns(len_ns: u64) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.len_ns() == len_ns)
+    }
+}
+
+/// The event-time clock shared by every entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    lateness_ns: u64,
+    /// Latest event timestamp seen.
+    max_ts_ns: Option<u64>,
+    /// Index (in seconds since the epoch) of the oldest open 1 s window: every window before it
+    /// has closed.
+    closed_until: u64,
+}
+
+/// A window-close step: 1 s windows with index in `from..to` have just closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advance {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Clock {
+    pub fn new(lateness_ns: u64) -> Self {
+        Self {
+            lateness_ns,
+            max_ts_ns: None,
+            closed_until: 0,
+        }
+    }
+
+    /// Length of the ring of 1 s windows for this lateness: at least the number of windows
+    /// that can be open at once, rounded up to a power of two so a slot is a mask away.
+    pub fn ring_len(lateness_ns: u64) -> usize {
+        ((lateness_ns.div_ceil(BASE_NS) + 1) as usize).next_power_of_two()
+    }
+
+    pub fn lateness_ns(&self) -> u64 {
+        self.lateness_ns
+    }
+
+    pub fn max_ts_ns(&self) -> Option<u64> {
+        self.max_ts_ns
+    }
+
+    /// Every 1 s window with a smaller index (seconds since the epoch) has closed.
+    pub fn closed_until(&self) -> u64 {
+        self.closed_until
+    }
+
+    /// Latest timestamp seen minus the allowed lateness.
+    pub fn watermark_ns(&self) -> Option<u64> {
+        self.max_ts_ns.map(|t| t.saturating_sub(self.lateness_ns))
+    }
+
+    /// Moves time forward to `ts_ns` (an event's timestamp, or a timer's when traffic stops).
+    /// Returns the windows that closed, if any. Time never moves back.
+    pub fn advance(&mut self, ts_ns: u64) -> Option<Advance> {
+        match self.max_ts_ns {
+            None => {
+                self.max_ts_ns = Some(ts_ns);
+                self.closed_until = ts_ns.saturating_sub(self.lateness_ns) / BASE_NS;
+                None
+            }
+            Some(max) if ts_ns > max => {
+                self.max_ts_ns = Some(ts_ns);
+                let to = ts_ns.saturating_sub(self.lateness_ns) / BASE_NS;
+                (to > self.closed_until).then(|| {
+                    let from = std::mem::replace(&mut self.closed_until, to);
+                    Advance { from, to }
+                })
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Closes every window that has data, roll-ups included (end of stream): the clock moves
+    /// to the end of the minute of the latest timestamp, so events before that are late from
+    /// now on.
+    pub fn close_all(&mut self) -> Option<Advance> {
+        let max = self.max_ts_ns?;
+        let minute = Level::Minute.secs();
+        let to = (max / BASE_NS + 1).div_ceil(minute) * minute;
+        (to > self.closed_until).then(|| {
+            let from = std::mem::replace(&mut self.closed_until, to);
+            Advance { from, to }
+        })
+    }
+
+    /// The 1 s window index `ts_ns` falls in, or `None` when that window has closed (late).
+    #[inline]
+    pub fn admit(&self, ts_ns: u64) -> Option<u64> {
+        let index = ts_ns / BASE_NS;
+        (index >= self.closed_until).then_some(index)
+    }
+}
+
+/// Status slots of [`WindowAcc::status`]: 0 = missing or outside 100..=599, 1..=5 = class.
+#[inline]
+pub fn status_slot(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => (s / 100) as usize,
+        _ => 0,
+    }
+}
+
+/// What one entity did in one window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowAcc {
+    pub requests: u64,
+    pub responses: u64,
+    pub conns_opened: u64,
+    pub conns_closed: u64,
+    pub tls_handshakes: u64,
+    /// Highest number of concurrently open connections seen in the window.
+    pub concurrent_max: u64,
+    /// Client → service bytes (request heads and declared bodies).
+    pub bytes_in: u64,
+    /// Service → client bytes (response heads and declared bodies).
+    pub bytes_out: u64,
+    /// Responses per status class, see [`status_slot`].
+    pub status: [u64; 6],
+    pub request_size: LogHistogram,
+    pub latency_us: LogHistogram,
+    /// Interned endpoint template ids.
+    pub endpoints: TopK,
+}
+
+impl WindowAcc {
+    /// Folds a later window of the same entity into this one (time roll-up: counts add up,
+    /// the concurrency gauge keeps its maximum).
+    pub fn absorb(&mut self, other: &WindowAcc, endpoint_counters: usize) {
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.conns_opened += other.conns_opened;
+        self.conns_closed += other.conns_closed;
+        self.tls_handshakes += other.tls_handshakes;
+        self.concurrent_max = self.concurrent_max.max(other.concurrent_max);
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        for (a, b) in self.status.iter_mut().zip(other.status) {
+            *a += b;
+        }
+        self.request_size.merge(&other.request_size);
+        self.latency_us.merge(&other.latency_us);
+        self.endpoints.merge(&other.endpoints, endpoint_counters);
+    }
+
+    /// Empties the accumulator, keeping its storage.
+    pub fn reset(&mut self) {
+        let WindowAcc {
+            requests,
+            responses,
+            conns_opened,
+            conns_closed,
+            tls_handshakes,
+            concurrent_max,
+            bytes_in,
+            bytes_out,
+            status,
+            request_size,
+            latency_us,
+            endpoints,
+        } = self;
+        for counter in [
+            requests,
+            responses,
+            conns_opened,
+            conns_closed,
+            tls_handshakes,
+            concurrent_max,
+            bytes_in,
+            bytes_out,
+        ] {
+            *counter = 0;
+        }
+        *status = [0; 6];
+        request_size.clear();
+        latency_us.clear();
+        endpoints.clear();
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.request_size.heap_bytes() + self.latency_us.heap_bytes() + self.endpoints.heap_bytes()
+    }
+}
+
+/// One open window of an entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Start, in seconds since the epoch.
+    pub start: u64,
+    /// Holds data for the window starting at `start`.
+    pub used: bool,
+    pub acc: WindowAcc,
+}
+
+/// The open windows of one entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityWindows {
+    /// Ring of 1 s windows, indexed by window index modulo the ring length (empty until the
+    /// entity records something).
+    seconds: Vec<Slot>,
+    ten: Slot,
+    minute: Slot,
+}
+
+impl EntityWindows {
+    /// The accumulator of the 1 s window `index` (an index the [`Clock`] admitted).
+    #[inline]
+    pub fn record(&mut self, index: u64, ring_len: usize) -> &mut WindowAcc {
+        if self.seconds.len() != ring_len {
+            self.seconds.resize_with(ring_len, Slot::default);
+        }
+        // `ring_len` is a power of two (see `Clock::ring_len`).
+        let slot = &mut self.seconds[(index as usize) & (ring_len - 1)];
+        if slot.used && slot.start != index {
+            // The clock admits at most `ring_len` consecutive windows and every entity with
+            // data is closed before the clock moves on, so this is a bug, never input.
+            debug_assert!(
+                false,
+                "window {} still open when {index} arrived",
+                slot.start
+            );
+            slot.acc.reset();
+        }
+        slot.used = true;
+        slot.start = index;
+        &mut slot.acc
+    }
+
+    /// Whether any window (any level) holds data.
+    pub fn is_open(&self) -> bool {
+        self.ten.used || self.minute.used || self.seconds.iter().any(|s| s.used)
+    }
+
+    /// Closes every window that ends at or before second `closed_until`, oldest first, calling
+    /// `emit(level, start_secs, acc)` for each. Without `rollup`, only 1 s windows are kept
+    /// (for entities whose 10 s and 1 min windows nobody reads). Returns whether windows
+    /// remain open.
+    pub fn close(
+        &mut self,
+        closed_until: u64,
+        endpoint_counters: usize,
+        rollup: bool,
+        emit: &mut impl FnMut(Level, u64, &WindowAcc),
+    ) -> bool {
+        loop {
+            let next = self
+                .seconds
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.used && s.start < closed_until)
+                .min_by_key(|(_, s)| s.start)
+                .map(|(i, _)| i);
+            let Some(i) = next else { break };
+            let start = self.seconds[i].start;
+            let ten_start = start - start % 10;
+            if self.ten.used && self.ten.start != ten_start {
+                self.close_ten(endpoint_counters, emit);
+            }
+            let slot = &mut self.seconds[i];
+            emit(Level::Second, start, &slot.acc);
+            if rollup {
+                self.ten.acc.absorb(&slot.acc, endpoint_counters);
+                self.ten.used = true;
+                self.ten.start = ten_start;
+            }
+            slot.acc.reset();
+            slot.used = false;
+        }
+        if self.ten.used && self.ten.start + Level::TenSeconds.secs() <= closed_until {
+            self.close_ten(endpoint_counters, emit);
+        }
+        if self.minute.used && self.minute.start + Level::Minute.secs() <= closed_until {
+            emit(Level::Minute, self.minute.start, &self.minute.acc);
+            self.minute.acc.reset();
+            self.minute.used = false;
+        }
+        self.is_open()
+    }
+
+    fn close_ten(
+        &mut self,
+        endpoint_counters: usize,
+        emit: &mut impl FnMut(Level, u64, &WindowAcc),
+    ) {
+        let minute_start = self.ten.start - self.ten.start % 60;
+        if self.minute.used && self.minute.start != minute_start {
+            emit(Level::Minute, self.minute.start, &self.minute.acc);
+            self.minute.acc.reset();
+            self.minute.used = false;
+        }
+        emit(Level::TenSeconds, self.ten.start, &self.ten.acc);
+        self.minute.acc.absorb(&self.ten.acc, endpoint_counters);
+        self.minute.used = true;
+        self.minute.start = minute_start;
+        self.ten.acc.reset();
+        self.ten.used = false;
+    }
+
+    /// Closes every open window (eviction, end of stream).
+    pub fn close_all(
+        &mut self,
+        endpoint_counters: usize,
+        emit: &mut impl FnMut(Level, u64, &WindowAcc),
+    ) {
+        self.close(u64::MAX, endpoint_counters, true, emit);
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.seconds.capacity() * std::mem::size_of::<Slot>()
+            + self
+                .seconds
+                .iter()
+                .map(|s| s.acc.heap_bytes())
+                .sum::<usize>()
+            + self.ten.acc.heap_bytes()
+            + self.minute.acc.heap_bytes()
+    }
+
+    /// Every accumulator, for validation of restored state.
+    pub fn accs(&self) -> impl Iterator<Item = &WindowAcc> {
+        self.seconds
+            .iter()
+            .chain([&self.ten, &self.minute])
+            .map(|s| &s.acc)
+    }
+
+    /// Checks a deserialised value against the clock it will run under.
+    pub fn validate(
+        &self,
+        ring_len: usize,
+        closed_until: u64,
+        endpoint_ids: usize,
+    ) -> Result<(), String> {
+        if !ring_len.is_power_of_two() {
+            return Err(format!("ring of {ring_len} windows"));
+        }
+        if !self.seconds.is_empty() && self.seconds.len() != ring_len {
+            return Err(format!(
+                "{} 1 s windows, expected {ring_len}",
+                self.seconds.len()
+            ));
+        }
+        for (pos, slot) in self.seconds.iter().enumerate() {
+            if slot.used
+                && ((slot.start as usize) & (ring_len - 1) != pos
+                    || slot.start >= closed_until.saturating_add(ring_len as u64))
+            {
+                return Err(format!("1 s window {} in ring slot {pos}", slot.start));
+            }
+        }
+        if self.ten.used && !self.ten.start.is_multiple_of(10) {
+            return Err(format!("10 s window starts at {}", self.ten.start));
+        }
+        if self.minute.used && !self.minute.start.is_multiple_of(60) {
+            return Err(format!("1 min window starts at {}", self.minute.start));
+        }
+        for acc in self.accs() {
+            acc.request_size.validate()?;
+            acc.latency_us.validate()?;
+            acc.endpoints.validate(endpoint_ids)?;
+        }
+        Ok(())
+    }
+}

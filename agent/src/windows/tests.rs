@@ -1,0 +1,181 @@
+use super::*;
+
+const S: u64 = BASE_NS;
+
+#[test]
+fn clock_closes_on_watermark_and_flags_late_events() {
+    let mut clock = Clock::new(S); // 1 s lateness
+    assert_eq!(Clock::ring_len(S), 2);
+    assert_eq!(Clock::ring_len(S / 2), 2);
+    assert_eq!(Clock::ring_len(0), 1);
+    assert_eq!(
+        Clock::ring_len(2 * S),
+        4,
+        "3 windows open at most, rounded up"
+    );
+    assert_eq!(clock.advance(100 * S + 5), None);
+    assert_eq!(clock.closed_until(), 99);
+    assert_eq!(clock.admit(99 * S), Some(99));
+    // 101.2 s: the watermark (100.2 s) passes the end of window 99.
+    assert_eq!(
+        clock.advance(101 * S + S / 5),
+        Some(Advance { from: 99, to: 100 })
+    );
+    assert_eq!(clock.admit(99 * S + 999), None, "window 99 has closed");
+    assert_eq!(
+        clock.admit(100 * S),
+        Some(100),
+        "within the allowed lateness"
+    );
+    // Time never moves back.
+    assert_eq!(clock.advance(50 * S), None);
+    assert_eq!(clock.closed_until(), 100);
+    // The end of stream closes everything up to the end of the minute.
+    assert_eq!(clock.close_all(), Some(Advance { from: 100, to: 120 }));
+    assert_eq!(clock.admit(119 * S), None);
+    assert_eq!(clock.admit(120 * S), Some(120));
+}
+
+/// Deterministic pseudo-random numbers (xorshift) for reproducible tests.
+pub(crate) fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn rollups_are_exact_sums_of_seconds() {
+    let lateness = 2 * S;
+    let slots = Clock::ring_len(lateness);
+    let mut clock = Clock::new(lateness);
+    let mut w = EntityWindows::default();
+    let mut emitted: Vec<(Level, u64, WindowAcc)> = Vec::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut ts = 1_000 * S + 123;
+    let mut counted = 0u64;
+    let mut late = 0u64;
+    for _ in 0..20_000 {
+        // Mostly forward, sometimes up to 3 s back (some within lateness, some beyond).
+        let r = xorshift(&mut rng);
+        ts += r % (S / 50);
+        let event_ts = if r.is_multiple_of(10) {
+            ts.saturating_sub(r % (3 * S))
+        } else {
+            ts
+        };
+        if let Some(adv) = clock.advance(ts) {
+            w.close(adv.to, 8, true, &mut |l, s, a| {
+                emitted.push((l, s, a.clone()));
+            });
+        }
+        match clock.admit(event_ts) {
+            Some(index) => {
+                let acc = w.record(index, slots);
+                acc.requests += 1;
+                acc.bytes_in += r % 1000;
+                acc.request_size.record(r % 1000);
+                acc.status[(r % 6) as usize] += 1;
+                acc.endpoints.observe((r % 5) as u32, 8);
+                counted += 1;
+            }
+            None => late += 1,
+        }
+    }
+    assert!(late > 0, "the test must exercise late events");
+    if let Some(adv) = clock.close_all() {
+        w.close(adv.to, 8, true, &mut |l, s, a| {
+            emitted.push((l, s, a.clone()));
+        });
+    }
+    assert!(!w.is_open());
+    for level in Level::ALL {
+        let total: u64 = emitted
+            .iter()
+            .filter(|e| e.0 == level)
+            .map(|e| e.2.requests)
+            .sum();
+        assert_eq!(total, counted, "{level:?}");
+    }
+    // Every 10 s window equals the sum of its 1 s windows, every minute of its 10 s windows.
+    for (parent, child) in [
+        (Level::TenSeconds, Level::Second),
+        (Level::Minute, Level::TenSeconds),
+    ] {
+        let parents: Vec<_> = emitted.iter().filter(|e| e.0 == parent).collect();
+        assert!(parents.len() > 3);
+        for (_, start, acc) in parents {
+            let mut sum = WindowAcc::default();
+            for (_, s, a) in emitted.iter().filter(|e| e.0 == child) {
+                if (*start..start + parent.secs()).contains(s) {
+                    sum.absorb(a, 8);
+                }
+            }
+            assert_eq!(sum.requests, acc.requests);
+            assert_eq!(sum.bytes_in, acc.bytes_in);
+            assert_eq!(sum.status, acc.status);
+            assert_eq!(sum.request_size, acc.request_size);
+            assert_eq!(sum.endpoints.ranked(), acc.endpoints.ranked());
+            assert_eq!(acc.request_size.count(), acc.requests);
+        }
+    }
+    // Windows come out in time order per level.
+    for level in Level::ALL {
+        let starts: Vec<u64> = emitted
+            .iter()
+            .filter(|e| e.0 == level)
+            .map(|e| e.1)
+            .collect();
+        assert!(starts.windows(2).all(|p| p[0] < p[1]), "{level:?}");
+        assert!(starts.iter().all(|s| s % level.secs() == 0));
+    }
+}
+
+#[test]
+fn quiet_entity_closes_its_rollups_when_time_passes() {
+    let mut clock = Clock::new(0);
+    let mut w = EntityWindows::default();
+    let mut emitted = Vec::new();
+    clock.advance(125 * S);
+    let index = clock.admit(125 * S).expect("open");
+    w.record(index, 1).requests = 3;
+    // 10 s later the minute is still open, the 10 s window has closed.
+    let adv = clock.advance(135 * S).expect("advance");
+    assert!(w.close(adv.to, 4, true, &mut |l, s, a| {
+        emitted.push((l, s, a.requests));
+    }));
+    assert_eq!(
+        emitted,
+        vec![(Level::Second, 125, 3), (Level::TenSeconds, 120, 3)]
+    );
+    let adv = clock.advance(180 * S).expect("advance");
+    assert!(!w.close(adv.to, 4, true, &mut |l, s, a| {
+        emitted.push((l, s, a.requests));
+    }));
+    assert_eq!(emitted.last(), Some(&(Level::Minute, 120, 3)));
+}
+
+#[test]
+fn validate_rejects_misplaced_windows() {
+    let mut w = EntityWindows::default();
+    w.record(7, 2).requests = 1;
+    assert!(w.validate(2, 7, 1).is_ok());
+    assert!(w.validate(4, 7, 1).is_err(), "ring length differs");
+    assert!(w.validate(3, 7, 1).is_err(), "not a power of two");
+    assert!(
+        w.validate(2, 2, 1).is_err(),
+        "window beyond what the clock can have open"
+    );
+    w.record(7, 2).endpoints.observe(5, 4);
+    assert!(w.validate(2, 7, 3).is_err(), "unknown endpoint id");
+}
+
+#[test]
+fn status_slots() {
+    assert_eq!(status_slot(Some(200)), 2);
+    assert_eq!(status_slot(Some(101)), 1);
+    assert_eq!(status_slot(Some(599)), 5);
+    assert_eq!(status_slot(Some(600)), 0);
+    assert_eq!(status_slot(Some(99)), 0);
+    assert_eq!(status_slot(None), 0);
+}
