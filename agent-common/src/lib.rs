@@ -4,6 +4,9 @@
 //! buffer, userspace reads the same bytes. Field order is chosen so that no implicit padding
 //! exists (the verifier rejects reads of uninitialised stack padding in keys).
 #![no_std]
+// Explicit `_pad` fields keep the #[repr(C)] layouts free of implicit padding (the verifier
+// rejects uninitialised stack bytes in map keys); they are public so both sides can zero them.
+#![allow(clippy::pub_underscore_fields)]
 
 /// Largest number of frame bytes one ring-buffer record carries: L2–L4 headers plus the head of
 /// the payload. 1024 leaves room for a TLS ClientHello head after worst-case IPv6 extension

@@ -1,36 +1,10 @@
 //! Prometheus text exposition of the agent's own counters, served on `/metrics`.
 //!
 //! Hand-rolled on purpose: a handful of counters and gauges do not need a metrics framework,
-//! and the exposition format is simple and stable. The page is rendered by the pipeline on its
-//! stats tick and served by a small HTTP/1.1 responder bound to 127.0.0.1 by default.
+//! and the exposition format is simple and stable. The page is rendered by the pipeline every
+//! second and served by `runtime::http` (127.0.0.1 by default).
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
-
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
-use tracing::{debug, info, warn};
-
-/// A rendered exposition page shared between the pipeline and the HTTP responder.
-#[derive(Clone, Default)]
-pub struct MetricsPage(Arc<Mutex<String>>);
-
-impl MetricsPage {
-    pub fn set(&self, page: String) {
-        if let Ok(mut p) = self.0.lock() {
-            *p = page;
-        }
-    }
-
-    pub fn get(&self) -> String {
-        self.0.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-}
+use std::fmt::Write as _;
 
 /// Builds one exposition page.
 #[derive(Default)]
@@ -74,42 +48,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// Serves `page` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, page: MetricsPage) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "serving Prometheus metrics on /metrics");
-    loop {
-        let (mut stream, peer) = listener.accept().await?;
-        let page = page.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match stream.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    debug!(%peer, error = %e, "metrics request read failed");
-                    return;
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body, ctype) = if path == "/metrics" {
-                ("200 OK", page.get(), "text/plain; version=0.0.4")
-            } else if path == "/healthz" {
-                ("200 OK", "ok\n".to_owned(), "text/plain")
-            } else {
-                ("404 Not Found", "not found\n".to_owned(), "text/plain")
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = stream.write_all(resp.as_bytes()).await {
-                warn!(%peer, error = %e, "metrics response write failed");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -62,15 +62,15 @@ fn is_permission(e: &std::io::Error) -> bool {
 
 impl CaptureError {
     pub(crate) fn from_ebpf(e: EbpfError) -> Self {
-        if let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &e {
-            if is_permission(io_error) {
-                return Self::Privilege {
-                    action: "creating BPF maps".into(),
-                    source: std::io::Error::from_raw_os_error(
-                        io_error.raw_os_error().unwrap_or(libc::EPERM),
-                    ),
-                };
-            }
+        if let EbpfError::MapError(MapError::CreateError { io_error, .. }) = &e
+            && is_permission(io_error)
+        {
+            return Self::Privilege {
+                action: "creating BPF maps".into(),
+                source: std::io::Error::from_raw_os_error(
+                    io_error.raw_os_error().unwrap_or(libc::EPERM),
+                ),
+            };
         }
         Self::Load(e)
     }

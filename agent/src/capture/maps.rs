@@ -94,7 +94,7 @@ impl KernelMaps {
     /// eviction races) are skipped.
     pub fn flows(&self) -> Vec<FlowEntry> {
         let mut out = Vec::new();
-        for item in self.flows.iter() {
+        for item in &self.flows {
             let Ok((key, values)) = item else { continue };
             let mut stats = FlowStats::default();
             let mut first = u64::MAX;

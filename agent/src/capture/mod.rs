@@ -100,7 +100,7 @@ impl TapOptions {
         let page = 4096u32;
         if self.ringbuf_bytes < page
             || !(self.ringbuf_bytes / page).is_power_of_two()
-            || self.ringbuf_bytes % page != 0
+            || !self.ringbuf_bytes.is_multiple_of(page)
         {
             return Err(CaptureError::InvalidOption {
                 field: "ringbuf-size",

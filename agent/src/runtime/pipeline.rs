@@ -1,10 +1,5 @@
-//! `shadowtap-agent run`: capture → decode → events → sink, live.
-//!
-//! One tokio task owns everything: it waits on the ring buffer's fd with `AsyncFd`, decodes each
-//! record with the same decoder as the pcap path, feeds the connection tracker and writes JSON
-//! lines. A timer exports per-flow deltas from the kernel's flow map and periodic stats. On
-//! SIGINT/SIGTERM (or `--duration`) the programs are detached *first*, then the ring buffer is
-//! drained, so the final stats line can prove that every record the kernel emitted was read.
+//! The live pipeline's state: decode → events → sink (JSON lines) and → model (windows),
+//! plus the exports that run on the stats tick (flow deltas, stats lines, metrics, API views).
 
 use std::{
     collections::HashMap,
@@ -12,114 +7,19 @@ use std::{
     io::{BufWriter, Write},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use shadowtap_common::{Counter, DIR_EGRESS, FlowKey, FlowStats, RECORD_HEADER_LEN, RecordHeader};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-use tracing::{info, warn};
 
 use crate::{
-    capture::{self, CounterSnapshot, KernelMaps, Mode, Tap, TapOptions, XdpMode},
+    capture::{self, CounterSnapshot, KernelMaps},
     decode::{self, LinkType},
-    events::{
-        Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker, TrackerConfig,
-    },
-    metrics::{Exposition, MetricsPage},
+    events::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker},
+    metrics::Exposition,
+    model::{ModelStore, WindowSummary},
 };
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
-    #[arg(long = "iface", required = true)]
-    pub ifaces: Vec<String>,
-    /// host: pass frames on and also watch egress; tap: dedicated mirror port, drop after accounting.
-    #[arg(long, value_enum, default_value = "host")]
-    pub mode: Mode,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub xdp_mode: XdpMode,
-    /// HTTP payload head bytes copied per record (1..=256).
-    #[arg(long, default_value_t = shadowtap_common::DEFAULT_SNAPLEN)]
-    pub snaplen: u16,
-    /// Keep one connection in N for L7 records (sampled-out records are counted).
-    #[arg(long, default_value_t = 1)]
-    pub sample: u32,
-    /// Only track packets to or from these ports (repeatable; default: all).
-    #[arg(long = "port")]
-    pub ports: Vec<u16>,
-    /// Ring buffer size in MiB (power of two).
-    #[arg(long = "ringbuf-size", default_value_t = 8)]
-    pub ringbuf_mib: u32,
-    /// Capacity of the kernel's per-flow LRU map.
-    #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES)]
-    pub flow_entries: u32,
-    /// Where to write JSON-lines events ("-" for stdout).
-    #[arg(long, default_value = "-")]
-    pub output: String,
-    /// Seconds between flow exports and stats lines.
-    #[arg(long, default_value_t = 10)]
-    pub stats_interval: u64,
-    /// Flows idle this many seconds are exported one last time and removed from the map.
-    #[arg(long, default_value_t = 120)]
-    pub flow_idle_timeout: u64,
-    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
-    #[arg(long)]
-    pub duration: Option<u64>,
-    /// Kernel log level forwarded through aya-log (off, error, warn, info, debug, trace).
-    #[arg(long, default_value = "warn")]
-    pub kernel_log: String,
-    /// Serve Prometheus metrics on this address ("off" to disable).
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    pub metrics_listen: String,
-}
-
-impl RunArgs {
-    fn tap_options(&self) -> Result<TapOptions> {
-        let kernel_log_level = match self.kernel_log.as_str() {
-            "off" => 0,
-            "error" => 1,
-            "warn" => 2,
-            "info" => 3,
-            "debug" => 4,
-            "trace" => 5,
-            other => bail!(
-                "invalid option --kernel-log: {other:?} (off, error, warn, info, debug, trace)"
-            ),
-        };
-        if self.stats_interval == 0 {
-            bail!("invalid option --stats-interval: must be at least 1 second");
-        }
-        let ringbuf_bytes = self
-            .ringbuf_mib
-            .checked_mul(1024 * 1024)
-            .context("invalid option --ringbuf-size: too large")?;
-        Ok(TapOptions {
-            mode: self.mode,
-            xdp_mode: self.xdp_mode,
-            snaplen: self.snaplen,
-            sample_n: self.sample,
-            ports: self.ports.clone(),
-            ringbuf_bytes,
-            flow_entries: self.flow_entries,
-            kernel_log_level,
-        })
-    }
-}
-
-pub fn run(args: &RunArgs) -> Result<()> {
-    let opts = args.tap_options()?;
-    // Resolve interfaces before touching the kernel so a typo is reported as such.
-    for iface in &args.ifaces {
-        capture::ifindex(iface)?;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    rt.block_on(run_async(args, &opts))
-}
 
 /// Userspace-side counters of the live path.
 #[derive(Debug, Default, serde::Serialize)]
@@ -134,10 +34,10 @@ pub struct AgentCounters {
     pub flows_without_ports: u64,
 }
 
-struct Pipeline {
+pub(crate) struct Pipeline {
     tracker: Tracker,
     out: Box<dyn Write>,
-    counters: AgentCounters,
+    pub(crate) counters: AgentCounters,
     ifnames: HashMap<u32, Arc<str>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     realtime_offset_ns: i128,
@@ -148,9 +48,11 @@ struct Pipeline {
     /// so it is only walked on the stats tick).
     live_flows: usize,
     scratch: Vec<Event>,
+    /// Behavioural models fed with every event (window summaries drained on the tick).
+    pub(crate) model: ModelStore,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -161,6 +63,38 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Pipeline {
+    pub(crate) fn new(tracker: Tracker, model: ModelStore, out: Box<dyn Write>) -> Self {
+        Self {
+            tracker,
+            out,
+            counters: AgentCounters::default(),
+            ifnames: HashMap::new(),
+            realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            exported: HashMap::new(),
+            flows_removed: 0,
+            live_flows: 0,
+            scratch: Vec::new(),
+            model,
+        }
+    }
+
+    pub(crate) fn live_flows(&self) -> usize {
+        self.live_flows
+    }
+
+    /// Closes model windows up to the wall clock (quiet resources too) and hands back the
+    /// summaries that closed.
+    pub(crate) fn close_windows(&mut self) -> Vec<WindowSummary> {
+        let now = u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap_or(0);
+        self.model.advance_to(now);
+        self.model.drain_summaries().collect()
+    }
+
+    /// End of capture: closes every open window.
+    pub(crate) fn flush_windows(&mut self) -> Vec<WindowSummary> {
+        self.model.flush();
+        self.model.drain_summaries().collect()
+    }
     fn wall_ns(&self, mono_ns: u64) -> u64 {
         u64::try_from(i128::from(mono_ns) + self.realtime_offset_ns).unwrap_or(0)
     }
@@ -171,7 +105,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn on_record(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn on_record(&mut self, bytes: &[u8]) -> Result<()> {
         self.counters.records_received += 1;
         if bytes.len() < RECORD_HEADER_LEN {
             self.counters.records_short += 1;
@@ -202,6 +136,7 @@ impl Pipeline {
         let mut events = std::mem::take(&mut self.scratch);
         self.tracker.on_packet(&ctx, &meta, &mut events);
         for event in events.drain(..) {
+            self.model.observe(&event);
             self.write(&event)?;
             self.counters.events_written += 1;
         }
@@ -229,7 +164,7 @@ impl Pipeline {
 
     /// Writes a `flow` event for every flow that moved since its last export; removes flows
     /// idle longer than `idle_ns` (or all of them when `final_export`).
-    fn export_flows(
+    pub(crate) fn export_flows(
         &mut self,
         maps: &mut KernelMaps,
         idle_ns: u64,
@@ -271,7 +206,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn render_metrics(&self, kernel: &CounterSnapshot, live_flows: usize) -> String {
+    pub(crate) fn render_metrics(&self, kernel: &CounterSnapshot, live_flows: usize) -> String {
         let mut e = Exposition::default();
         for counter in shadowtap_common::Counter::ALL {
             let name = format!("shadowtap_kernel_{}_total", counter.name());
@@ -293,7 +228,8 @@ impl Pipeline {
         }
         let agent = serde_json::to_value(&self.counters).unwrap_or_default();
         let tracker = serde_json::to_value(self.tracker.stats()).unwrap_or_default();
-        for (prefix, value) in [("agent", agent), ("tracker", tracker)] {
+        let model = serde_json::to_value(self.model.stats()).unwrap_or_default();
+        for (prefix, value) in [("agent", agent), ("tracker", tracker), ("model", model)] {
             if let serde_json::Value::Object(map) = value {
                 for (k, v) in map {
                     if let Some(n) = v.as_f64() {
@@ -324,7 +260,7 @@ impl Pipeline {
         e.finish()
     }
 
-    fn stats_line(
+    pub(crate) fn stats_line(
         &mut self,
         kernel: &CounterSnapshot,
         live_flows: usize,
@@ -341,6 +277,7 @@ impl Pipeline {
             "kernel": kernel.to_json(),
             "agent": &self.counters,
             "tracker": self.tracker.stats(),
+            "model": self.model.stats(),
             "flows": { "live": live_flows, "removed_idle": self.flows_removed, "evicted": evicted },
             "unread_records": kernel.total(Counter::Events).saturating_sub(self.counters.records_received),
         });
@@ -375,16 +312,7 @@ fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> Op
     })
 }
 
-/// Aborts the spawned task when dropped, so no server outlives the run.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn open_output(path: &str) -> Result<Box<dyn Write>> {
+pub(crate) fn open_output(path: &str) -> Result<Box<dyn Write>> {
     if path == "-" {
         return Ok(Box::new(BufWriter::new(std::io::stdout())));
     }
@@ -393,136 +321,11 @@ fn open_output(path: &str) -> Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::new(f)))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<usize> {
+pub(crate) fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<usize> {
     let mut n = 0;
     while let Some(item) = ring.next() {
         pipe.on_record(&item)?;
         n += 1;
     }
     Ok(n)
-}
-
-async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
-    let mut tap = Tap::load(opts)?;
-    // aya-log records arrive on their own ring buffer; flush it whenever its fd is readable.
-    let kernel_log = match tap.init_kernel_log() {
-        // SAFETY: the logger owns its ring-buffer fd for its whole life.
-        Ok(l) => match unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
-        {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                warn!(error = %e, "kernel log forwarding unavailable");
-                None
-            }
-        },
-        Err(e) => {
-            warn!(error = %e, "kernel log forwarding unavailable");
-            None
-        }
-    };
-    let mut kernel_log = kernel_log;
-    let ring = tap.take_events()?;
-    let mut maps = tap.take_maps()?;
-    for iface in &args.ifaces {
-        tap.attach(iface, opts)?;
-    }
-    info!(attachments = ?tap.attachments, mode = ?opts.mode, "shadowtap agent running");
-
-    let mut pipe = Pipeline {
-        tracker: Tracker::new(TrackerConfig::default()),
-        out: open_output(&args.output)?,
-        counters: AgentCounters::default(),
-        ifnames: HashMap::new(),
-        realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
-        exported: HashMap::new(),
-        flows_removed: 0,
-        live_flows: 0,
-        scratch: Vec::new(),
-    };
-    // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer fd with tokio: {e}"))?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
-        .context("installing SIGINT handler")?;
-    let page = MetricsPage::default();
-    let _metrics_task = if args.metrics_listen == "off" {
-        None
-    } else {
-        let addr: std::net::SocketAddr = args.metrics_listen.parse().with_context(|| {
-            format!(
-                "invalid option --metrics-listen: {:?} is not ADDR:PORT",
-                args.metrics_listen
-            )
-        })?;
-        let page = page.clone();
-        Some(AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, page).await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed; capture continues");
-            }
-        })))
-    };
-    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval));
-    tick.tick().await;
-    let deadline = args
-        .duration
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let idle_ns = args.flow_idle_timeout.saturating_mul(1_000_000_000);
-
-    loop {
-        let stop = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipe)?;
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                pipe.export_flows(&mut maps, idle_ns, false)?;
-                let kernel = maps.counters()?;
-                pipe.stats_line(&kernel, pipe.live_flows, false)?;
-                info!(
-                    packets = kernel.total(Counter::Packets),
-                    events = kernel.total(Counter::Events),
-                    records = pipe.counters.records_received,
-                    ringbuf_full = kernel.total(Counter::RingbufReserveFailed),
-                    malformed = kernel.total(Counter::Malformed),
-                    "stats"
-                );
-            }
-            guard = async {
-                match kernel_log.as_mut() {
-                    Some(fd) => fd.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = guard.context("waiting on the kernel log ring")?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            _ = metrics_tick.tick() => {
-                let kernel = maps.counters()?;
-                page.set(pipe.render_metrics(&kernel, pipe.live_flows));
-            }
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-            () = stop => { info!("--duration reached: shutting down"); break; }
-        }
-    }
-
-    // Detach first so nothing new arrives, then drain what the kernel already submitted.
-    drop(tap);
-    drain(ring.get_mut(), &mut pipe)?;
-    pipe.export_flows(&mut maps, idle_ns, true)?;
-    let kernel = maps.counters()?;
-    pipe.stats_line(&kernel, pipe.live_flows, true)?;
-    info!("detached; final stats written");
-    Ok(())
 }

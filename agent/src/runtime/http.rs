@@ -1,0 +1,190 @@
+//! The agent's local HTTP endpoint (127.0.0.1 by default): Prometheus `/metrics`, `/healthz`
+//! and the JSON API `/v1/resources`, `/v1/resources/{id}`, `/v1/resources/{id}/forecast`.
+//!
+//! Views are rendered by the pipeline once a second into [`ApiState`]; requests only copy a
+//! rendered string out, so a slow client never holds up capture.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+use tracing::{debug, info, warn};
+
+/// Rendered views shared between the pipeline (writer) and the responder (reader).
+#[derive(Default)]
+pub struct ApiViews {
+    pub metrics: String,
+    /// `GET /v1/resources`
+    pub resources: String,
+    /// `GET /v1/resources/{id}`, keyed by resource id.
+    pub detail: HashMap<String, String>,
+    /// `GET /v1/resources/{id}/forecast`, keyed by resource id.
+    pub forecast: HashMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+pub struct ApiState(Arc<Mutex<ApiViews>>);
+
+impl ApiState {
+    pub fn update(&self, f: impl FnOnce(&mut ApiViews)) {
+        if let Ok(mut v) = self.0.lock() {
+            f(&mut v);
+        }
+    }
+
+    fn respond(&self, path: &str) -> (&'static str, &'static str, String) {
+        const JSON: &str = "application/json";
+        let Ok(v) = self.0.lock() else {
+            return (
+                "500 Internal Server Error",
+                "text/plain",
+                "state poisoned\n".into(),
+            );
+        };
+        let not_found = |what: &str| {
+            (
+                "404 Not Found",
+                JSON,
+                serde_json::json!({ "error": what }).to_string(),
+            )
+        };
+        match path {
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", v.metrics.clone()),
+            "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+            "/v1/resources" => ("200 OK", JSON, v.resources.clone()),
+            _ => {
+                let Some(rest) = path.strip_prefix("/v1/resources/") else {
+                    return not_found("no such endpoint");
+                };
+                if let Some(id) = rest.strip_suffix("/forecast") {
+                    let id = percent_decode(id);
+                    match v.forecast.get(&id) {
+                        Some(body) => ("200 OK", JSON, body.clone()),
+                        None if v.detail.contains_key(&id) => {
+                            not_found("no forecast for this resource yet (cold start)")
+                        }
+                        None => not_found("unknown resource"),
+                    }
+                } else {
+                    match v.detail.get(&percent_decode(rest)) {
+                        Some(body) => ("200 OK", JSON, body.clone()),
+                        None => not_found("unknown resource"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (resource ids contain `@`, `:` and IPv6 brackets).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Serves `state` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(%addr, "serving /metrics, /healthz and /v1/resources");
+    loop {
+        let (mut stream, peer) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let n = match stream.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(%peer, error = %e, "API request read failed");
+                    return;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut words = head.split_whitespace();
+            let method = words.next().unwrap_or("");
+            let target = words.next().unwrap_or("/");
+            let path = target.split('?').next().unwrap_or("/");
+            let (status, ctype, body) = if method == "GET" {
+                state.respond(path)
+            } else {
+                ("405 Method Not Allowed", "text/plain", "GET only\n".into())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = stream.write_all(resp.as_bytes()).await {
+                warn!(%peer, error = %e, "API response write failed");
+            }
+        });
+    }
+}
+
+/// Aborts the spawned task when dropped, so no server outlives the run.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let state = ApiState::default();
+        state.update(|v| {
+            v.resources = "[]".into();
+            v.detail
+                .insert("a.example@10.0.0.1:80".into(), "{\"id\":1}".into());
+        });
+        assert_eq!(state.respond("/v1/resources").2, "[]");
+        assert_eq!(
+            state.respond("/v1/resources/a.example%4010.0.0.1%3A80").2,
+            "{\"id\":1}"
+        );
+        let (status, _, body) = state.respond("/v1/resources/a.example@10.0.0.1:80/forecast");
+        assert_eq!(status, "404 Not Found");
+        assert!(body.contains("cold start"));
+        assert_eq!(state.respond("/v1/resources/nope").0, "404 Not Found");
+        assert_eq!(state.respond("/nope").0, "404 Not Found");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%5Bfd00%3A%3A1%5D%3A80"), "[fd00::1]:80");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

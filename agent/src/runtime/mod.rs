@@ -1,0 +1,317 @@
+//! `shadowtap-agent run`: capture → decode → events → (JSON lines, models), live.
+//!
+//! One tokio task owns everything: it waits on the ring buffer's fd with `AsyncFd`, decodes each
+//! record with the same decoder as the pcap path, feeds the connection tracker, writes JSON
+//! lines and feeds the behavioural models. Timers export per-flow deltas from the kernel's flow
+//! map, stats lines, metrics and API views, and model snapshots. On SIGINT/SIGTERM (or
+//! `--duration`) the programs are detached *first*, then the ring buffer is drained, so the
+//! final stats line can prove that every record the kernel emitted was read.
+
+mod http;
+mod pipeline;
+mod state;
+mod views;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use shadowtap_common::Counter;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{info, warn};
+
+use self::{
+    http::{AbortOnDrop, ApiState},
+    pipeline::{Pipeline, drain, open_output},
+    views::LatestMinute,
+};
+use crate::{
+    capture::{self, KernelMaps, Mode, Tap, TapOptions, XdpMode},
+    events::{Tracker, TrackerConfig},
+    model::{ModelConfig, WindowSummary},
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", required = true)]
+    pub ifaces: Vec<String>,
+    /// host: pass frames on and also watch egress; tap: dedicated mirror port, drop after accounting.
+    #[arg(long, value_enum, default_value = "host")]
+    pub mode: Mode,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpMode,
+    /// HTTP payload head bytes copied per record (1..=256).
+    #[arg(long, default_value_t = shadowtap_common::DEFAULT_SNAPLEN)]
+    pub snaplen: u16,
+    /// Keep one connection in N for L7 records (sampled-out records are counted).
+    #[arg(long, default_value_t = 1)]
+    pub sample: u32,
+    /// Only track packets to or from these ports (repeatable; default: all).
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long = "ringbuf-size", default_value_t = 8)]
+    pub ringbuf_mib: u32,
+    /// Capacity of the kernel's per-flow LRU map.
+    #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES)]
+    pub flow_entries: u32,
+    /// Where to write JSON-lines events ("-" for stdout).
+    #[arg(long, default_value = "-")]
+    pub output: String,
+    /// Seconds between flow exports and stats lines.
+    #[arg(long, default_value_t = 10)]
+    pub stats_interval: u64,
+    /// Flows idle this many seconds are exported one last time and removed from the map.
+    #[arg(long, default_value_t = 120)]
+    pub flow_idle_timeout: u64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Kernel log level forwarded through aya-log (off, error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    pub kernel_log: String,
+    /// Serve Prometheus /metrics and the JSON API (/v1/resources) on this address ("off" to disable).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+    /// Directory for model snapshots: restored on start, saved periodically and on shutdown.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between model snapshots (with --state-dir).
+    #[arg(long, default_value_t = 60)]
+    pub snapshot_interval: u64,
+}
+
+impl RunArgs {
+    fn tap_options(&self) -> Result<TapOptions> {
+        let kernel_log_level = match self.kernel_log.as_str() {
+            "off" => 0,
+            "error" => 1,
+            "warn" => 2,
+            "info" => 3,
+            "debug" => 4,
+            "trace" => 5,
+            other => bail!(
+                "invalid option --kernel-log: {other:?} (off, error, warn, info, debug, trace)"
+            ),
+        };
+        if self.stats_interval == 0 {
+            bail!("invalid option --stats-interval: must be at least 1 second");
+        }
+        let ringbuf_bytes = self
+            .ringbuf_mib
+            .checked_mul(1024 * 1024)
+            .context("invalid option --ringbuf-size: too large")?;
+        Ok(TapOptions {
+            mode: self.mode,
+            xdp_mode: self.xdp_mode,
+            snaplen: self.snaplen,
+            sample_n: self.sample,
+            ports: self.ports.clone(),
+            ringbuf_bytes,
+            flow_entries: self.flow_entries,
+            kernel_log_level,
+        })
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let opts = args.tap_options()?;
+    // Resolve interfaces before touching the kernel so a typo is reported as such.
+    for iface in &args.ifaces {
+        capture::ifindex(iface)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run_async(args, &opts))
+}
+
+/// Everything the live loop owns besides the kernel objects.
+struct Live {
+    pipe: Pipeline,
+    maps: KernelMaps,
+    api: ApiState,
+    latest: LatestMinute,
+    idle_ns: u64,
+    state_dir: Option<PathBuf>,
+}
+
+impl Live {
+    fn on_summaries(&mut self, summaries: &[WindowSummary]) {
+        self.latest.absorb(summaries);
+    }
+
+    /// Stats tick: flow deltas, a stats line, a log line.
+    fn on_stats_tick(&mut self) -> Result<()> {
+        self.pipe
+            .export_flows(&mut self.maps, self.idle_ns, false)?;
+        let kernel = self.maps.counters()?;
+        self.pipe
+            .stats_line(&kernel, self.pipe.live_flows(), false)?;
+        info!(
+            packets = kernel.total(Counter::Packets),
+            events = kernel.total(Counter::Events),
+            records = self.pipe.counters.records_received,
+            ringbuf_full = kernel.total(Counter::RingbufReserveFailed),
+            malformed = kernel.total(Counter::Malformed),
+            resources = self.pipe.model.resource_count(),
+            "stats"
+        );
+        Ok(())
+    }
+
+    /// Every second: close model windows up to now, refresh metrics and API views.
+    fn on_second(&mut self) -> Result<()> {
+        let closed = self.pipe.close_windows();
+        self.on_summaries(&closed);
+        let kernel = self.maps.counters()?;
+        let metrics = self.pipe.render_metrics(&kernel, self.pipe.live_flows());
+        let (latest, model) = (&mut self.latest, &self.pipe.model);
+        self.api.update(|v| {
+            v.metrics = metrics;
+            latest.render(model, v);
+        });
+        Ok(())
+    }
+
+    fn snapshot(&self) {
+        if let Some(dir) = &self.state_dir
+            && let Err(e) = state::save_model(dir, &self.pipe.model)
+        {
+            warn!(
+                error = format!("{e:#}"),
+                "model snapshot failed; will retry"
+            );
+        }
+    }
+
+    /// After detaching: drain what the kernel submitted, final flows, windows, stats, snapshot.
+    fn finish(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        drain(ring, &mut self.pipe)?;
+        self.pipe.export_flows(&mut self.maps, self.idle_ns, true)?;
+        let closed = self.pipe.flush_windows();
+        self.on_summaries(&closed);
+        let kernel = self.maps.counters()?;
+        self.pipe
+            .stats_line(&kernel, self.pipe.live_flows(), true)?;
+        self.snapshot();
+        Ok(())
+    }
+}
+
+/// Registers the aya-log ring so kernel log records are flushed whenever its fd is readable.
+fn kernel_logger(tap: &mut Tap) -> Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>> {
+    let logger = match tap.init_kernel_log() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "kernel log forwarding unavailable");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer fd for its whole life.
+    match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!(error = %e, "kernel log forwarding unavailable");
+            None
+        }
+    }
+}
+
+fn spawn_api(listen: &str, api: &ApiState) -> Result<Option<AbortOnDrop>> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("invalid option --metrics-listen: {listen:?} is not ADDR:PORT"))?;
+    let api = api.clone();
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = http::serve(addr, api).await {
+            tracing::error!(%addr, error = %e, "API/metrics endpoint failed; capture continues");
+        }
+    }))))
+}
+
+async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
+    let (model, _) = state::load_model(args.state_dir.as_deref(), &ModelConfig::default())?;
+    let mut tap = Tap::load(opts)?;
+    let mut kernel_log = kernel_logger(&mut tap);
+    let ring = tap.take_events()?;
+    let maps = tap.take_maps()?;
+    for iface in &args.ifaces {
+        tap.attach(iface, opts)?;
+    }
+    info!(attachments = ?tap.attachments, mode = ?opts.mode, "shadowtap agent running");
+
+    let mut live = Live {
+        pipe: Pipeline::new(
+            Tracker::new(TrackerConfig::default()),
+            model,
+            open_output(&args.output)?,
+        ),
+        maps,
+        api: ApiState::default(),
+        latest: LatestMinute::default(),
+        idle_ns: args.flow_idle_timeout.saturating_mul(1_000_000_000),
+        state_dir: args.state_dir.clone(),
+    };
+    // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer fd with tokio: {e}"))?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
+    let _api_task = spawn_api(&args.metrics_listen, &live.api)?;
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(args.stats_interval));
+    stats_tick.tick().await;
+    let mut snapshot_tick =
+        tokio::time::interval(Duration::from_secs(args.snapshot_interval.max(1)));
+    snapshot_tick.tick().await;
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+
+    loop {
+        let stop = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let log_ready = async {
+            match kernel_log.as_mut() {
+                Some(fd) => fd.readable_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                drain(guard.get_inner_mut(), &mut live.pipe)?;
+                guard.clear_ready();
+            }
+            guard = log_ready => {
+                let mut guard = guard.context("waiting on the kernel log ring")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = second.tick() => live.on_second()?,
+            _ = stats_tick.tick() => live.on_stats_tick()?,
+            _ = snapshot_tick.tick() => live.snapshot(),
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            () = stop => { info!("--duration reached: shutting down"); break; }
+        }
+    }
+
+    // Detach first so nothing new arrives, then drain what the kernel already submitted.
+    drop(tap);
+    live.finish(ring.get_mut())?;
+    info!("detached; final stats written");
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Model state in `--state-dir`: restored on start, saved periodically and on shutdown, so a
+//! restart does not reset cold start. A corrupt snapshot is reported and set aside, never fatal.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use tracing::{info, warn};
+
+use crate::model::{ModelConfig, ModelStore};
+
+const MODEL_FILE: &str = "model.json";
+
+pub fn model_path(dir: &Path) -> PathBuf {
+    dir.join(MODEL_FILE)
+}
+
+/// Loads the model snapshot from `dir`, or starts fresh. A snapshot that cannot be read is
+/// renamed to `model.json.corrupt-<unix seconds>` and reported.
+pub fn load_model(
+    dir: Option<&Path>,
+    config: &ModelConfig,
+) -> Result<(ModelStore, Option<PathBuf>)> {
+    let fresh = || ModelStore::new(config.clone()).context("model configuration");
+    let Some(dir) = dir else {
+        return Ok((fresh()?, None));
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    let path = model_path(dir);
+    if !path.exists() {
+        info!(path = %path.display(), "no model snapshot yet; starting fresh");
+        return Ok((fresh()?, None));
+    }
+    match ModelStore::load_snapshot(&path) {
+        Ok(model) => {
+            info!(path = %path.display(), resources = model.resource_count(), "restored model snapshot");
+            Ok((model, None))
+        }
+        Err(e) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = dir.join(format!("{MODEL_FILE}.corrupt-{stamp}"));
+            std::fs::rename(&path, &aside).with_context(|| {
+                format!(
+                    "setting aside corrupt snapshot {} (it could not be read: {e})",
+                    path.display()
+                )
+            })?;
+            warn!(error = %e, moved_to = %aside.display(), "model snapshot unreadable; set aside, starting fresh");
+            Ok((fresh()?, Some(aside)))
+        }
+    }
+}
+
+pub fn save_model(dir: &Path, model: &ModelStore) -> Result<()> {
+    let path = model_path(dir);
+    model
+        .save_snapshot(&path)
+        .with_context(|| format!("saving model snapshot {}", path.display()))
+}

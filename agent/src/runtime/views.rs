@@ -1,0 +1,91 @@
+//! JSON views of the models for the local API, rendered once a second.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::http::ApiViews;
+use crate::{
+    model::{EntityId, ModelStore, WindowSummary},
+    windows::Level,
+};
+
+/// The latest closed one-minute summary of each resource, for "what is it doing now".
+#[derive(Default)]
+pub struct LatestMinute {
+    by_resource: HashMap<String, WindowSummary>,
+}
+
+impl LatestMinute {
+    pub fn absorb(&mut self, summaries: &[WindowSummary]) {
+        for s in summaries {
+            if s.level() != Some(Level::Minute) {
+                continue;
+            }
+            if let EntityId::Resource(r) = &s.entity {
+                let id = r.to_string();
+                let newer = self
+                    .by_resource
+                    .get(&id)
+                    .is_none_or(|old| old.window_start_ns <= s.window_start_ns);
+                if newer {
+                    self.by_resource.insert(id, s.clone());
+                }
+            }
+        }
+    }
+
+    /// Renders `/v1/resources` and `/v1/resources/{id}` for the resources the model holds
+    /// (evicted resources disappear from the views too, keeping this bounded).
+    pub fn render(&mut self, model: &ModelStore, views: &mut ApiViews) {
+        let live: Vec<_> = model.resources().cloned().collect();
+        let live_ids: std::collections::HashSet<String> =
+            live.iter().map(ToString::to_string).collect();
+        self.by_resource.retain(|id, _| live_ids.contains(id));
+        let mut list = Vec::with_capacity(live.len());
+        views.detail.clear();
+        for resource in &live {
+            let id = resource.to_string();
+            let minute = self.by_resource.get(&id);
+            let summary_view = minute.map(|s| {
+                json!({
+                    "window_start_ns": s.window_start_ns,
+                    "requests": s.requests,
+                    "responses": s.responses,
+                    "connections_opened": s.connections_opened,
+                    "concurrent_connections_max": s.concurrent_connections_max,
+                    "bytes_in": s.bytes_in,
+                    "bytes_out": s.bytes_out,
+                    "error_rate": s.error_rate(),
+                    "latency_us_p50": s.latency_us.value_at_quantile(0.5),
+                    "latency_us_p99": s.latency_us.value_at_quantile(0.99),
+                    "request_bytes_p50": s.request_size_bytes.value_at_quantile(0.5),
+                    "status": s.status,
+                    "endpoints": s.endpoints,
+                    "endpoints_other": s.endpoints_other,
+                })
+            });
+            list.push(json!({ "id": id, "last_minute": summary_view.clone() }));
+            let entity = EntityId::Resource(resource.clone());
+            let demand = model
+                .demand_series(resource, model.demand_step())
+                .unwrap_or_default();
+            let recent: Vec<Value> = demand
+                .iter()
+                .rev()
+                .take(60)
+                .rev()
+                .map(|(t, v)| json!([t, v]))
+                .collect();
+            let detail = json!({
+                "id": id,
+                "last_minute": summary_view,
+                "peak_hours_of_week": model.peak_hours(&entity, 5),
+                "demand_step_secs": model.demand_step().as_secs(),
+                "demand_recent": recent,
+            });
+            views.detail.insert(id, detail.to_string());
+        }
+        views.resources = Value::Array(list).to_string();
+    }
+}
