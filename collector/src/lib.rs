@@ -1,2 +1,19 @@
-//! The fleet collector (issue 4) is not built yet. This crate holds its place in the workspace
-//! and deliberately contains no behaviour, so nothing can mistake it for a working collector.
+//! `shadowtap-collector`: consumes agents' observations from Kafka, merges them per resource,
+//! decides with the agent's decision engine ([`shadowtap_agent::sink::fleet`]) and publishes
+//! `CloudEvents` scale events.
+//!
+//! Delivery: at least once end to end. After each batch the collector waits until the scale
+//! events, dead letters and state snapshots the batch caused are acknowledged, then commits the
+//! batch's offsets. Its state (open windows, merged history, instances, last decisions) is
+//! written to a state topic co-partitioned with the observations, so whichever collector owns a
+//! partition next resumes from it. Replays are harmless: observations are deduplicated by
+//! (agent, resource, window) and a window's scale event has a deterministic id.
+
+pub mod provisioner;
+pub mod service;
+pub mod state;
+pub mod stats;
+pub mod topics;
+
+pub use service::{Collector, CollectorConfig, CollectorError};
+pub use stats::CollectorStats;

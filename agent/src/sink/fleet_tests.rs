@@ -1,0 +1,175 @@
+use super::*;
+use crate::{decision::Action, sink::wire::WindowCounts};
+
+const STEP: u64 = 60_000;
+
+fn policies() -> PolicySet {
+    PolicySet::from_toml(
+        r#"
+[defaults]
+capacity_per_instance = 100.0
+target_utilisation = 1.0
+provisioning_lead_time = "1m"
+horizon = "1m"
+min_instances = 1
+max_instances = 50
+scale_in_cooldown = "10m"
+scale_in_stabilisation = "10m"
+"#,
+    )
+    .expect("policy")
+}
+
+fn obs(agent: &str, resource: &str, window: u64, requests: u64) -> Observation {
+    let mut counts = WindowCounts {
+        requests,
+        responses: requests,
+        ..WindowCounts::default()
+    };
+    counts.latency_us.record(1000 + window).expect("record");
+    counts.endpoints.insert(format!("GET /{agent}"), requests);
+    Observation {
+        agent_id: agent.into(),
+        resource: resource.into(),
+        window_start_ms: window * STEP,
+        window_end_ms: (window + 1) * STEP,
+        seq: window,
+        summary: counts,
+        forecast: None,
+    }
+}
+
+fn fleet() -> Fleet {
+    Fleet::new(
+        FleetConfig {
+            merge_wait: Duration::from_secs(3600),
+            idle_close: Duration::from_secs(3600),
+            ..FleetConfig::default()
+        },
+        policies(),
+    )
+}
+
+#[test]
+fn two_agents_merge_to_the_sum() {
+    let mut f = fleet();
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    for w in 0..4 {
+        closed.extend(f.ingest(obs("a", "api", w, 10 + w), now).1);
+        closed.extend(f.ingest(obs("b", "api", w, 100 * (w + 1)), now).1);
+    }
+    closed.extend(f.flush());
+    assert_eq!(closed.len(), 4);
+    for (w, c) in closed.iter().enumerate() {
+        let w = w as u64;
+        assert_eq!(c.start_ms, w * STEP);
+        assert_eq!(c.merged.requests, 10 + w + 100 * (w + 1));
+        assert_eq!(c.merged.latency_us.len(), 2);
+        assert_eq!(c.agents, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(c.merged.endpoints.len(), 2);
+    }
+    assert_eq!(f.stats().observations_merged, 8);
+}
+
+#[test]
+fn a_window_waits_for_known_agents_and_grace_closes_it() {
+    let mut f = fleet();
+    let now = Instant::now();
+    assert!(f.ingest(obs("a", "api", 0, 1), now).1.is_empty());
+    assert!(f.ingest(obs("b", "api", 0, 1), now).1.is_empty());
+    // a moved on, b has not: window 0 stays open (grace is one window).
+    assert!(f.ingest(obs("a", "api", 1, 1), now).1.is_empty());
+    // Stream time now more than one window past window 0's end → it closes without b's
+    // window 1; window 1 waits.
+    let closed = f.ingest(obs("a", "api", 2, 1), now).1;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].merged.requests, 2);
+    let closed = f.ingest(obs("a", "api", 3, 1), now).1;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!((closed[0].start_ms, closed[0].merged.requests), (STEP, 1));
+    // b's window 1 arrives late; a's window 0 again is a duplicate.
+    assert_eq!(f.ingest(obs("b", "api", 1, 1), now).0, Ingested::Late);
+    assert_eq!(f.ingest(obs("a", "api", 0, 1), now).0, Ingested::Duplicate);
+    assert_eq!(f.ingest(obs("a", "api", 2, 1), now).0, Ingested::Duplicate);
+    let s = f.stats();
+    assert_eq!((s.observations_late, s.observations_duplicate), (1, 2));
+}
+
+#[test]
+fn idle_close_uses_the_clock() {
+    let mut f = Fleet::new(
+        FleetConfig {
+            merge_wait: Duration::from_secs(3600),
+            idle_close: Duration::from_millis(10),
+            ..FleetConfig::default()
+        },
+        policies(),
+    );
+    let t0 = Instant::now();
+    assert!(f.ingest(obs("a", "api", 0, 5), t0).1.is_empty());
+    assert!(f.tick(t0 + Duration::from_millis(5)).is_empty());
+    assert_eq!(f.tick(t0 + Duration::from_millis(20)).len(), 1);
+}
+
+#[test]
+fn rising_demand_scales_out_and_snapshot_restores_state() {
+    let mut f = fleet();
+    let now = Instant::now();
+    let mut events = Vec::new();
+    for w in 0..12 {
+        let (_, closed) = f.ingest(obs("a", "api", w, 50 + 60 * w), now);
+        for c in closed {
+            if let Some(e) = c.scale_event("urn:test") {
+                events.push(e);
+            }
+        }
+    }
+    assert!(!events.is_empty());
+    let first = &events[0];
+    assert_eq!(first.subject, "api");
+    assert_eq!(first.data.action, Action::ScaleOut);
+    assert!(first.data.target_instances > first.data.current_instances);
+    // The target covers at least the demand seen in the triggering window.
+    assert!(
+        f64::from(first.data.target_instances) * 100.0 >= first.data.window.counts.requests as f64
+    );
+
+    let snap = f.snapshot("api").expect("snapshot");
+    let json = serde_json::to_string(&snap).expect("json");
+    let back: ResourceSnapshot = serde_json::from_str(&json).expect("parse");
+    assert_eq!(back, snap);
+    let mut g = fleet();
+    g.restore(&back, now).expect("restore");
+    assert_eq!(g.snapshot("api").expect("snapshot"), snap);
+    // The restored fleet continues where the first one stopped: same merged window, same
+    // instance count going in, same decision (the forecaster is replayed from the history).
+    let next_a = f.ingest(obs("a", "api", 12, 800), now).1;
+    let next_b = g.ingest(obs("a", "api", 12, 800), now).1;
+    assert_eq!(next_a.len(), next_b.len());
+    for (a, b) in next_a.iter().zip(&next_b) {
+        assert_eq!(a.merged.requests, b.merged.requests);
+        assert_eq!(
+            a.decision.as_ref().map(|d| d.current_instances),
+            b.decision.as_ref().map(|d| d.current_instances)
+        );
+        assert_eq!(
+            a.decision.as_ref().map(|d| (d.action, d.desired_instances)),
+            b.decision.as_ref().map(|d| (d.action, d.desired_instances))
+        );
+    }
+}
+
+#[test]
+fn unknown_resources_without_policy_are_counted() {
+    let mut f = Fleet::new(
+        FleetConfig::default(),
+        PolicySet::from_toml("[resources.api]\ncapacity_per_instance = 10.0\n").expect("policy"),
+    );
+    let now = Instant::now();
+    f.ingest(obs("a", "other", 0, 5), now);
+    let closed = f.flush();
+    assert_eq!(closed.len(), 1);
+    assert!(closed[0].decision.is_none());
+    assert_eq!(f.stats().decisions_without_policy, 1);
+}

@@ -1,0 +1,176 @@
+//! `shadowtap.scale-events`: `CloudEvents` 1.0, JSON structured mode.
+//!
+//! The `id` is a digest of (resource, window start, window end): a collector decides at most
+//! once per resource and merged window, so a redelivery or a replay after a crash carries the
+//! same id and consumers drop it. `source` names the collector group, so (source, id) is unique
+//! fleet-wide however many collectors share the work.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::decision::{Action, Decision, Explanation, LifecycleStage, LifecycleStep, Reason};
+
+use super::wire::CountsDigest;
+
+/// Version of the `data` payload.
+pub const SCALE_EVENT_DATA_VERSION: u32 = 1;
+/// `CloudEvents` `type` of a scale-out.
+pub const TYPE_SCALE_OUT: &str = "io.shadowtap.scale.out";
+/// `CloudEvents` `type` of a scale-in.
+pub const TYPE_SCALE_IN: &str = "io.shadowtap.scale.in";
+
+/// A scale event as published (`CloudEvents` 1.0 structured JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The resource id (also the Kafka key).
+    pub subject: String,
+    /// Decision time, RFC 3339 UTC.
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: ScaleEventData,
+}
+
+/// The event payload: what to do, and everything that led to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleEventData {
+    pub schema_version: u32,
+    pub resource: String,
+    pub action: Action,
+    pub current_instances: u32,
+    pub target_instances: u32,
+    pub reason: Reason,
+    /// The lifecycle stage this decision starts.
+    pub stage: Option<LifecycleStage>,
+    pub lifecycle: Vec<LifecycleStep>,
+    pub decided_at_ms: u64,
+    pub explanation: Explanation,
+    /// The merged window that triggered the decision.
+    pub window: WindowDigest,
+}
+
+/// The merged window behind a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowDigest {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Agents whose observations were merged, sorted.
+    pub agents: Vec<String>,
+    pub counts: CountsDigest,
+}
+
+/// The deterministic event id of (resource, window).
+pub fn event_id(resource: &str, window_start_ms: u64, window_end_ms: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(resource.as_bytes());
+    h.update([0]);
+    h.update(window_start_ms.to_be_bytes());
+    h.update(window_end_ms.to_be_bytes());
+    let digest = h.finalize();
+    hex(&digest[..16])
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+impl ScaleEvent {
+    /// The event for `decision`, or `None` for a hold (holds are not published).
+    pub fn from_decision(source: &str, decision: &Decision, window: WindowDigest) -> Option<Self> {
+        let event_type = match decision.action {
+            Action::ScaleOut => TYPE_SCALE_OUT,
+            Action::ScaleIn => TYPE_SCALE_IN,
+            Action::Hold => return None,
+        };
+        Some(Self {
+            specversion: "1.0".to_owned(),
+            id: event_id(&decision.resource, window.start_ms, window.end_ms),
+            source: source.to_owned(),
+            event_type: event_type.to_owned(),
+            subject: decision.resource.clone(),
+            time: rfc3339_millis(decision.at_ms),
+            datacontenttype: "application/json".to_owned(),
+            data: ScaleEventData {
+                schema_version: SCALE_EVENT_DATA_VERSION,
+                resource: decision.resource.clone(),
+                action: decision.action,
+                current_instances: decision.current_instances,
+                target_instances: decision.desired_instances,
+                reason: decision.reason,
+                stage: decision.stage,
+                lifecycle: decision.lifecycle.clone(),
+                decided_at_ms: decision.at_ms,
+                explanation: decision.explanation.clone(),
+                window,
+            },
+        })
+    }
+
+    /// One JSON line (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Every field is a plain string, number or derived enum: serialisation cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Unix ms → `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+// Howard Hinnant's days-from-civil inverse, for dates from 1970 on.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            rfc3339_millis(1_700_000_000_000),
+            "2023-11-14T22:13:20.000Z"
+        );
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        assert_eq!(event_id("api", 0, 60_000), event_id("api", 0, 60_000));
+        assert_ne!(event_id("api", 0, 60_000), event_id("api", 60_000, 120_000));
+        assert_ne!(event_id("api", 0, 60_000), event_id("web", 0, 60_000));
+        assert_eq!(event_id("api", 0, 60_000).len(), 32);
+    }
+}

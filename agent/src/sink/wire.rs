@@ -1,0 +1,648 @@
+//! The `shadowtap.observations` wire format: one protobuf message per (agent, resource, window).
+//!
+//! Protobuf because it is compact (varints, no field names), evolves by adding fields, and any
+//! consumer language can read it from the schema in `collector/WIRE_FORMAT.md`. The latency
+//! histogram travels as an `HdrHistogram` V2 blob so it stays mergeable without loss.
+//! Versioning: the `schema_version` field and the `shadowtap-schema` Kafka header; a decoder
+//! rejects versions it does not know instead of guessing.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::{
+    Histogram,
+    serialization::{Deserializer, Serializer as _, V2Serializer},
+};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::{DemandForecast, ForecastPoint, ModelKind};
+
+/// The only schema version this build writes and reads.
+pub const OBSERVATION_SCHEMA_VERSION: u32 = 1;
+/// Value of the `shadowtap-schema` header on every observation record.
+pub const OBSERVATION_SCHEMA_HEADER: &str = "shadowtap.observation.v1";
+/// Name of the schema header.
+pub const SCHEMA_HEADER_NAME: &str = "shadowtap-schema";
+/// Largest observation accepted (a defence against garbage, far above any real window).
+pub const MAX_OBSERVATION_BYTES: usize = 4 << 20;
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("record has no value")]
+    Empty,
+    #[error("record of {0} bytes exceeds the {MAX_OBSERVATION_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("unsupported schema version {0} (this build reads {OBSERVATION_SCHEMA_VERSION})")]
+    Version(u32),
+    #[error("field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+    #[error("record key `{key}` does not match resource `{resource}`")]
+    KeyMismatch { key: String, resource: String },
+}
+
+impl WireError {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooLarge(_) => "too_large",
+            Self::Protobuf(_) => "protobuf",
+            Self::Version(_) => "version",
+            Self::Field { .. } => "field",
+            Self::Histogram(_) => "histogram",
+            Self::KeyMismatch { .. } => "key_mismatch",
+        }
+    }
+}
+
+/// One resource's activity as one agent saw it in one window, plus the agent's local forecast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Who saw it; unique per agent process lifetime.
+    pub agent_id: String,
+    /// The resource (service) id; also the Kafka key.
+    pub resource: String,
+    /// Window start, unix ms (inclusive).
+    pub window_start_ms: u64,
+    /// Window end, unix ms (exclusive).
+    pub window_end_ms: u64,
+    /// Per-agent sequence number, for tracing gaps.
+    pub seq: u64,
+    /// The summary itself.
+    pub summary: WindowCounts,
+    /// The agent's forecast of this resource's demand, when it has one.
+    pub forecast: Option<DemandForecast>,
+}
+
+impl Observation {
+    /// The id that makes a redelivered record recognisable: (agent, resource, window).
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.agent_id, self.resource, self.window_start_ms
+        )
+    }
+}
+
+impl Observation {
+    /// The observation of a resource's closed window (from the model stage). `None` for a
+    /// client entity: only resources are scaled. Errors are 5xx responses.
+    pub fn from_summary(
+        agent_id: &str,
+        summary: &crate::model::WindowSummary,
+        seq: u64,
+        forecast: Option<DemandForecast>,
+    ) -> Option<Self> {
+        let crate::model::EntityId::Resource(resource) = &summary.entity else {
+            return None;
+        };
+        let start_ms = summary.window_start_ns / 1_000_000;
+        let end_ms = summary.window_end_ns() / 1_000_000;
+        Some(Self {
+            agent_id: agent_id.to_owned(),
+            resource: resource.to_string(),
+            window_start_ms: start_ms,
+            window_end_ms: end_ms.max(start_ms + 1),
+            seq,
+            summary: WindowCounts {
+                requests: summary.requests,
+                responses: summary.responses,
+                errors: summary.status.server_error,
+                bytes_in: summary.bytes_in,
+                bytes_out: summary.bytes_out,
+                latency_us: {
+                    let mut h = summary.latency_us.clone();
+                    h.auto(true);
+                    h
+                },
+                endpoints: summary.endpoints.clone(),
+                endpoints_other: summary.endpoints_other,
+            },
+            forecast,
+        })
+    }
+}
+
+/// Mergeable counters of one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowCounts {
+    /// HTTP requests (the demand the forecaster sees).
+    pub requests: u64,
+    /// HTTP responses.
+    pub responses: u64,
+    /// Responses with status ≥ 500.
+    pub errors: u64,
+    /// Bytes client → service.
+    pub bytes_in: u64,
+    /// Bytes service → client.
+    pub bytes_out: u64,
+    /// Request→response latency, microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Requests per endpoint for the top endpoints; the rest is in `endpoints_other`.
+    pub endpoints: BTreeMap<String, u64>,
+    /// Requests to endpoints not listed.
+    pub endpoints_other: u64,
+}
+
+impl Default for WindowCounts {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            responses: 0,
+            errors: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            latency_us: new_latency_histogram(),
+            endpoints: BTreeMap::new(),
+            endpoints_other: 0,
+        }
+    }
+}
+
+/// An empty latency histogram (auto-resizing, 3 significant digits).
+pub fn new_latency_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new(3).expect("3 significant digits is a valid precision");
+    h.auto(true);
+    h
+}
+
+impl WindowCounts {
+    /// Fraction of responses that were errors (0 when there were none).
+    pub fn error_rate(&self) -> f64 {
+        if self.responses == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.responses as f64
+        }
+    }
+
+    /// Add `other` into `self`: sums, histogram merge, endpoint union truncated to `top_k`
+    /// (what falls off is moved to `endpoints_other`, so totals are kept).
+    pub fn merge(&mut self, other: &WindowCounts, top_k: usize) {
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.errors += other.errors;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        // Auto-resize is on, so adding cannot fail on range; keep going if it ever does.
+        if let Err(e) = self.latency_us.add(&other.latency_us) {
+            tracing::warn!(error = %e, "latency histogram merge failed");
+        }
+        for (endpoint, n) in &other.endpoints {
+            *self.endpoints.entry(endpoint.clone()).or_default() += n;
+        }
+        self.endpoints_other += other.endpoints_other;
+        self.truncate_endpoints(top_k);
+    }
+
+    /// Keep the `top_k` busiest endpoints (ties broken by name), fold the rest into other.
+    pub fn truncate_endpoints(&mut self, top_k: usize) {
+        if self.endpoints.len() <= top_k {
+            return;
+        }
+        let mut ranked: Vec<(String, u64)> =
+            std::mem::take(&mut self.endpoints).into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
+            if i < top_k {
+                self.endpoints.insert(endpoint, n);
+            } else {
+                self.endpoints_other += n;
+            }
+        }
+    }
+}
+
+// ---- protobuf messages (see WIRE_FORMAT.md for the .proto text) ----
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ObservationPb {
+    #[prost(uint32, tag = "1")]
+    schema_version: u32,
+    #[prost(string, tag = "2")]
+    agent_id: String,
+    #[prost(string, tag = "3")]
+    resource: String,
+    #[prost(uint64, tag = "4")]
+    window_start_ms: u64,
+    #[prost(uint64, tag = "5")]
+    window_end_ms: u64,
+    #[prost(uint64, tag = "6")]
+    seq: u64,
+    #[prost(uint64, tag = "7")]
+    requests: u64,
+    #[prost(uint64, tag = "8")]
+    responses: u64,
+    #[prost(uint64, tag = "9")]
+    errors: u64,
+    #[prost(uint64, tag = "10")]
+    bytes_in: u64,
+    #[prost(uint64, tag = "11")]
+    bytes_out: u64,
+    #[prost(bytes = "vec", tag = "12")]
+    latency_us_hdr: Vec<u8>,
+    #[prost(message, repeated, tag = "13")]
+    endpoints: Vec<EndpointPb>,
+    #[prost(uint64, tag = "14")]
+    endpoints_other: u64,
+    #[prost(message, optional, tag = "15")]
+    forecast: Option<ForecastPb>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EndpointPb {
+    #[prost(string, tag = "1")]
+    endpoint: String,
+    #[prost(uint64, tag = "2")]
+    requests: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForecastPb {
+    #[prost(uint64, tag = "1")]
+    issued_at_ms: u64,
+    #[prost(uint64, tag = "2")]
+    step_ms: u64,
+    #[prost(double, tag = "3")]
+    level: f64,
+    #[prost(double, tag = "4")]
+    widening: f64,
+    /// `ModelKind` as JSON, e.g. `{"ets":{"spec":"AAN"}}`.
+    #[prost(string, tag = "5")]
+    model_json: String,
+    #[prost(message, repeated, tag = "6")]
+    points: Vec<PointPb>,
+    #[prost(double, optional, tag = "7")]
+    last_observed: Option<f64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PointPb {
+    #[prost(uint64, tag = "1")]
+    start_ms: u64,
+    #[prost(double, tag = "2")]
+    point: f64,
+    #[prost(double, tag = "3")]
+    lower: f64,
+    #[prost(double, tag = "4")]
+    upper: f64,
+}
+
+/// Encode an observation (the record value; the key is `resource`).
+pub fn encode_observation(obs: &Observation) -> Vec<u8> {
+    let mut hdr = Vec::new();
+    if let Err(e) = V2Serializer::new().serialize(&obs.summary.latency_us, &mut hdr) {
+        // Serialising into a Vec only fails on an internal inconsistency; send it empty.
+        tracing::warn!(error = %e, "latency histogram serialisation failed");
+        hdr.clear();
+    }
+    let forecast = obs.forecast.as_ref().map(|f| ForecastPb {
+        issued_at_ms: f.issued_at_ms,
+        step_ms: f.step_ms,
+        level: f.level,
+        widening: f.widening,
+        model_json: serde_json::to_string(&f.model).unwrap_or_default(),
+        points: f
+            .points
+            .iter()
+            .map(|p| PointPb {
+                start_ms: p.start_ms,
+                point: p.point,
+                lower: p.lower,
+                upper: p.upper,
+            })
+            .collect(),
+        last_observed: f.last_observed,
+    });
+    ObservationPb {
+        schema_version: OBSERVATION_SCHEMA_VERSION,
+        agent_id: obs.agent_id.clone(),
+        resource: obs.resource.clone(),
+        window_start_ms: obs.window_start_ms,
+        window_end_ms: obs.window_end_ms,
+        seq: obs.seq,
+        requests: obs.summary.requests,
+        responses: obs.summary.responses,
+        errors: obs.summary.errors,
+        bytes_in: obs.summary.bytes_in,
+        bytes_out: obs.summary.bytes_out,
+        latency_us_hdr: hdr,
+        endpoints: obs
+            .summary
+            .endpoints
+            .iter()
+            .map(|(e, n)| EndpointPb {
+                endpoint: e.clone(),
+                requests: *n,
+            })
+            .collect(),
+        endpoints_other: obs.summary.endpoints_other,
+        forecast,
+    }
+    .encode_to_vec()
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> WireError {
+    WireError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Decode and validate a record value. `key`, when present, must equal the resource.
+pub fn decode_observation(key: Option<&[u8]>, value: &[u8]) -> Result<Observation, WireError> {
+    if value.is_empty() {
+        return Err(WireError::Empty);
+    }
+    if value.len() > MAX_OBSERVATION_BYTES {
+        return Err(WireError::TooLarge(value.len()));
+    }
+    let pb = ObservationPb::decode(value)?;
+    if pb.schema_version != OBSERVATION_SCHEMA_VERSION {
+        return Err(WireError::Version(pb.schema_version));
+    }
+    if pb.agent_id.is_empty() {
+        return Err(field("agent_id", "empty"));
+    }
+    if pb.resource.is_empty() {
+        return Err(field("resource", "empty"));
+    }
+    if let Some(key) = key
+        && key != pb.resource.as_bytes()
+    {
+        return Err(WireError::KeyMismatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            resource: pb.resource,
+        });
+    }
+    if pb.window_end_ms <= pb.window_start_ms {
+        return Err(field("window_end_ms", "not after window_start_ms"));
+    }
+    if pb.errors > pb.responses {
+        return Err(field("errors", "more errors than responses"));
+    }
+    let latency_us = if pb.latency_us_hdr.is_empty() {
+        new_latency_histogram()
+    } else {
+        let mut h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut pb.latency_us_hdr.as_slice())
+            .map_err(|e| WireError::Histogram(format!("{e:?}")))?;
+        h.auto(true);
+        h
+    };
+    let mut endpoints = BTreeMap::new();
+    for e in pb.endpoints {
+        *endpoints.entry(e.endpoint).or_default() += e.requests;
+    }
+    let forecast = match pb.forecast {
+        None => None,
+        Some(f) => Some(decode_forecast(&pb.resource, f)?),
+    };
+    Ok(Observation {
+        agent_id: pb.agent_id,
+        resource: pb.resource,
+        window_start_ms: pb.window_start_ms,
+        window_end_ms: pb.window_end_ms,
+        seq: pb.seq,
+        summary: WindowCounts {
+            requests: pb.requests,
+            responses: pb.responses,
+            errors: pb.errors,
+            bytes_in: pb.bytes_in,
+            bytes_out: pb.bytes_out,
+            latency_us,
+            endpoints,
+            endpoints_other: pb.endpoints_other,
+        },
+        forecast,
+    })
+}
+
+fn decode_forecast(resource: &str, f: ForecastPb) -> Result<DemandForecast, WireError> {
+    if f.step_ms == 0 {
+        return Err(field("forecast.step_ms", "zero"));
+    }
+    let model: ModelKind = serde_json::from_str(&f.model_json)
+        .map_err(|e| field("forecast.model_json", e.to_string()))?;
+    let mut points = Vec::with_capacity(f.points.len());
+    let mut previous: Option<u64> = None;
+    for p in f.points {
+        if ![p.point, p.lower, p.upper].iter().all(|v| v.is_finite()) {
+            return Err(field("forecast.points", "non-finite value"));
+        }
+        if previous.is_some_and(|prev| p.start_ms <= prev) {
+            return Err(field("forecast.points", "not in increasing time order"));
+        }
+        previous = Some(p.start_ms);
+        points.push(ForecastPoint {
+            start_ms: p.start_ms,
+            point: p.point,
+            lower: p.lower,
+            upper: p.upper,
+        });
+    }
+    Ok(DemandForecast {
+        resource: resource.to_owned(),
+        issued_at_ms: f.issued_at_ms,
+        step_ms: f.step_ms,
+        level: f.level,
+        widening: f.widening,
+        model,
+        points,
+        last_observed: f.last_observed,
+        outliers_ms: Vec::new(),
+        changepoints_ms: Vec::new(),
+    })
+}
+
+/// A JSON-friendly digest of merged counts, carried in scale events and state snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountsDigest {
+    pub requests: u64,
+    pub responses: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub latency_samples: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+    pub top_endpoints: Vec<(String, u64)>,
+    pub endpoints_other: u64,
+}
+
+impl From<&WindowCounts> for CountsDigest {
+    fn from(c: &WindowCounts) -> Self {
+        let mut top: Vec<(String, u64)> =
+            c.endpoints.iter().map(|(e, n)| (e.clone(), *n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let h = &c.latency_us;
+        let q = |x: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(x)
+            }
+        };
+        Self {
+            requests: c.requests,
+            responses: c.responses,
+            errors: c.errors,
+            error_rate: c.error_rate(),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            latency_samples: h.len(),
+            latency_p50_us: q(0.5),
+            latency_p99_us: q(0.99),
+            latency_max_us: if h.is_empty() { 0 } else { h.max() },
+            top_endpoints: top,
+            endpoints_other: c.endpoints_other,
+        }
+    }
+}
+
+/// Serialise a histogram for a state snapshot (V2, base-16 text would double it; keep bytes).
+pub fn histogram_bytes(h: &Histogram<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if V2Serializer::new().serialize(h, &mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Inverse of [`histogram_bytes`].
+pub fn histogram_from_bytes(bytes: &[u8]) -> Result<Histogram<u64>, WireError> {
+    if bytes.is_empty() {
+        return Ok(new_latency_histogram());
+    }
+    let mut h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| WireError::Histogram(format!("{e:?}")))?;
+    h.auto(true);
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Observation {
+        let mut counts = WindowCounts {
+            requests: 10,
+            responses: 9,
+            errors: 1,
+            bytes_in: 1000,
+            bytes_out: 5000,
+            ..WindowCounts::default()
+        };
+        for v in [100, 200, 300, 4000] {
+            counts.latency_us.record(v).expect("record");
+        }
+        counts.endpoints.insert("GET /a".into(), 7);
+        counts.endpoints.insert("GET /b".into(), 3);
+        Observation {
+            agent_id: "agent-1".into(),
+            resource: "api".into(),
+            window_start_ms: 60_000,
+            window_end_ms: 120_000,
+            seq: 4,
+            summary: counts,
+            forecast: Some(DemandForecast {
+                resource: "api".into(),
+                issued_at_ms: 120_000,
+                step_ms: 60_000,
+                level: 0.9,
+                widening: 1.0,
+                model: ModelKind::Naive,
+                points: vec![ForecastPoint {
+                    start_ms: 120_000,
+                    point: 10.0,
+                    lower: 8.0,
+                    upper: 12.0,
+                }],
+                last_observed: Some(10.0),
+                outliers_ms: vec![],
+                changepoints_ms: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trip_is_lossless() {
+        let obs = sample();
+        let bytes = encode_observation(&obs);
+        let back = decode_observation(Some(b"api"), &bytes).expect("decode");
+        assert_eq!(back, obs);
+        // Compact: far smaller than the JSON of the same content.
+        assert!(bytes.len() < 300, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn garbage_and_mismatches_are_errors_not_panics() {
+        assert!(matches!(
+            decode_observation(None, b""),
+            Err(WireError::Empty)
+        ));
+        assert!(decode_observation(None, b"\xff\xff\xff\xff not protobuf").is_err());
+        let bytes = encode_observation(&sample());
+        assert!(matches!(
+            decode_observation(Some(b"other"), &bytes),
+            Err(WireError::KeyMismatch { .. })
+        ));
+        let mut bad = sample();
+        bad.window_end_ms = bad.window_start_ms;
+        assert!(decode_observation(None, &encode_observation(&bad)).is_err());
+        // Truncations of a valid record never panic.
+        for cut in 0..bytes.len() {
+            let _ = decode_observation(None, &bytes[..cut]);
+        }
+    }
+
+    #[test]
+    fn from_model_summary() {
+        use crate::model::{EntityId, ResourceId, WindowSummary};
+        let addr: std::net::SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let id = ResourceId::new(addr, Some("shop.example"));
+        let mut s = WindowSummary::empty(
+            EntityId::Resource(id.clone()),
+            60_000_000_000,
+            10_000_000_000,
+        );
+        s.requests = 42;
+        s.responses = 40;
+        s.status.server_error = 3;
+        s.latency_us.record(1234).expect("record");
+        s.endpoints.insert("GET /items/{id}".into(), 42);
+        let obs = Observation::from_summary("agent-x", &s, 7, None).expect("a resource");
+        assert_eq!(obs.resource, id.to_string());
+        assert_eq!((obs.window_start_ms, obs.window_end_ms), (60_000, 70_000));
+        assert_eq!((obs.summary.requests, obs.summary.errors), (42, 3));
+        assert_eq!(obs.summary.latency_us.len(), 1);
+        let back = decode_observation(Some(obs.resource.as_bytes()), &encode_observation(&obs))
+            .expect("decode");
+        assert_eq!(back, obs);
+    }
+
+    #[test]
+    fn merge_sums_and_keeps_totals_when_truncating_top_k() {
+        let a = sample().summary;
+        let mut b = sample().summary;
+        b.endpoints.clear();
+        b.endpoints.insert("GET /c".into(), 5);
+        let mut merged = a.clone();
+        merged.merge(&b, 2);
+        assert_eq!(merged.requests, 20);
+        assert_eq!(merged.latency_us.len(), 8);
+        assert_eq!(merged.endpoints.len(), 2);
+        let listed: u64 = merged.endpoints.values().sum();
+        assert_eq!(listed + merged.endpoints_other, 7 + 3 + 5);
+        assert_eq!(merged.endpoints.get("GET /a"), Some(&7));
+        assert_eq!(merged.endpoints.get("GET /c"), Some(&5));
+    }
+}

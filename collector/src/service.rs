@@ -1,0 +1,599 @@
+//! The consume → merge → decide → publish → commit loop.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rdkafka::{
+    ClientContext, Message as _, Offset, TopicPartitionList,
+    consumer::{
+        BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+    },
+    message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+};
+use shadowtap_agent::{
+    decision::PolicySet,
+    metrics::MetricsPage,
+    sink::{Fleet, FleetConfig, KafkaSettings, decode_observation},
+};
+
+use crate::{state, stats::CollectorStats, topics};
+
+/// Default state topic.
+pub const STATE_TOPIC: &str = "shadowtap.collector-state";
+/// Default dead-letter topic.
+pub const DEAD_LETTER_TOPIC: &str = "shadowtap.observations.dlq";
+/// Default consumer group.
+pub const GROUP_ID: &str = "shadowtap-collector";
+
+/// Everything the collector needs.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub kafka: KafkaSettings,
+    pub group_id: String,
+    pub state_topic: String,
+    pub dead_letter_topic: String,
+    /// Partitions of topics the collector creates.
+    pub partitions: i32,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    pub fleet: FleetConfig,
+    pub policies: PolicySet,
+    /// Records per batch (one commit per batch).
+    pub batch_max: usize,
+    /// How long a batch collects records after the first.
+    pub batch_wait: Duration,
+    pub delivery_timeout: Duration,
+    /// Consumer group session timeout: how soon a dead collector's partitions move.
+    pub session_timeout: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl CollectorConfig {
+    pub fn new(kafka: KafkaSettings, policies: PolicySet) -> Self {
+        Self {
+            kafka,
+            group_id: GROUP_ID.to_owned(),
+            state_topic: STATE_TOPIC.to_owned(),
+            dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
+            partitions: 4,
+            create_topics: true,
+            fleet: FleetConfig::default(),
+            policies,
+            batch_max: 1000,
+            batch_wait: Duration::from_millis(20),
+            delivery_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+            metrics_addr: None,
+        }
+    }
+}
+
+/// Fatal collector errors (everything else is counted and survived).
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("loading state of partition {partition}: {source}")]
+    StateLoad {
+        partition: i32,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+enum RebalanceNote {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct GroupContext {
+    topic: String,
+    notes: Mutex<Vec<RebalanceNote>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+                .collect::<Vec<_>>()
+        };
+        let note = match rebalance {
+            Rebalance::Assign(tpl) => RebalanceNote::Assigned(parts(tpl)),
+            Rebalance::Revoke(tpl) => RebalanceNote::Revoked(parts(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(note);
+        }
+    }
+}
+
+/// What a publish is for (decides what to count once it is acknowledged).
+#[derive(Debug, Clone)]
+enum Purpose {
+    ScaleEvent { window_end_ms: u64 },
+    DeadLetter,
+    Snapshot,
+}
+
+#[derive(Debug, Clone)]
+struct Publish {
+    purpose: Purpose,
+    topic: String,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The collector service.
+pub struct Collector {
+    config: CollectorConfig,
+    stats: Arc<CollectorStats>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct Ownership {
+    owned: BTreeSet<i32>,
+    loaded: BTreeSet<i32>,
+    resource_partition: HashMap<String, i32>,
+}
+
+impl Collector {
+    pub fn new(config: CollectorConfig) -> Self {
+        Self {
+            config,
+            stats: Arc::new(CollectorStats::default()),
+        }
+    }
+
+    /// Counters, shared with the running loop.
+    pub fn stats(&self) -> Arc<CollectorStats> {
+        self.stats.clone()
+    }
+
+    /// Run until `shutdown` completes. Fatal errors return; the rest is counted and logged.
+    #[allow(clippy::too_many_lines)] // the loop reads best in one place
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), CollectorError> {
+        let cfg = &self.config;
+        let kafka = &cfg.kafka;
+        if cfg.create_topics {
+            topics::ensure_topics(
+                kafka,
+                &[
+                    (kafka.observations_topic.as_str(), false),
+                    (kafka.scale_events_topic.as_str(), false),
+                    (cfg.state_topic.as_str(), true),
+                    (cfg.dead_letter_topic.as_str(), false),
+                ],
+                cfg.partitions,
+            )
+            .await?;
+        }
+        let page = MetricsPage::default();
+        let _metrics = match cfg.metrics_addr {
+            Some(addr) => {
+                // Bind here so a taken port is a start-up error, then serve in the background.
+                let probe = std::net::TcpListener::bind(addr)
+                    .map_err(|source| CollectorError::Metrics { addr, source })?;
+                drop(probe);
+                let page = page.clone();
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    if let Err(e) = shadowtap_agent::metrics::serve(addr, page).await {
+                        tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+                    }
+                })))
+            }
+            None => None,
+        };
+        let session = cfg.session_timeout.as_millis().max(1000);
+        let consumer: StreamConsumer<GroupContext> = kafka
+            .client_config(&[
+                ("group.id", &cfg.group_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                ("session.timeout.ms", &session.to_string()),
+                ("heartbeat.interval.ms", &(session / 5).to_string()),
+            ])
+            .create_with_context(GroupContext {
+                topic: kafka.observations_topic.clone(),
+                notes: Mutex::new(Vec::new()),
+            })?;
+        consumer.subscribe(&[kafka.observations_topic.as_str()])?;
+        let producer: FutureProducer = kafka.producer_config(cfg.delivery_timeout).create()?;
+        let mut fleet = Fleet::new(cfg.fleet.clone(), cfg.policies.clone());
+        let mut own = Ownership {
+            owned: BTreeSet::new(),
+            loaded: BTreeSet::new(),
+            resource_partition: HashMap::new(),
+        };
+        tracing::info!(group = %cfg.group_id, topic = %kafka.observations_topic, "collector started");
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let mut batch: Vec<OwnedMessage> = Vec::new();
+            tokio::select! {
+                () = &mut shutdown => break,
+                m = consumer.recv() => match m {
+                    Ok(m) => batch.push(m.detach()),
+                    Err(e) => tracing::warn!(error = %e, "consume error"),
+                },
+                _ = tick.tick() => {}
+            }
+            let deadline = tokio::time::Instant::now() + cfg.batch_wait;
+            while !batch.is_empty() && batch.len() < cfg.batch_max {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "consume error");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.apply_rebalances(&consumer, &mut own, &mut fleet, &mut batch);
+            // Restore assigned partitions now, not at their next record: their open windows
+            // must close (and publish) even if no further record arrives for them.
+            let unloaded: Vec<i32> = own.owned.difference(&own.loaded).copied().collect();
+            for p in unloaded {
+                self.load_state(&mut own, &mut fleet, p).await?;
+            }
+            let (pending, offsets) = self.process(&mut own, &mut fleet, batch).await?;
+            // Events and dead letters first, snapshots only once those are acknowledged: a
+            // snapshot that records a window as closed must never land without its event,
+            // or a successor restoring it would skip the event.
+            let (snapshots, outputs): (Vec<Publish>, Vec<Publish>) = pending
+                .into_iter()
+                .partition(|p| matches!(p.purpose, Purpose::Snapshot));
+            let published = tokio::select! {
+                () = &mut shutdown => false,
+                ok = async {
+                    self.publish_all(&producer, outputs).await
+                        && self.publish_all(&producer, snapshots).await
+                } => ok,
+            };
+            if !published {
+                break;
+            }
+            self.commit(&consumer, &own, &offsets);
+            self.stats.set_fleet(fleet.stats());
+            self.stats.open_windows.store(
+                i64::try_from(fleet.open_windows()).unwrap_or(i64::MAX),
+                Ordering::Relaxed,
+            );
+            page.set(self.stats.render());
+        }
+        tracing::info!("collector stopping");
+        consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn apply_rebalances(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        own: &mut Ownership,
+        fleet: &mut Fleet,
+        batch: &mut Vec<OwnedMessage>,
+    ) {
+        let notes: Vec<RebalanceNote> = consumer
+            .context()
+            .notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default();
+        for note in notes {
+            self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+            match note {
+                RebalanceNote::Assigned(parts) => {
+                    tracing::info!(?parts, "partitions assigned");
+                    own.owned.extend(parts);
+                }
+                RebalanceNote::Revoked(parts) => {
+                    tracing::info!(?parts, "partitions revoked");
+                    for p in &parts {
+                        own.owned.remove(p);
+                        own.loaded.remove(p);
+                    }
+                    let gone: Vec<String> = own
+                        .resource_partition
+                        .iter()
+                        .filter(|(_, p)| parts.contains(p))
+                        .map(|(r, _)| r.clone())
+                        .collect();
+                    for r in gone {
+                        fleet.drop_resource(&r);
+                        own.resource_partition.remove(&r);
+                    }
+                    // The new owner re-reads these from the committed offset.
+                    batch.retain(|m| !parts.contains(&m.partition()));
+                }
+            }
+        }
+        self.stats.partitions_owned.store(
+            i64::try_from(own.owned.len()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    async fn load_state(
+        &self,
+        own: &mut Ownership,
+        fleet: &mut Fleet,
+        partition: i32,
+    ) -> Result<(), CollectorError> {
+        let kafka = self.config.kafka.clone();
+        let topic = self.config.state_topic.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            state::load_partition(&kafka, &topic, partition, Duration::from_secs(30))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::Fail,
+            ))
+        })
+        .map_err(|source| CollectorError::StateLoad { partition, source })?;
+        self.stats
+            .snapshots_rejected
+            .fetch_add(loaded.rejected, Ordering::Relaxed);
+        let now = Instant::now();
+        let n = loaded.snapshots.len();
+        for snap in loaded.snapshots {
+            let resource = snap.resource.clone();
+            match fleet.restore(&snap, now) {
+                Ok(()) => {
+                    own.resource_partition.insert(resource, partition);
+                    self.stats.snapshots_loaded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "state snapshot rejected");
+                    self.stats
+                        .snapshots_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tracing::info!(partition, resources = n, "state loaded");
+        own.loaded.insert(partition);
+        Ok(())
+    }
+
+    async fn process(
+        &self,
+        own: &mut Ownership,
+        fleet: &mut Fleet,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<(Vec<Publish>, BTreeMap<i32, i64>), CollectorError> {
+        let cfg = &self.config;
+        let mut pending = Vec::new();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut dirty: HashSet<String> = HashSet::new();
+        let mut closed = Vec::new();
+        for msg in batch {
+            let p = msg.partition();
+            if !own.owned.contains(&p) {
+                // Assignment notes arrive with the first poll; trust the message's partition.
+                own.owned.insert(p);
+            }
+            if !own.loaded.contains(&p) {
+                self.load_state(own, fleet, p).await?;
+            }
+            offsets.insert(p, msg.offset() + 1);
+            self.stats
+                .observations_consumed
+                .fetch_add(1, Ordering::Relaxed);
+            match decode_observation(msg.key(), msg.payload().unwrap_or_default()) {
+                Err(e) => {
+                    tracing::warn!(partition = p, offset = msg.offset(), error = %e, "malformed observation dead-lettered");
+                    self.stats.malformed(e.label());
+                    pending.push(dead_letter(cfg, &msg, &e.to_string()));
+                }
+                Ok(obs) => {
+                    own.resource_partition.insert(obs.resource.clone(), p);
+                    dirty.insert(obs.resource.clone());
+                    let (_, c) = fleet.ingest(obs, Instant::now());
+                    closed.extend(c);
+                    self.stats
+                        .observations_processed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        closed.extend(fleet.tick(Instant::now()));
+        let source = cfg.fleet.source.clone();
+        for c in &closed {
+            dirty.insert(c.resource.clone());
+            if let Some(event) = c.scale_event(&source) {
+                pending.push(Publish {
+                    purpose: Purpose::ScaleEvent {
+                        window_end_ms: c.end_ms,
+                    },
+                    topic: cfg.kafka.scale_events_topic.clone(),
+                    partition: None,
+                    key: c.resource.clone().into_bytes(),
+                    payload: Some(event.to_json().into_bytes()),
+                    headers: vec![(
+                        "content-type".to_owned(),
+                        b"application/cloudevents+json; charset=utf-8".to_vec(),
+                    )],
+                });
+            }
+        }
+        for resource in dirty {
+            let (Some(snap), Some(p)) = (
+                fleet.snapshot(&resource),
+                own.resource_partition.get(&resource),
+            ) else {
+                continue;
+            };
+            pending.push(Publish {
+                purpose: Purpose::Snapshot,
+                topic: cfg.state_topic.clone(),
+                partition: Some(*p),
+                key: resource.into_bytes(),
+                payload: Some(serde_json::to_vec(&snap).unwrap_or_default()),
+                headers: Vec::new(),
+            });
+        }
+        Ok((pending, offsets))
+    }
+
+    /// Publish everything and wait for acknowledgements, retrying failures until they land.
+    async fn publish_all(&self, producer: &FutureProducer, mut pending: Vec<Publish>) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let mut futures = Vec::with_capacity(pending.len());
+            let mut not_queued = Vec::new();
+            for p in pending {
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in &p.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
+                if let Some(payload) = &p.payload {
+                    record = record.payload(payload);
+                }
+                if let Some(partition) = p.partition {
+                    record = record.partition(partition);
+                }
+                match producer.send_result(record) {
+                    Ok(f) => futures.push((p, f)),
+                    Err(_) => not_queued.push(p),
+                }
+            }
+            let mut failed = not_queued;
+            for (p, f) in futures {
+                match f.await {
+                    Ok(Ok(_)) => self.acknowledged(&p.purpose),
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(topic = %p.topic, error = %e, "publish failed; retrying");
+                        failed.push(p);
+                    }
+                    Err(_) => failed.push(p),
+                }
+            }
+            if !failed.is_empty() {
+                self.stats
+                    .publish_retries
+                    .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            pending = failed;
+        }
+        true
+    }
+
+    fn acknowledged(&self, purpose: &Purpose) {
+        match purpose {
+            Purpose::ScaleEvent { window_end_ms } => {
+                self.stats
+                    .scale_events_published
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .record_event_latency(now_ms().saturating_sub(*window_end_ms));
+            }
+            Purpose::DeadLetter => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Purpose::Snapshot => {
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn commit(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        own: &Ownership,
+        offsets: &BTreeMap<i32, i64>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            if !own.owned.contains(p) {
+                continue;
+            }
+            if let Err(e) = tpl.add_partition_offset(
+                &self.config.kafka.observations_topic,
+                *p,
+                Offset::Offset(*next),
+            ) {
+                tracing::warn!(partition = *p, error = %e, "offset not committable");
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // The partition moved; its next owner replays from the last commit.
+                tracing::warn!(error = %e, "offset commit failed");
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn dead_letter(cfg: &CollectorConfig, msg: &OwnedMessage, error: &str) -> Publish {
+    let mut headers = vec![
+        ("shadowtap-error".to_owned(), error.as_bytes().to_vec()),
+        (
+            "shadowtap-source".to_owned(),
+            format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()).into_bytes(),
+        ),
+    ];
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            if let Some(v) = header.value {
+                headers.push((header.key.to_owned(), v.to_vec()));
+            }
+        }
+    }
+    Publish {
+        purpose: Purpose::DeadLetter,
+        topic: cfg.dead_letter_topic.clone(),
+        partition: None,
+        key: msg.key().unwrap_or_default().to_vec(),
+        payload: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

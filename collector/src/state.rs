@@ -1,0 +1,83 @@
+//! The state topic: one JSON [`ResourceSnapshot`] per record, key = resource, written to the
+//! same partition number as the resource's observations. A collector taking over observation
+//! partition `p` reads state partition `p` to its end and keeps the latest snapshot per
+//! resource (the topic is compacted, so that is also all Kafka keeps).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _},
+};
+use shadowtap_agent::sink::{KafkaSettings, ResourceSnapshot};
+
+/// What loading a partition found.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    pub snapshots: Vec<ResourceSnapshot>,
+    /// Records that did not parse (skipped, counted).
+    pub rejected: u64,
+}
+
+/// Read state partition `partition` of `topic` to its high watermark (blocking).
+pub fn load_partition(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<LoadedState, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = kafka
+        .client_config(&[
+            ("group.id", "shadowtap-collector-state-loader"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+        ])
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut out = LoadedState::default();
+    if high <= low {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut latest: HashMap<String, ResourceSnapshot> = HashMap::new();
+    let mut next = low;
+    while next < high {
+        if Instant::now() > deadline {
+            return Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg?;
+        next = msg.offset() + 1;
+        match msg
+            .payload()
+            .map(serde_json::from_slice::<ResourceSnapshot>)
+        {
+            Some(Ok(snap)) => {
+                latest.insert(snap.resource.clone(), snap);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(partition, offset = msg.offset(), error = %e, "unreadable state snapshot");
+                out.rejected += 1;
+            }
+            // A tombstone: the resource was dropped.
+            None => {
+                if let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    latest.remove(key);
+                }
+            }
+        }
+    }
+    out.snapshots = latest.into_values().collect();
+    Ok(out)
+}

@@ -1,0 +1,226 @@
+//! The collector's counters, exported on `/metrics`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+use hdrhistogram::Histogram;
+use shadowtap_agent::{metrics::Exposition, sink::FleetStats};
+
+/// Shared counters (cheap to update from the loop, read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct CollectorStats {
+    pub observations_consumed: AtomicU64,
+    pub observations_processed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub scale_events_published: AtomicU64,
+    pub snapshots_written: AtomicU64,
+    pub snapshots_loaded: AtomicU64,
+    pub snapshots_rejected: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    pub rebalances: AtomicU64,
+    pub partitions_owned: AtomicI64,
+    pub open_windows: AtomicI64,
+    malformed: Mutex<BTreeMap<&'static str, u64>>,
+    fleet: Mutex<FleetStats>,
+    /// Wall time from a window's end to its scale event's acknowledgement, ms.
+    event_latency_ms: Mutex<Option<Histogram<u64>>>,
+}
+
+impl CollectorStats {
+    pub fn malformed(&self, reason: &'static str) {
+        if let Ok(mut m) = self.malformed.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.lock().map_or(0, |m| m.values().sum())
+    }
+
+    pub fn set_fleet(&self, fleet: FleetStats) {
+        if let Ok(mut f) = self.fleet.lock() {
+            *f = fleet;
+        }
+    }
+
+    pub fn fleet(&self) -> FleetStats {
+        self.fleet.lock().map(|f| *f).unwrap_or_default()
+    }
+
+    pub fn record_event_latency(&self, ms: u64) {
+        if let Ok(mut h) = self.event_latency_ms.lock() {
+            let h = h.get_or_insert_with(|| {
+                let mut h = Histogram::new(3).expect("3 significant digits is valid");
+                h.auto(true);
+                h
+            });
+            let _ = h.record(ms);
+        }
+    }
+
+    /// A copy of the latency histogram (ms).
+    pub fn event_latency(&self) -> Option<Histogram<u64>> {
+        self.event_latency_ms.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// The Prometheus page.
+    #[allow(clippy::too_many_lines)] // one flat list of metric families
+    pub fn render(&self) -> String {
+        let mut e = Exposition::default();
+        let c = |e: &mut Exposition, name: &str, help: &str, v: &AtomicU64| {
+            e.family(
+                name,
+                "counter",
+                help,
+                &[(&[], v.load(Ordering::Relaxed) as f64)],
+            );
+        };
+        c(
+            &mut e,
+            "shadowtap_collector_observations_consumed_total",
+            "Observation records consumed.",
+            &self.observations_consumed,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_observations_processed_total",
+            "Observation records decoded and merged (or deduplicated).",
+            &self.observations_processed,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_dead_lettered_total",
+            "Records sent to the dead-letter topic.",
+            &self.dead_lettered,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_scale_events_total",
+            "Scale events acknowledged by Kafka.",
+            &self.scale_events_published,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_snapshots_written_total",
+            "State snapshots acknowledged.",
+            &self.snapshots_written,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_snapshots_loaded_total",
+            "State snapshots restored.",
+            &self.snapshots_loaded,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_snapshots_rejected_total",
+            "State snapshots that could not be restored.",
+            &self.snapshots_rejected,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_publish_retries_total",
+            "Publishes retried after a failed delivery.",
+            &self.publish_retries,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_commits_total",
+            "Offset commits.",
+            &self.commits,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_commit_errors_total",
+            "Failed offset commits.",
+            &self.commit_errors,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_rebalances_total",
+            "Partition assignment changes.",
+            &self.rebalances,
+        );
+        let malformed: Vec<(&'static str, u64)> = self
+            .malformed
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        let labels: Vec<[(&str, &str); 1]> =
+            malformed.iter().map(|(k, _)| [("reason", *k)]).collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&malformed)
+            .map(|(l, (_, v))| (&l[..], *v as f64))
+            .collect();
+        e.family(
+            "shadowtap_collector_malformed_total",
+            "counter",
+            "Malformed observation records, by reason.",
+            &samples,
+        );
+        let f = self.fleet();
+        let fleet: [(&str, u64); 9] = [
+            ("merged", f.observations_merged),
+            ("duplicate", f.observations_duplicate),
+            ("late", f.observations_late),
+            ("step_mismatch", f.observations_step_mismatch),
+            ("windows_closed", f.windows_closed),
+            ("decisions", f.decisions),
+            ("decisions_without_policy", f.decisions_without_policy),
+            ("forecast_errors", f.forecast_errors),
+            ("agent_forecasts_ignored", f.agent_forecasts_ignored),
+        ];
+        let labels: Vec<[(&str, &str); 1]> = fleet.iter().map(|(k, _)| [("what", *k)]).collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&fleet)
+            .map(|(l, (_, v))| (&l[..], *v as f64))
+            .collect();
+        e.family(
+            "shadowtap_collector_fleet_total",
+            "counter",
+            "Merge and decision stage counters.",
+            &samples,
+        );
+        e.family(
+            "shadowtap_collector_partitions_owned",
+            "gauge",
+            "Observation partitions this collector owns.",
+            &[(&[], self.partitions_owned.load(Ordering::Relaxed) as f64)],
+        );
+        e.family(
+            "shadowtap_collector_open_windows",
+            "gauge",
+            "Merged windows waiting to close.",
+            &[(&[], self.open_windows.load(Ordering::Relaxed) as f64)],
+        );
+        if let Some(h) = self.event_latency() {
+            let q: Vec<(String, f64)> = [0.5, 0.99, 1.0]
+                .iter()
+                .map(|q| (q.to_string(), h.value_at_quantile(*q) as f64))
+                .collect();
+            let labels: Vec<[(&str, &str); 1]> =
+                q.iter().map(|(k, _)| [("quantile", k.as_str())]).collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&q)
+                .map(|(l, (_, v))| (&l[..], *v))
+                .collect();
+            e.family(
+                "shadowtap_collector_event_latency_ms",
+                "summary",
+                "Window end to scale event acknowledged (wall clock).",
+                &samples,
+            );
+        }
+        e.finish()
+    }
+}

@@ -1,0 +1,399 @@
+//! Shared pieces of the collector's integration tests (each test binary uses a subset).
+#![allow(dead_code)]
+
+pub mod broker;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _},
+    message::Headers as _,
+};
+use shadowtap_agent::sink::{KafkaSettings, Observation, WindowCounts};
+
+pub use broker::{Broker, ChildGuard};
+
+/// Event-time origin of test windows (fixed, so runs are comparable).
+pub const T0_MS: u64 = 1_700_000_000_000;
+/// Window length of test observations.
+pub const STEP_MS: u64 = 1000;
+
+pub const POLICY: &str = r#"
+[defaults]
+capacity_per_instance = 100.0
+target_utilisation = 1.0
+provisioning_lead_time = "2s"
+horizon = "2s"
+min_instances = 1
+max_instances = 1000
+scale_out_cooldown = "0s"
+scale_in_cooldown = "1h"
+scale_in_stabilisation = "1h"
+"#;
+
+pub fn write_policy(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, text).expect("write policy");
+    p
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn kafka(broker: &Broker) -> KafkaSettings {
+    KafkaSettings::new(broker.bootstrap())
+}
+
+/// Create the collector's topics with `partitions` each.
+pub fn create_topics(rt: &tokio::runtime::Runtime, broker: &Broker, partitions: i32) {
+    let k = kafka(broker);
+    rt.block_on(shadowtap_collector::topics::ensure_topics(
+        &k,
+        &[
+            ("shadowtap.observations", false),
+            ("shadowtap.scale-events", false),
+            ("shadowtap.collector-state", true),
+            ("shadowtap.observations.dlq", false),
+        ],
+        partitions,
+    ))
+    .expect("create topics");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running collector process and its metrics port.
+pub struct CollectorProc {
+    pub guard: ChildGuard,
+    pub metrics_port: u16,
+}
+
+/// Start `shadowtap-collector` against `broker`; its log goes to `log`.
+pub fn spawn_collector(
+    broker: &Broker,
+    policy: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> CollectorProc {
+    let metrics_port = free_port();
+    let log = std::fs::File::create(log).expect("collector log");
+    let child = Command::new(env!("CARGO_BIN_EXE_shadowtap-collector"))
+        .args([
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--policy",
+            &policy.display().to_string(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--merge-wait",
+            "200ms",
+            "--idle-close",
+            "2s",
+            "--session-timeout",
+            "6s",
+            "--delivery-timeout",
+            "5s",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn collector");
+    CollectorProc {
+        guard: ChildGuard(child),
+        metrics_port,
+    }
+}
+
+/// GET `/metrics` (or another path); `None` while the endpoint is not up.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let attempt = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // One write: the endpoint answers the first segment it reads.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes())?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    // Retry a few times before calling the endpoint down (it may be starting).
+    let mut last = None;
+    for _ in 0..5 {
+        match attempt() {
+            Ok(b) => return Some(b),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(e) = last {
+        eprintln!("GET 127.0.0.1:{port}{path}: {e}");
+    }
+    None
+}
+
+/// Value of an unlabelled (or exactly labelled) sample on a metrics page.
+pub fn metric(page: &str, name_with_labels: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(name_with_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Start the provisioner example in dry-run mode; its JSON lines arrive on the channel.
+pub fn spawn_provisioner(
+    broker: &Broker,
+    group: &str,
+) -> (ChildGuard, mpsc::Receiver<serde_json::Value>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args([
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--group-id",
+            group,
+            "--exec",
+            "kubectl scale deployment/{resource} --replicas={target}",
+            "--dry-run",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn provisioner");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (ChildGuard(child), rx)
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Read `topic` from the beginning until `until` says enough (or `timeout`), then `linger`
+/// more to catch extras.
+pub fn read_topic(
+    broker: &Broker,
+    topic: &str,
+    timeout: Duration,
+    linger: Duration,
+    until: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = kafka(broker)
+        .client_config(&[
+            ("group.id", "test-reader"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+        ])
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut linger_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if linger_until.is_some_and(|l| now > l) || now > deadline {
+            break;
+        }
+        if linger_until.is_none() && until(&out) {
+            linger_until = Some(now + linger);
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|h| Some((h.key.to_owned(), h.value?.to_vec())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// A synthetic-but-valid observation with `requests` requests.
+pub fn observation(agent: &str, resource: &str, window: u64, requests: u64) -> Observation {
+    let mut counts = WindowCounts {
+        requests,
+        responses: requests,
+        errors: requests / 50,
+        bytes_in: requests * 300,
+        bytes_out: requests * 2000,
+        ..WindowCounts::default()
+    };
+    for i in 0..requests.min(200) {
+        counts
+            .latency_us
+            .record(500 + (i * 37) % 5000)
+            .expect("record latency");
+    }
+    counts.endpoints.insert("GET /".to_owned(), requests);
+    Observation {
+        agent_id: agent.to_owned(),
+        resource: resource.to_owned(),
+        window_start_ms: T0_MS + window * STEP_MS,
+        window_end_ms: T0_MS + (window + 1) * STEP_MS,
+        seq: window,
+        summary: counts,
+        forecast: None,
+    }
+}
+
+/// Wait for `cond` up to `timeout`.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Path of shared test data.
+pub fn shared_data(rel: &str) -> PathBuf {
+    let base = std::env::var_os("SHADOWTAP_SHARED_DATA").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        PathBuf::from,
+    );
+    base.join(rel)
+}
+
+/// Policy for the delivery tests: demand rises by ten instances' worth per window, so every
+/// window's decision is a scale-out whatever the forecaster extrapolates.
+pub const STAIRCASE_POLICY: &str = r#"
+[defaults]
+capacity_per_instance = 100.0
+target_utilisation = 1.0
+provisioning_lead_time = "2s"
+horizon = "2s"
+min_instances = 1
+max_instances = 1000000
+scale_out_cooldown = "0s"
+scale_in_cooldown = "1h"
+scale_in_stabilisation = "1h"
+"#;
+
+/// `--min-forecast-history` of the delivery tests: they test delivery, not forecasting, so
+/// decisions rest on the observed demand alone.
+pub const NO_FORECAST: usize = 1_000_000;
+
+/// Collector arguments of the delivery tests.
+pub const DELIVERY_ARGS: &[&str] = &["--min-forecast-history", "1000000"];
+
+/// Demand of window `w` in the delivery tests.
+pub fn staircase(w: u64) -> u64 {
+    1000 * (w + 1)
+}
+
+/// Check the staircase invariant on the in-process fleet logic: one scale-out per window.
+pub fn assert_staircase_reference(resources: &[String], windows: u64) {
+    use shadowtap_agent::sink::{Fleet, FleetConfig};
+    let policies =
+        shadowtap_agent::decision::PolicySet::from_toml(STAIRCASE_POLICY).expect("policy");
+    let config = FleetConfig {
+        min_forecast_history: NO_FORECAST,
+        ..FleetConfig::default()
+    };
+    let mut fleet = Fleet::new(config, policies);
+    let mut events = 0;
+    for w in 0..windows {
+        for r in resources {
+            let (_, closed) =
+                fleet.ingest(observation("agent", r, w, staircase(w)), Instant::now());
+            events += closed.iter().filter_map(|c| c.scale_event("x")).count();
+        }
+    }
+    events += fleet
+        .flush()
+        .iter()
+        .filter_map(|c| c.scale_event("x"))
+        .count();
+    assert_eq!(
+        events,
+        resources.len() * windows as usize,
+        "reference: not one scale-out per window"
+    );
+}
+
+/// Group scale-event records by id; assert records sharing an id are the same (resource,
+/// window) and return id → (resource, window index).
+pub fn events_by_id(records: &[Record]) -> BTreeMap<String, (String, u64)> {
+    let mut out: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for r in records {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("event json");
+        let id = v["id"].as_str().expect("id").to_owned();
+        let resource = v["subject"].as_str().expect("subject").to_owned();
+        let start = v["data"]["window"]["start_ms"].as_u64().expect("start");
+        assert_eq!(v["data"]["action"], "scale_out", "{v}");
+        let w = (start - T0_MS) / STEP_MS;
+        assert_eq!(
+            shadowtap_agent::sink::scale_event::event_id(&resource, start, start + STEP_MS),
+            id
+        );
+        if let Some(prev) = out.insert(id.clone(), (resource.clone(), w)) {
+            assert_eq!(prev, (resource, w), "two different events share id {id}");
+        }
+    }
+    out
+}
