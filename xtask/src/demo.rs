@@ -79,7 +79,13 @@ pub fn run(seconds: u64) -> Result<()> {
             "-",
             "--stats-interval",
             "2",
+            "--observation-window",
+            "1s",
+            "--scale-events",
+            "-",
+            "--policy",
         ])
+        .arg(util::root().join("deploy/demo-policy.toml"))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting shadowtap-agent")?;

@@ -9,8 +9,11 @@
 
 mod http;
 mod pipeline;
+mod publish;
 mod state;
 mod views;
+
+pub use publish::PublishArgs;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -23,6 +26,7 @@ use tracing::{info, warn};
 use self::{
     http::{AbortOnDrop, ApiState},
     pipeline::{Pipeline, drain, open_output},
+    publish::Publisher,
     views::LatestMinute,
 };
 use crate::{
@@ -80,6 +84,8 @@ pub struct RunArgs {
     /// Seconds between model snapshots (with --state-dir).
     #[arg(long, default_value_t = 60)]
     pub snapshot_interval: u64,
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 impl RunArgs {
@@ -136,11 +142,13 @@ struct Live {
     latest: LatestMinute,
     idle_ns: u64,
     state_dir: Option<PathBuf>,
+    publisher: Publisher,
 }
 
 impl Live {
-    fn on_summaries(&mut self, summaries: &[WindowSummary]) {
+    fn on_summaries(&mut self, summaries: &[WindowSummary]) -> Result<()> {
         self.latest.absorb(summaries);
+        self.publisher.publish(summaries)
     }
 
     /// Stats tick: flow deltas, a stats line, a log line.
@@ -165,13 +173,21 @@ impl Live {
     /// Every second: close model windows up to now, refresh metrics and API views.
     fn on_second(&mut self) -> Result<()> {
         let closed = self.pipe.close_windows();
-        self.on_summaries(&closed);
+        self.on_summaries(&closed)?;
+        self.publisher.tick()?;
         let kernel = self.maps.counters()?;
-        let metrics = self.pipe.render_metrics(&kernel, self.pipe.live_flows());
-        let (latest, model) = (&mut self.latest, &self.pipe.model);
+        let mut page = self.pipe.render_metrics(&kernel, self.pipe.live_flows());
+        self.publisher.render_metrics(&mut page);
+        let metrics = page.finish();
+        let (latest, model, publisher) = (&mut self.latest, &self.pipe.model, &self.publisher);
         self.api.update(|v| {
             v.metrics = metrics;
             latest.render(model, v);
+            v.forecast = v
+                .detail
+                .keys()
+                .filter_map(|id| publisher.decision_json(id).map(|d| (id.clone(), d)))
+                .collect();
         });
         Ok(())
     }
@@ -192,7 +208,7 @@ impl Live {
         drain(ring, &mut self.pipe)?;
         self.pipe.export_flows(&mut self.maps, self.idle_ns, true)?;
         let closed = self.pipe.flush_windows();
-        self.on_summaries(&closed);
+        self.on_summaries(&closed)?;
         let kernel = self.maps.counters()?;
         self.pipe
             .stats_line(&kernel, self.pipe.live_flows(), true)?;
@@ -237,6 +253,8 @@ fn spawn_api(listen: &str, api: &ApiState) -> Result<Option<AbortOnDrop>> {
 
 async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let (model, _) = state::load_model(args.state_dir.as_deref(), &ModelConfig::default())?;
+    // Bad policy or Kafka settings are reported before anything is attached.
+    let publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
     let mut tap = Tap::load(opts)?;
     let mut kernel_log = kernel_logger(&mut tap);
     let ring = tap.take_events()?;
@@ -257,6 +275,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
         latest: LatestMinute::default(),
         idle_ns: args.flow_idle_timeout.saturating_mul(1_000_000_000),
         state_dir: args.state_dir.clone(),
+        publisher,
     };
     // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -312,6 +331,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     // Detach first so nothing new arrives, then drain what the kernel already submitted.
     drop(tap);
     live.finish(ring.get_mut())?;
+    live.publisher.finish().await;
     info!("detached; final stats written");
     Ok(())
 }

@@ -206,7 +206,7 @@ impl Pipeline {
         Ok(())
     }
 
-    pub(crate) fn render_metrics(&self, kernel: &CounterSnapshot, live_flows: usize) -> String {
+    pub(crate) fn render_metrics(&self, kernel: &CounterSnapshot, live_flows: usize) -> Exposition {
         let mut e = Exposition::default();
         for counter in shadowtap_common::Counter::ALL {
             let name = format!("shadowtap_kernel_{}_total", counter.name());
@@ -257,7 +257,7 @@ impl Pipeline {
             "Flows the kernel LRU evicted under pressure.",
             &[(&[], evicted as f64)],
         );
-        e.finish()
+        e
     }
 
     pub(crate) fn stats_line(
@@ -314,7 +314,8 @@ fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> Op
 
 pub(crate) fn open_output(path: &str) -> Result<Box<dyn Write>> {
     if path == "-" {
-        return Ok(Box::new(BufWriter::new(std::io::stdout())));
+        // Whole lines only: scale events may share stdout (see `publish`).
+        return Ok(Box::new(std::io::LineWriter::new(std::io::stdout())));
     }
     let p = PathBuf::from(path);
     let f = File::create(&p).with_context(|| format!("creating output file {}", p.display()))?;

@@ -89,6 +89,11 @@ impl EmbeddedCollector {
         self.fleet.stats()
     }
 
+    /// The merge/decision state, for read-only views (last decision per resource).
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
     /// Scale events written.
     pub fn events_written(&self) -> u64 {
         self.events_written
