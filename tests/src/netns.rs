@@ -45,6 +45,34 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Connects a TCP socket from inside this namespace (a short-lived thread joins it; the
+    /// socket keeps working from any thread afterwards).
+    pub fn tcp_connect(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<std::net::TcpStream> {
+        use std::os::fd::AsRawFd as _;
+        let ns_path = Path::new("/run/netns").join(self.name());
+        thread::spawn(move || -> Result<std::net::TcpStream> {
+            let f = std::fs::File::open(&ns_path).map_err(crate::error::io_context(format!(
+                "opening {}",
+                ns_path.display()
+            )))?;
+            // SAFETY: setns(2) on a valid namespace fd; only this short-lived thread moves.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(Error::Io {
+                    context: format!("setns into {}", ns_path.display()),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            std::net::TcpStream::connect_timeout(&addr, timeout)
+                .map_err(crate::error::io_context(format!("connecting to {addr}")))
+        })
+        .join()
+        .map_err(|_| Error::Precondition("connect thread panicked".to_owned()))?
+    }
+
     /// Creates `stap-<pid>-<index>-<role>`. The first call in a process sweeps leftovers of
     /// earlier runs.
     pub fn create(index: u32, role: &str) -> Result<Self> {

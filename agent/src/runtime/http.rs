@@ -10,11 +10,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
-use tracing::{debug, info, warn};
+use crate::metrics::{Response, serve_http};
 
 /// Rendered views shared between the pipeline (writer) and the responder (reader).
 #[derive(Default)]
@@ -38,7 +34,7 @@ impl ApiState {
         }
     }
 
-    fn respond(&self, path: &str) -> (&'static str, &'static str, String) {
+    fn respond(&self, path: &str) -> Response {
         const JSON: &str = "application/json";
         let Ok(v) = self.0.lock() else {
             return (
@@ -113,39 +109,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Serves `state` on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "serving /metrics, /healthz and /v1/resources");
-    loop {
-        let (mut stream, peer) = listener.accept().await?;
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            let n = match stream.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    debug!(%peer, error = %e, "API request read failed");
-                    return;
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut words = head.split_whitespace();
-            let method = words.next().unwrap_or("");
-            let target = words.next().unwrap_or("/");
-            let path = target.split('?').next().unwrap_or("/");
-            let (status, ctype, body) = if method == "GET" {
-                state.respond(path)
-            } else {
-                ("405 Method Not Allowed", "text/plain", "GET only\n".into())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = stream.write_all(resp.as_bytes()).await {
-                warn!(%peer, error = %e, "API response write failed");
-            }
-        });
-    }
+    serve_http(addr, Arc::new(move |path: &str| state.respond(path))).await
 }
 
 /// Aborts the spawned task when dropped, so no server outlives the run.
