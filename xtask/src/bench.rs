@@ -1,35 +1,66 @@
-//! `cargo xtask bench`: every benchmark prints its own baseline measured in the same run.
+//! `cargo xtask bench`: every benchmark prints its own baseline, measured in the same run.
 
 use anyhow::Result;
 
 use crate::{ebpf, setup, util};
 
-/// (name, cargo bench target, needs the eBPF object)
-const BENCHES: &[(&str, &str, bool)] = &[
-    ("xdp", "xdp", true),
-    ("decode", "decode", false),
-    ("forecast", "forecast", false),
+struct Bench {
+    name: &'static str,
+    package: &'static str,
+    target: &'static str,
+    /// Loads the kernel programs (needs the eBPF object and root).
+    needs_ebpf: bool,
+}
+
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "xdp",
+        package: "shadowtap-agent",
+        target: "xdp",
+        needs_ebpf: true,
+    },
+    Bench {
+        name: "decode",
+        package: "shadowtap-agent",
+        target: "decode",
+        needs_ebpf: false,
+    },
+    Bench {
+        name: "windows",
+        package: "shadowtap-agent",
+        target: "windows",
+        needs_ebpf: false,
+    },
+    Bench {
+        name: "forecast",
+        package: "shadowtap-agent",
+        target: "forecast",
+        needs_ebpf: false,
+    },
+    Bench {
+        name: "collector",
+        package: "shadowtap-collector",
+        target: "pipeline",
+        needs_ebpf: false,
+    },
 ];
 
 pub fn run(filter: Option<&str>) -> Result<()> {
     setup::run()?;
-    let selected: Vec<_> = BENCHES
+    let selected: Vec<&Bench> = BENCHES
         .iter()
-        .filter(|(name, _, _)| filter.is_none_or(|f| name.contains(f)))
+        .filter(|b| filter.is_none_or(|f| b.name.contains(f)))
         .collect();
-    if selected.iter().any(|(_, _, ebpf)| *ebpf) {
+    if selected.is_empty() {
+        let names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
+        anyhow::bail!("no benchmark matches {filter:?}; choose from {names:?}");
+    }
+    if selected.iter().any(|b| b.needs_ebpf) {
         ebpf::build()?;
     }
-    let have = std::fs::read_dir(util::root().join("agent/benches"))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Vec<_>>();
-    for (name, target, _) in selected {
-        if !have.iter().any(|f| f == &format!("{target}.rs")) {
-            eprintln!("xtask: bench {name}: agent/benches/{target}.rs not present, skipping");
-            continue;
-        }
-        eprintln!("xtask: bench {name}");
-        util::cargo(&["bench", "-p", "shadowtap-agent", "--bench", target])?;
+    for b in selected {
+        eprintln!("xtask: bench {}", b.name);
+        util::cargo(&["bench", "-p", b.package, "--bench", b.target])?;
     }
     Ok(())
 }
