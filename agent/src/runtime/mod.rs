@@ -178,6 +178,7 @@ impl Live {
         let kernel = self.maps.counters()?;
         let mut page = self.pipe.render_metrics(&kernel, self.pipe.live_flows());
         self.publisher.render_metrics(&mut page);
+        self.latest.render_metrics(&mut page);
         let metrics = page.finish();
         let (latest, model, publisher) = (&mut self.latest, &self.pipe.model, &self.publisher);
         self.api.update(|v| {

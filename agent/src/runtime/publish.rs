@@ -216,6 +216,7 @@ impl Publisher {
                         }
                     }
                 }
+                render_resource_metrics(collector.fleet(), page);
                 page.family(
                     "shadowtap_scale_events_written_total",
                     "counter",
@@ -243,5 +244,61 @@ impl Publisher {
                 sink.shutdown().await;
             }
         }
+    }
+}
+
+/// Per-resource gauges: instances, the forecast the last decision rested on, and accuracy.
+fn render_resource_metrics(fleet: &crate::sink::Fleet, page: &mut Exposition) {
+    let mut names: Vec<&str> = fleet.resources().collect();
+    names.sort_unstable();
+    type Getter = fn(&crate::sink::Fleet, &str) -> Option<f64>;
+    let families: [(&str, &str, Getter); 7] = [
+        (
+            "shadowtap_resource_current_instances",
+            "Instances before the last decision.",
+            |f, r| f.last_decision(r).map(|d| f64::from(d.current_instances)),
+        ),
+        (
+            "shadowtap_resource_desired_instances",
+            "Instances the last decision asked for.",
+            |f, r| f.last_decision(r).map(|d| f64::from(d.desired_instances)),
+        ),
+        (
+            "shadowtap_resource_forecast_peak_point",
+            "Point forecast at the decision window's peak.",
+            |f, r| f.last_decision(r).map(|d| d.explanation.peak_point),
+        ),
+        (
+            "shadowtap_resource_forecast_peak_upper",
+            "Upper interval bound at the decision window's peak.",
+            |f, r| f.last_decision(r).map(|d| d.explanation.peak_upper),
+        ),
+        (
+            "shadowtap_resource_forecast_interval_widening",
+            "Widening applied after coverage misses.",
+            |f, r| f.accuracy(r).map(|a| a.widening),
+        ),
+        (
+            "shadowtap_resource_forecast_mase",
+            "Online MASE against seasonal naive.",
+            |f, r| f.accuracy(r).and_then(|a| a.mase),
+        ),
+        (
+            "shadowtap_resource_forecast_coverage",
+            "Share of observations inside the interval.",
+            |f, r| f.accuracy(r).and_then(|a| a.coverage),
+        ),
+    ];
+    for (name, help, get) in families {
+        let samples: Vec<(Vec<(&str, &str)>, f64)> = names
+            .iter()
+            .filter_map(|r| get(fleet, r).map(|v| (vec![("resource", *r)], v)))
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let refs: Vec<(&[(&str, &str)], f64)> =
+            samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+        page.family(name, "gauge", help, &refs);
     }
 }

@@ -35,6 +35,49 @@ impl LatestMinute {
         }
     }
 
+    /// Per-resource demand gauges from the last closed minute.
+    pub fn render_metrics(&self, page: &mut crate::metrics::Exposition) {
+        let mut ids: Vec<&String> = self.by_resource.keys().collect();
+        ids.sort_unstable();
+        let requests: Vec<(Vec<(&str, &str)>, f64)> = ids
+            .iter()
+            .map(|id| {
+                (
+                    vec![("resource", id.as_str())],
+                    self.by_resource[*id].requests as f64,
+                )
+            })
+            .collect();
+        let errors: Vec<(Vec<(&str, &str)>, f64)> = ids
+            .iter()
+            .map(|id| {
+                (
+                    vec![("resource", id.as_str())],
+                    self.by_resource[*id].error_rate(),
+                )
+            })
+            .collect();
+        for (name, help, samples) in [
+            (
+                "shadowtap_resource_requests_last_minute",
+                "Requests in the resource's last closed minute.",
+                &requests,
+            ),
+            (
+                "shadowtap_resource_error_rate_last_minute",
+                "5xx share of responses in the last closed minute.",
+                &errors,
+            ),
+        ] {
+            if samples.is_empty() {
+                continue;
+            }
+            let refs: Vec<(&[(&str, &str)], f64)> =
+                samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            page.family(name, "gauge", help, &refs);
+        }
+    }
+
     /// Renders `/v1/resources` and `/v1/resources/{id}` for the resources the model holds
     /// (evicted resources disappear from the views too, keeping this bounded).
     pub fn render(&mut self, model: &ModelStore, views: &mut ApiViews) {

@@ -209,6 +209,11 @@ impl Fleet {
         self.resources.get(resource)?.last_decision.as_ref()
     }
 
+    /// Online accuracy of the collector's forecaster of `resource` (MASE, coverage).
+    pub fn accuracy(&self, resource: &str) -> Option<crate::forecast::AccuracySnapshot> {
+        Some(self.resources.get(resource)?.forecaster.as_ref()?.accuracy())
+    }
+
     /// Forget a resource (its partition moved to another collector).
     pub fn drop_resource(&mut self, resource: &str) {
         self.resources.remove(resource);
