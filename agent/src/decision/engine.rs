@@ -1,0 +1,552 @@
+//! The decision state machine.
+//!
+//! Rules, in order:
+//! 1. required = ceil(max upper bound over [now, now + lead time + horizon) × (1 + headroom) /
+//!    (capacity × target utilisation)), clamped to [min, max] instances;
+//! 2. more than current → scale out at once, unless the scale-out cooldown is running;
+//! 3. fewer → scale in only to the highest requirement seen within the stabilisation window,
+//!    only once the engine has watched a whole window, and not within the scale-in cooldown of
+//!    any scaling action; this is what prevents flapping.
+
+use std::collections::VecDeque;
+
+use crate::forecast::{DemandForecast, ForecastPoint};
+
+use super::{
+    Action, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
+    policy::format_duration,
+};
+
+/// What the engine decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionInput<'a> {
+    /// Now, unix ms.
+    pub now_ms: u64,
+    /// The latest forecast of the resource's demand.
+    pub forecast: &'a DemandForecast,
+    /// Instances running or being provisioned.
+    pub current_instances: u32,
+}
+
+/// The forecast over the decision window and its highest upper bound.
+struct WindowPeak {
+    end_ms: u64,
+    points: Vec<ForecastPoint>,
+    /// The forecast reaches the end of the window.
+    covered: bool,
+    peak_upper: f64,
+    peak_point: f64,
+    peak_at_ms: u64,
+}
+
+impl WindowPeak {
+    fn find(policy: &Policy, now: u64, forecast: &DemandForecast) -> Self {
+        let end_ms = now
+            .saturating_add(millis(policy.provisioning_lead_time))
+            .saturating_add(millis(policy.horizon));
+        let step = forecast.step_ms.max(1);
+        let points: Vec<ForecastPoint> = forecast
+            .points
+            .iter()
+            .filter(|p| p.start_ms < end_ms && p.start_ms.saturating_add(step) > now)
+            .copied()
+            .collect();
+        let covered = points
+            .last()
+            .is_some_and(|p| p.start_ms.saturating_add(step) >= end_ms);
+        let (peak_upper, peak_point, peak_at_ms) = if covered {
+            points
+                .iter()
+                .map(|p| (p.upper, p.point, p.start_ms))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap_or((0.0, 0.0, now))
+        } else {
+            // The forecast does not reach the end of the window: decide on what was seen.
+            let last = forecast.last_observed.unwrap_or(0.0).max(0.0);
+            let peak = points.iter().map(|p| p.upper).fold(last, f64::max);
+            (peak, last, now)
+        };
+        Self {
+            end_ms,
+            points,
+            covered,
+            peak_upper,
+            peak_point,
+            peak_at_ms,
+        }
+    }
+}
+
+/// Scaling state machine of one resource.
+#[derive(Debug, Clone)]
+pub struct DecisionEngine {
+    resource: String,
+    policy: Policy,
+    first_decision_ms: Option<u64>,
+    last_scale_out_ms: Option<u64>,
+    last_scale_in_ms: Option<u64>,
+    /// (time, required instances), oldest first, covering the stabilisation window.
+    recommendations: VecDeque<(u64, u32)>,
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl DecisionEngine {
+    /// An engine for `resource` with a validated `policy`.
+    pub fn new(resource: impl Into<String>, policy: Policy) -> Self {
+        Self {
+            resource: resource.into(),
+            policy,
+            first_decision_ms: None,
+            last_scale_out_ms: None,
+            last_scale_in_ms: None,
+            recommendations: VecDeque::new(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Decide. Calls must come with non-decreasing `now_ms`.
+    pub fn decide(&mut self, input: &DecisionInput<'_>) -> Decision {
+        let now = input.now_ms;
+        let current = input.current_instances;
+        let forecast = input.forecast;
+        let window = WindowPeak::find(&self.policy, now, forecast);
+        let threshold = self.policy.threshold_per_instance();
+        let (required, at_max) = self.required_instances(window.peak_upper);
+        let stabilised = self.stabilised(now, required);
+        let (action, desired, reason) = self.choose(now, current, required, stabilised, at_max);
+        let reason = if window.covered || action == Action::ScaleIn {
+            reason
+        } else {
+            Reason::NoForecastCoverage
+        };
+
+        let lifecycle = self.lifecycle(now, current, desired);
+        let summary = format!(
+            "{action} {current} -> {desired}: peak upper bound {peak_upper:.1} ({level:.0}% \
+             interval, point {peak_point:.1}, widening x{widening:.2}) with {headroom:.0}% \
+             headroom over the next {span} needs {required} x {threshold:.1} per instance \
+             ({reason:?})",
+            action = match action {
+                Action::ScaleOut => "scale out",
+                Action::ScaleIn => "scale in",
+                Action::Hold => "hold",
+            },
+            peak_upper = window.peak_upper,
+            peak_point = window.peak_point,
+            level = forecast.level * 100.0,
+            widening = forecast.widening,
+            headroom = self.policy.headroom * 100.0,
+            span = format_duration(std::time::Duration::from_millis(window.end_ms - now)),
+        );
+        Decision {
+            resource: self.resource.clone(),
+            at_ms: now,
+            action,
+            current_instances: current,
+            desired_instances: desired,
+            reason,
+            stage: lifecycle.first().map(|s| s.stage),
+            lifecycle,
+            explanation: Explanation {
+                summary,
+                window_start_ms: now,
+                window_end_ms: window.end_ms,
+                forecast: window.points,
+                level: forecast.level,
+                widening: forecast.widening,
+                model: Some(forecast.model.clone()),
+                peak_upper: window.peak_upper,
+                peak_point: window.peak_point,
+                peak_at_ms: window.peak_at_ms,
+                headroom: self.policy.headroom,
+                threshold_per_instance: threshold,
+                required_instances: required,
+                stabilised_instances: stabilised,
+            },
+        }
+    }
+
+    /// Instances for `peak_upper` plus headroom, clamped to the limits; and whether the limit
+    /// cut it.
+    fn required_instances(&self, peak_upper: f64) -> (u32, bool) {
+        let policy = &self.policy;
+        let demand = peak_upper.max(0.0) * (1.0 + policy.headroom);
+        let raw = (demand / policy.threshold_per_instance()).ceil();
+        let required = if raw.is_finite() {
+            (raw as u64).clamp(
+                u64::from(policy.min_instances),
+                u64::from(policy.max_instances),
+            ) as u32
+        } else {
+            policy.max_instances
+        };
+        (required, raw > f64::from(policy.max_instances))
+    }
+
+    /// Record `required` and return the highest requirement within the stabilisation window.
+    fn stabilised(&mut self, now: u64, required: u32) -> u32 {
+        self.first_decision_ms.get_or_insert(now);
+        let window = millis(self.policy.scale_in_stabilisation);
+        self.recommendations.push_back((now, required));
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
+        {
+            self.recommendations.pop_front();
+        }
+        self.recommendations
+            .iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(required)
+    }
+
+    /// Apply cooldowns and the stabilisation window.
+    fn choose(
+        &mut self,
+        now: u64,
+        current: u32,
+        required: u32,
+        stabilised: u32,
+        at_max: bool,
+    ) -> (Action, u32, Reason) {
+        let policy = &self.policy;
+        let since = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
+        if required > current {
+            let cooling = since(self.last_scale_out_ms)
+                .is_some_and(|age| age < millis(policy.scale_out_cooldown));
+            if cooling {
+                return (Action::Hold, current, Reason::ScaleOutCooldown);
+            }
+            self.last_scale_out_ms = Some(now);
+            let reason = if at_max {
+                Reason::AtMaxInstances
+            } else {
+                Reason::ForecastAboveTarget
+            };
+            return (Action::ScaleOut, required, reason);
+        }
+        if stabilised < current {
+            let watched = since(self.first_decision_ms).unwrap_or(0);
+            let last_action = self.last_scale_out_ms.max(self.last_scale_in_ms);
+            if watched < millis(policy.scale_in_stabilisation) {
+                return (Action::Hold, current, Reason::Stabilising);
+            }
+            if since(last_action).is_some_and(|age| age < millis(policy.scale_in_cooldown)) {
+                return (Action::Hold, current, Reason::ScaleInCooldown);
+            }
+            self.last_scale_in_ms = Some(now);
+            return (Action::ScaleIn, stabilised, Reason::ForecastBelowTarget);
+        }
+        let reason = if required < current {
+            Reason::Stabilising
+        } else if at_max {
+            Reason::AtMaxInstances
+        } else {
+            Reason::Steady
+        };
+        (Action::Hold, current, reason)
+    }
+
+    fn lifecycle(&self, now: u64, current: u32, desired: u32) -> Vec<LifecycleStep> {
+        let policy = &self.policy;
+        let state = policy
+            .state_copy
+            .as_deref()
+            .unwrap_or("caches and session state");
+        match desired.cmp(&current) {
+            std::cmp::Ordering::Greater => {
+                let n = desired - current;
+                let ready = now.saturating_add(millis(policy.provisioning_lead_time));
+                vec![
+                    LifecycleStep {
+                        stage: LifecycleStage::Provision,
+                        at_ms: now,
+                        instances: n,
+                        hint: format!("provision {n} instance(s) of {}", self.resource),
+                    },
+                    LifecycleStep {
+                        stage: LifecycleStage::WarmUp,
+                        at_ms: ready.saturating_sub(millis(policy.warm_up)),
+                        instances: n,
+                        hint: format!("warm up: copy {state} from a running instance"),
+                    },
+                    LifecycleStep {
+                        stage: LifecycleStage::ShiftTraffic,
+                        at_ms: ready,
+                        instances: n,
+                        hint: format!("shift traffic onto {n} new instance(s)"),
+                    },
+                ]
+            }
+            std::cmp::Ordering::Less => {
+                let n = current - desired;
+                vec![
+                    LifecycleStep {
+                        stage: LifecycleStage::ShiftTraffic,
+                        at_ms: now,
+                        instances: n,
+                        hint: format!("drain {n} instance(s): route no new requests to them"),
+                    },
+                    LifecycleStep {
+                        stage: LifecycleStage::Decommission,
+                        at_ms: now.saturating_add(millis(policy.drain)),
+                        instances: n,
+                        hint: format!("decommission {n} drained instance(s)"),
+                    },
+                ]
+            }
+            std::cmp::Ordering::Equal => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+// The compared values are exact by construction (small integers and halves).
+#[allow(clippy::float_cmp)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::forecast::ModelKind;
+
+    const MIN: u64 = 60_000;
+
+    fn policy() -> Policy {
+        Policy {
+            capacity_per_instance: 100.0,
+            target_utilisation: 0.5,
+            provisioning_lead_time: Duration::from_secs(120),
+            horizon: Duration::from_secs(60),
+            min_instances: 1,
+            max_instances: 20,
+            scale_out_cooldown: Duration::ZERO,
+            scale_in_cooldown: Duration::from_secs(120),
+            scale_in_stabilisation: Duration::from_secs(300),
+            headroom: 0.0,
+            ..Policy::default()
+        }
+    }
+
+    /// A 1-minute forecast from `now` with the given upper bounds (point = 80% of upper).
+    fn forecast(now: u64, uppers: &[f64]) -> DemandForecast {
+        DemandForecast {
+            resource: "api".into(),
+            issued_at_ms: now,
+            step_ms: MIN,
+            level: 0.95,
+            widening: 1.0,
+            model: ModelKind::Naive,
+            points: uppers
+                .iter()
+                .enumerate()
+                .map(|(k, &u)| ForecastPoint {
+                    start_ms: now + k as u64 * MIN,
+                    point: u * 0.8,
+                    lower: u * 0.6,
+                    upper: u,
+                })
+                .collect(),
+            last_observed: uppers.first().map(|u| u * 0.8),
+            outliers_ms: Vec::new(),
+            changepoints_ms: Vec::new(),
+        }
+    }
+
+    fn decide(engine: &mut DecisionEngine, now: u64, uppers: &[f64], current: u32) -> Decision {
+        engine.decide(&DecisionInput {
+            now_ms: now,
+            forecast: &forecast(now, uppers),
+            current_instances: current,
+        })
+    }
+
+    #[test]
+    fn required_instances_cover_the_peak_upper_bound_in_the_window() {
+        let mut engine = DecisionEngine::new("api", policy());
+        // Window = lead 2m + horizon 1m = 3 buckets; the 4th (999) is outside it.
+        let d = decide(&mut engine, 0, &[100.0, 120.0, 260.0, 999.0], 1);
+        // 260 / (100 × 0.5) = 5.2 → 6.
+        assert_eq!(d.action, Action::ScaleOut);
+        assert_eq!(d.desired_instances, 6);
+        assert_eq!(d.reason, Reason::ForecastAboveTarget);
+        assert_eq!(d.explanation.peak_upper, 260.0);
+        assert_eq!(d.explanation.peak_at_ms, 2 * MIN);
+        assert_eq!(d.explanation.forecast.len(), 3);
+        assert_eq!(d.explanation.threshold_per_instance, 50.0);
+        assert_eq!(d.stage, Some(LifecycleStage::Provision));
+        let stages: Vec<_> = d.lifecycle.iter().map(|s| s.stage).collect();
+        assert_eq!(
+            stages,
+            vec![
+                LifecycleStage::Provision,
+                LifecycleStage::WarmUp,
+                LifecycleStage::ShiftTraffic
+            ]
+        );
+        assert_eq!(d.lifecycle[2].at_ms, 2 * MIN);
+        assert!(d.lifecycle[1].hint.contains("copy"));
+    }
+
+    #[test]
+    fn headroom_and_limits_apply() {
+        let mut p = policy();
+        p.headroom = 0.5;
+        p.max_instances = 4;
+        let mut engine = DecisionEngine::new("api", p);
+        // 100 × 1.5 / 50 = 3.
+        let d = decide(&mut engine, 0, &[100.0; 3], 1);
+        assert_eq!(d.desired_instances, 3);
+        // 400 × 1.5 / 50 = 12 → clamped to 4.
+        let d = decide(&mut engine, MIN, &[400.0; 3], 3);
+        assert_eq!(d.desired_instances, 4);
+        assert_eq!(d.reason, Reason::AtMaxInstances);
+        // Exactly on the threshold needs no extra instance: 100 / 50 = 2.
+        let mut engine = DecisionEngine::new("api", policy());
+        let d = decide(&mut engine, 0, &[100.0; 3], 1);
+        assert_eq!(d.desired_instances, 2);
+        assert_eq!(d.action, Action::ScaleOut);
+    }
+
+    #[test]
+    fn min_instances_hold_when_demand_is_zero() {
+        let mut p = policy();
+        p.min_instances = 3;
+        let mut engine = DecisionEngine::new("api", p);
+        let d = decide(&mut engine, 0, &[0.0; 3], 3);
+        assert_eq!(d.action, Action::Hold);
+        assert_eq!(d.reason, Reason::Steady);
+        assert!(d.lifecycle.is_empty());
+        assert_eq!(d.stage, None);
+    }
+
+    #[test]
+    fn scale_in_waits_for_the_stabilisation_window() {
+        let mut engine = DecisionEngine::new("api", policy());
+        // Start high: 10 instances needed.
+        let d = decide(&mut engine, 0, &[500.0; 3], 10);
+        assert_eq!(d.action, Action::Hold);
+        // Demand drops to 2 instances' worth. Within 5 minutes of the last high requirement,
+        // no scale-in.
+        for minute in 1..=5 {
+            let d = decide(&mut engine, minute * MIN, &[100.0; 3], 10);
+            assert_eq!(d.action, Action::Hold, "minute {minute}");
+            assert_eq!(d.reason, Reason::Stabilising, "minute {minute}");
+        }
+        // At 6 minutes the high requirement is older than the window.
+        let d = decide(&mut engine, 6 * MIN, &[100.0; 3], 10);
+        assert_eq!(d.action, Action::ScaleIn);
+        assert_eq!(d.desired_instances, 2);
+        assert_eq!(d.reason, Reason::ForecastBelowTarget);
+        let stages: Vec<_> = d.lifecycle.iter().map(|s| s.stage).collect();
+        assert_eq!(
+            stages,
+            vec![LifecycleStage::ShiftTraffic, LifecycleStage::Decommission]
+        );
+    }
+
+    #[test]
+    fn scale_in_goes_only_to_the_highest_recommendation_in_the_window() {
+        let mut engine = DecisionEngine::new("api", policy());
+        decide(&mut engine, 0, &[500.0; 3], 10);
+        decide(&mut engine, 3 * MIN, &[300.0; 3], 10); // needs 6
+        let d = decide(&mut engine, 6 * MIN, &[100.0; 3], 10); // needs 2, window max 6
+        assert_eq!(d.action, Action::ScaleIn);
+        assert_eq!(d.desired_instances, 6);
+        assert_eq!(d.explanation.stabilised_instances, 6);
+    }
+
+    #[test]
+    fn scale_out_cooldown_delays_a_second_scale_out() {
+        let mut p = policy();
+        p.scale_out_cooldown = Duration::from_secs(180);
+        let mut engine = DecisionEngine::new("api", p);
+        let d = decide(&mut engine, 0, &[200.0; 3], 1);
+        assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 4));
+        let d = decide(&mut engine, MIN, &[400.0; 3], 4);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Hold, Reason::ScaleOutCooldown)
+        );
+        let d = decide(&mut engine, 3 * MIN, &[400.0; 3], 4);
+        assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 8));
+    }
+
+    #[test]
+    fn scale_in_cooldown_follows_any_scaling_action() {
+        let mut p = policy();
+        p.scale_in_stabilisation = Duration::ZERO;
+        p.scale_in_cooldown = Duration::from_secs(600);
+        let mut engine = DecisionEngine::new("api", p);
+        let d = decide(&mut engine, 0, &[500.0; 3], 1);
+        assert_eq!(d.action, Action::ScaleOut);
+        let d = decide(&mut engine, 5 * MIN, &[100.0; 3], 10);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Hold, Reason::ScaleInCooldown)
+        );
+        let d = decide(&mut engine, 10 * MIN, &[100.0; 3], 10);
+        assert_eq!(d.action, Action::ScaleIn);
+        // And after a scale-in, another scale-in waits too.
+        let d = decide(&mut engine, 11 * MIN, &[0.0; 3], 2);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Hold, Reason::ScaleInCooldown)
+        );
+    }
+
+    #[test]
+    fn oscillating_forecast_does_not_flap() {
+        let mut engine = DecisionEngine::new("api", policy());
+        let mut current = 1;
+        let mut direction_changes = 0;
+        let mut last_action = Action::Hold;
+        for minute in 0..60 {
+            let upper = if minute % 2 == 0 { 400.0 } else { 100.0 };
+            let d = decide(&mut engine, minute * MIN, &[upper; 3], current);
+            if d.action != Action::Hold {
+                if last_action != Action::Hold && d.action != last_action {
+                    direction_changes += 1;
+                }
+                last_action = d.action;
+            }
+            current = d.desired_instances;
+        }
+        assert_eq!(direction_changes, 0, "scaled out and in alternately");
+        assert_eq!(current, 8);
+    }
+
+    #[test]
+    fn short_forecast_falls_back_to_last_observation() {
+        let mut engine = DecisionEngine::new("api", policy());
+        // Only one bucket: the 3-minute window is not covered.
+        let mut f = forecast(0, &[50.0]);
+        f.last_observed = Some(420.0);
+        let d = engine.decide(&DecisionInput {
+            now_ms: 0,
+            forecast: &f,
+            current_instances: 1,
+        });
+        assert_eq!(d.reason, Reason::NoForecastCoverage);
+        assert_eq!(d.desired_instances, 9); // 420 / 50 = 8.4 → 9
+    }
+
+    #[test]
+    fn decision_round_trips_through_json() {
+        let mut engine = DecisionEngine::new("api", policy());
+        let d = decide(&mut engine, 0, &[100.0, 120.0, 260.0], 1);
+        let json = serde_json::to_string(&d).expect("serialise");
+        assert!(json.contains("\"action\":\"scale_out\""), "{json}");
+        assert!(json.contains("\"stage\":\"provision\""), "{json}");
+        let back: Decision = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, d);
+    }
+}

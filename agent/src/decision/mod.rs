@@ -1,0 +1,144 @@
+//! Scaling decisions from demand forecasts.
+//!
+//! [`DecisionEngine`] is a pure state machine: given the time, a [`DemandForecast`] and the
+//! current instance count it returns a [`Decision`] and remembers only what cooldowns and the
+//! scale-in stabilisation window need. No I/O, no clock: the agent, the backtest and the
+//! collector drive it with their own time and reuse the same [`Decision`] type, which is
+//! self-contained (it carries the forecast points, interval, threshold and reason that led to it)
+//! and serialisable.
+
+pub mod engine;
+pub mod policy;
+
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::{ForecastPoint, ModelKind};
+
+pub use engine::{DecisionEngine, DecisionInput};
+pub use policy::{Policy, PolicyError, PolicySet, format_duration, parse_duration};
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Add instances.
+    ScaleOut,
+    /// Remove instances.
+    ScaleIn,
+    /// Keep the current count.
+    Hold,
+}
+
+/// Why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The forecast's upper bound would exceed the target with the current instances.
+    ForecastAboveTarget,
+    /// The forecast stayed below the target with fewer instances for the whole stabilisation
+    /// window.
+    ForecastBelowTarget,
+    /// The current count matches what the forecast needs.
+    Steady,
+    /// More instances are needed but the scale-out cooldown is running.
+    ScaleOutCooldown,
+    /// Fewer instances would do but the scale-in cooldown is running.
+    ScaleInCooldown,
+    /// Fewer instances would do but not yet for the whole stabilisation window.
+    Stabilising,
+    /// More instances are needed than `max_instances` allows.
+    AtMaxInstances,
+    /// The forecast does not cover the decision window; decided on the last observation.
+    NoForecastCoverage,
+}
+
+/// A step in the life of a scaling operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleStage {
+    /// Ask the platform for new instances.
+    Provision,
+    /// New instances start and copy state (caches, sessions) before serving.
+    WarmUp,
+    /// Move traffic: onto new instances, or off instances about to go.
+    ShiftTraffic,
+    /// Remove drained instances.
+    Decommission,
+}
+
+/// One planned step of a decision's lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleStep {
+    /// The stage.
+    pub stage: LifecycleStage,
+    /// When it should start, unix ms.
+    pub at_ms: u64,
+    /// How many instances it concerns.
+    pub instances: u32,
+    /// What to do, for people and automation (e.g. what state to copy).
+    pub hint: String,
+}
+
+/// Everything that led to a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// One line a person can read.
+    pub summary: String,
+    /// Start of the window the decision covers (now), unix ms.
+    pub window_start_ms: u64,
+    /// End of the window: now + provisioning lead time + horizon, unix ms.
+    pub window_end_ms: u64,
+    /// The forecast points inside the window.
+    pub forecast: Vec<ForecastPoint>,
+    /// Nominal interval level of the forecast.
+    pub level: f64,
+    /// Interval widening the forecaster applied after coverage misses.
+    pub widening: f64,
+    /// The model that produced the forecast.
+    pub model: Option<ModelKind>,
+    /// Highest upper bound in the window (the demand the decision provisions for before
+    /// headroom), or the last observation when the forecast does not cover the window.
+    pub peak_upper: f64,
+    /// Point forecast at the same bucket.
+    pub peak_point: f64,
+    /// Start of that bucket, unix ms.
+    pub peak_at_ms: u64,
+    /// Headroom fraction added on top of `peak_upper`.
+    pub headroom: f64,
+    /// Capacity per instance × target utilisation.
+    pub threshold_per_instance: f64,
+    /// Instances the window needs (after min/max clamping).
+    pub required_instances: u32,
+    /// Highest requirement within the scale-in stabilisation window.
+    pub stabilised_instances: u32,
+}
+
+/// A scaling decision for one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The resource.
+    pub resource: String,
+    /// When it was made, unix ms.
+    pub at_ms: u64,
+    /// What to do.
+    pub action: Action,
+    /// Instances before the decision (running or being provisioned).
+    pub current_instances: u32,
+    /// Instances after it.
+    pub desired_instances: u32,
+    /// Why.
+    pub reason: Reason,
+    /// The lifecycle stage this decision starts (none for a hold).
+    pub stage: Option<LifecycleStage>,
+    /// The planned lifecycle of the change, in order.
+    pub lifecycle: Vec<LifecycleStep>,
+    /// What led to it.
+    pub explanation: Explanation,
+}
+
+impl Decision {
+    /// Instances added (positive) or removed (negative).
+    pub fn delta(&self) -> i64 {
+        i64::from(self.desired_instances) - i64::from(self.current_instances)
+    }
+}

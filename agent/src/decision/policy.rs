@@ -1,0 +1,630 @@
+//! Per-resource scaling policy, loaded from TOML.
+//!
+//! ```toml
+//! [defaults]
+//! target_utilisation = 0.7
+//! provisioning_lead_time = "3m"
+//! scale_in_stabilisation = "10m"
+//!
+//! [resources."checkout.example.com"]
+//! capacity_per_instance = 1200   # demand units per forecast step one instance serves
+//! min_instances = 2
+//! max_instances = 40
+//! ```
+//!
+//! Every resource gets the `[defaults]` table overlaid with its own. Durations are strings with
+//! units (`"90s"`, `"10m"`, `"1h30m"`, `"250ms"`) or integer seconds. Errors name the offending
+//! field with its full path, e.g. `resources."api".target_utilisation`.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors loading or validating a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy file could not be read.
+    #[error("reading policy file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown field or a value of the wrong type (the message
+    /// names the key).
+    #[error("policy TOML: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A field is missing or out of range.
+    #[error("policy field `{field}`: {reason}")]
+    Field {
+        /// Full path of the offending field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No policy for the requested resource and no usable defaults.
+    #[error("no policy for resource `{0}`")]
+    UnknownResource(String),
+}
+
+/// The validated policy of one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Demand one instance serves per forecast step, in the units of the demand series.
+    pub capacity_per_instance: f64,
+    /// Fraction of capacity the forecast's upper bound may use (0 < u ≤ 1).
+    pub target_utilisation: f64,
+    /// Time from asking for an instance until it serves traffic.
+    #[serde(with = "duration_text")]
+    pub provisioning_lead_time: Duration,
+    /// Part of the lead time spent warming up (state copy) before traffic shifts.
+    #[serde(with = "duration_text")]
+    pub warm_up: Duration,
+    /// Time to drain traffic from an instance before decommissioning it.
+    #[serde(with = "duration_text")]
+    pub drain: Duration,
+    /// Look this far beyond the lead time: at least the interval between two decisions, since
+    /// a decision stands until the next one can take effect.
+    #[serde(with = "duration_text")]
+    pub horizon: Duration,
+    /// Fewest instances.
+    pub min_instances: u32,
+    /// Most instances.
+    pub max_instances: u32,
+    /// Minimum time between two scale-outs.
+    #[serde(with = "duration_text")]
+    pub scale_out_cooldown: Duration,
+    /// Minimum time after any scaling action before a scale-in.
+    #[serde(with = "duration_text")]
+    pub scale_in_cooldown: Duration,
+    /// A scale-in goes only as low as the highest recommendation within this window.
+    #[serde(with = "duration_text")]
+    pub scale_in_stabilisation: Duration,
+    /// Extra fraction on top of the forecast's upper bound (0.1 = 10%).
+    pub headroom: f64,
+    /// What a new instance copies while warming up (for the lifecycle hint).
+    pub state_copy: Option<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            capacity_per_instance: 1.0,
+            target_utilisation: 0.8,
+            provisioning_lead_time: Duration::from_secs(120),
+            warm_up: Duration::ZERO,
+            drain: Duration::from_secs(30),
+            horizon: Duration::from_secs(60),
+            min_instances: 1,
+            max_instances: 1000,
+            scale_out_cooldown: Duration::ZERO,
+            scale_in_cooldown: Duration::from_secs(300),
+            scale_in_stabilisation: Duration::from_secs(300),
+            headroom: 0.0,
+            state_copy: None,
+        }
+    }
+}
+
+/// One table of the TOML file: every field optional so `[defaults]` and resources can overlay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    capacity_per_instance: Option<f64>,
+    target_utilisation: Option<f64>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    provisioning_lead_time: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    warm_up: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    drain: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    horizon: Option<Duration>,
+    min_instances: Option<u32>,
+    max_instances: Option<u32>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    scale_out_cooldown: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    scale_in_cooldown: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    scale_in_stabilisation: Option<Duration>,
+    headroom: Option<f64>,
+    state_copy: Option<String>,
+}
+
+impl PolicySpec {
+    fn overlay(&self, over: &PolicySpec) -> PolicySpec {
+        PolicySpec {
+            capacity_per_instance: over.capacity_per_instance.or(self.capacity_per_instance),
+            target_utilisation: over.target_utilisation.or(self.target_utilisation),
+            provisioning_lead_time: over.provisioning_lead_time.or(self.provisioning_lead_time),
+            warm_up: over.warm_up.or(self.warm_up),
+            drain: over.drain.or(self.drain),
+            horizon: over.horizon.or(self.horizon),
+            min_instances: over.min_instances.or(self.min_instances),
+            max_instances: over.max_instances.or(self.max_instances),
+            scale_out_cooldown: over.scale_out_cooldown.or(self.scale_out_cooldown),
+            scale_in_cooldown: over.scale_in_cooldown.or(self.scale_in_cooldown),
+            scale_in_stabilisation: over.scale_in_stabilisation.or(self.scale_in_stabilisation),
+            headroom: over.headroom.or(self.headroom),
+            state_copy: over.state_copy.clone().or_else(|| self.state_copy.clone()),
+        }
+    }
+
+    /// Fill unset fields from [`Policy::default`] (except capacity, which has no sensible
+    /// default) and validate; `prefix` is the TOML path used in error messages.
+    fn resolve(&self, prefix: &str) -> Result<Policy, PolicyError> {
+        let d = Policy::default();
+        let field = |name: &str| format!("{prefix}{name}");
+        let capacity_per_instance =
+            self.capacity_per_instance
+                .ok_or_else(|| PolicyError::Field {
+                    field: field("capacity_per_instance"),
+                    reason: "missing (demand one instance serves per step)".into(),
+                })?;
+        let policy = Policy {
+            capacity_per_instance,
+            target_utilisation: self.target_utilisation.unwrap_or(d.target_utilisation),
+            provisioning_lead_time: self
+                .provisioning_lead_time
+                .unwrap_or(d.provisioning_lead_time),
+            warm_up: self.warm_up.unwrap_or(d.warm_up),
+            drain: self.drain.unwrap_or(d.drain),
+            horizon: self.horizon.unwrap_or(d.horizon),
+            min_instances: self.min_instances.unwrap_or(d.min_instances),
+            max_instances: self.max_instances.unwrap_or(d.max_instances),
+            scale_out_cooldown: self.scale_out_cooldown.unwrap_or(d.scale_out_cooldown),
+            scale_in_cooldown: self.scale_in_cooldown.unwrap_or(d.scale_in_cooldown),
+            scale_in_stabilisation: self
+                .scale_in_stabilisation
+                .unwrap_or(d.scale_in_stabilisation),
+            headroom: self.headroom.unwrap_or(d.headroom),
+            state_copy: self.state_copy.clone(),
+        };
+        policy.validate_with_prefix(prefix)?;
+        Ok(policy)
+    }
+}
+
+impl Policy {
+    /// Check every field; the error names the first offending one.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.validate_with_prefix("")
+    }
+
+    fn validate_with_prefix(&self, prefix: &str) -> Result<(), PolicyError> {
+        let bad = |name: &str, reason: String| {
+            Err(PolicyError::Field {
+                field: format!("{prefix}{name}"),
+                reason,
+            })
+        };
+        if !(self.capacity_per_instance.is_finite() && self.capacity_per_instance > 0.0) {
+            return bad(
+                "capacity_per_instance",
+                format!(
+                    "must be a positive number, got {}",
+                    self.capacity_per_instance
+                ),
+            );
+        }
+        if !(self.target_utilisation > 0.0 && self.target_utilisation <= 1.0) {
+            return bad(
+                "target_utilisation",
+                format!("must be in (0, 1], got {}", self.target_utilisation),
+            );
+        }
+        if self.warm_up > self.provisioning_lead_time {
+            return bad(
+                "warm_up",
+                format!(
+                    "{} is longer than provisioning_lead_time {}",
+                    format_duration(self.warm_up),
+                    format_duration(self.provisioning_lead_time)
+                ),
+            );
+        }
+        if self.max_instances == 0 {
+            return bad("max_instances", "must be at least 1".into());
+        }
+        if self.min_instances > self.max_instances {
+            return bad(
+                "min_instances",
+                format!(
+                    "{} is above max_instances {}",
+                    self.min_instances, self.max_instances
+                ),
+            );
+        }
+        if !(self.headroom.is_finite() && (0.0..=10.0).contains(&self.headroom)) {
+            return bad(
+                "headroom",
+                format!("must be a fraction in [0, 10], got {}", self.headroom),
+            );
+        }
+        Ok(())
+    }
+
+    /// Demand one instance may carry before the target utilisation is exceeded.
+    pub fn threshold_per_instance(&self) -> f64 {
+        self.capacity_per_instance * self.target_utilisation
+    }
+}
+
+/// A policy file: defaults plus per-resource overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFileSpec {
+    #[serde(default)]
+    defaults: PolicySpec,
+    #[serde(default)]
+    resources: BTreeMap<String, PolicySpec>,
+}
+
+/// Validated policies of all resources in a file.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    defaults: PolicySpec,
+    resources: BTreeMap<String, Policy>,
+}
+
+impl PolicySet {
+    /// Parse and validate a policy file's text. Every listed resource is validated now, so a
+    /// bad field fails at load time, not at the first decision.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let spec: PolicyFileSpec = toml::from_str(text)?;
+        let mut resources = BTreeMap::new();
+        for (name, resource) in &spec.resources {
+            let prefix = format!("resources.\"{name}\".");
+            let merged = spec.defaults.overlay(resource);
+            resources.insert(name.clone(), merged.resolve(&prefix)?);
+        }
+        // Defaults that are used on their own (for unlisted resources) must be valid too.
+        if spec.defaults.capacity_per_instance.is_some() {
+            spec.defaults.resolve("defaults.")?;
+        } else {
+            // Validate what is there with a placeholder capacity so a bad default is reported
+            // against `defaults.`, not against the first resource that happens to inherit it.
+            let mut probe = spec.defaults.clone();
+            probe.capacity_per_instance = Some(1.0);
+            probe.resolve("defaults.")?;
+        }
+        Ok(Self {
+            defaults: spec.defaults,
+            resources,
+        })
+    }
+
+    /// Read and parse a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Resources listed in the file.
+    pub fn resources(&self) -> impl Iterator<Item = (&str, &Policy)> {
+        self.resources.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The policy of `resource`: its own table, or `[defaults]` when that is complete.
+    pub fn policy_for(&self, resource: &str) -> Result<Policy, PolicyError> {
+        if let Some(policy) = self.resources.get(resource) {
+            return Ok(policy.clone());
+        }
+        if self.defaults.capacity_per_instance.is_some() {
+            return self.defaults.resolve("defaults.");
+        }
+        Err(PolicyError::UnknownResource(resource.to_owned()))
+    }
+
+    /// The policy of `resource` with `[defaults]` overlaid by explicit overrides (e.g. from
+    /// the command line) for fields the file does not need to set.
+    pub fn policy_with(
+        &self,
+        resource: &str,
+        capacity_per_instance: Option<f64>,
+        provisioning_lead_time: Option<Duration>,
+    ) -> Result<Policy, PolicyError> {
+        let (mut spec, prefix) = match self.resources.get(resource) {
+            Some(policy) => (spec_of(policy), format!("resources.\"{resource}\".")),
+            None => (self.defaults.clone(), "defaults.".to_owned()),
+        };
+        if capacity_per_instance.is_some() {
+            spec.capacity_per_instance = capacity_per_instance;
+        }
+        if provisioning_lead_time.is_some() {
+            spec.provisioning_lead_time = provisioning_lead_time;
+        }
+        spec.resolve(&prefix)
+    }
+}
+
+fn spec_of(policy: &Policy) -> PolicySpec {
+    PolicySpec {
+        capacity_per_instance: Some(policy.capacity_per_instance),
+        target_utilisation: Some(policy.target_utilisation),
+        provisioning_lead_time: Some(policy.provisioning_lead_time),
+        warm_up: Some(policy.warm_up),
+        drain: Some(policy.drain),
+        horizon: Some(policy.horizon),
+        min_instances: Some(policy.min_instances),
+        max_instances: Some(policy.max_instances),
+        scale_out_cooldown: Some(policy.scale_out_cooldown),
+        scale_in_cooldown: Some(policy.scale_in_cooldown),
+        scale_in_stabilisation: Some(policy.scale_in_stabilisation),
+        headroom: Some(policy.headroom),
+        state_copy: policy.state_copy.clone(),
+    }
+}
+
+/// Parse `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"2d"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("`{text}`: number without unit (use ms, s, m, h or d)"))?;
+        if digits == 0 {
+            return Err(format!("`{text}`: expected a number before the unit"));
+        }
+        let value: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}`: bad number `{}`", &rest[..digits]))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" | "min" => value * 60.0,
+            "h" => value * 3600.0,
+            "d" => value * 86_400.0,
+            unit => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))?;
+    }
+    Ok(total)
+}
+
+/// Format a duration the way [`parse_duration`] reads it, e.g. `"1h30m"`, `"250ms"`.
+pub fn format_duration(duration: Duration) -> String {
+    let mut ms = duration.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size {
+            let _ = write!(out, "{}{unit}", ms / size);
+            ms %= size;
+        }
+    }
+    if ms > 0 {
+        let _ = write!(out, "{ms}ms");
+    }
+    out
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Seconds(secs)) => Ok(Some(Duration::from_secs(secs))),
+        Some(Raw::Text(text)) => parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Serde adapter: durations as text like `"10m"`.
+pub mod duration_text {
+    use super::{Deserialize, Deserializer, Duration, Serializer, format_duration, parse_duration};
+
+    /// Serialize as text.
+    pub fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*duration))
+    }
+
+    /// Deserialize from text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+// The compared values are exact by construction (small integers and halves).
+#[allow(clippy::float_cmp)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [defaults]
+        target_utilisation = 0.7
+        provisioning_lead_time = "3m"
+        scale_in_stabilisation = "10m"
+
+        [resources."checkout"]
+        capacity_per_instance = 1200
+        min_instances = 2
+        max_instances = 40
+        headroom = 0.1
+        state_copy = "session cache"
+
+        [resources."search"]
+        capacity_per_instance = 300.5
+        target_utilisation = 0.5
+        provisioning_lead_time = 45
+    "#;
+
+    fn field_of(err: &PolicyError) -> String {
+        match err {
+            PolicyError::Field { field, .. } => field.clone(),
+            other => panic!("expected a field error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn parses_defaults_and_overrides() {
+        let set = PolicySet::from_toml(GOOD).expect("valid policy");
+        let checkout = set.policy_for("checkout").expect("listed");
+        assert_eq!(checkout.capacity_per_instance, 1200.0);
+        assert_eq!(checkout.target_utilisation, 0.7);
+        assert_eq!(checkout.provisioning_lead_time, Duration::from_secs(180));
+        assert_eq!(checkout.scale_in_stabilisation, Duration::from_secs(600));
+        assert_eq!(checkout.min_instances, 2);
+        assert_eq!(checkout.state_copy.as_deref(), Some("session cache"));
+        let search = set.policy_for("search").expect("listed");
+        assert_eq!(search.target_utilisation, 0.5);
+        assert_eq!(search.provisioning_lead_time, Duration::from_secs(45));
+        // Unlisted resource with defaults lacking a capacity.
+        assert!(matches!(
+            set.policy_for("other"),
+            Err(PolicyError::UnknownResource(_))
+        ));
+    }
+
+    #[test]
+    fn out_of_range_utilisation_names_the_field() {
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = 10
+            target_utilisation = 1.5
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("invalid");
+        assert_eq!(field_of(&err), "resources.\"api\".target_utilisation");
+        assert!(err.to_string().contains("target_utilisation"), "{err}");
+    }
+
+    #[test]
+    fn min_above_max_names_min_instances() {
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = 10
+            min_instances = 5
+            max_instances = 3
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("invalid");
+        assert_eq!(field_of(&err), "resources.\"api\".min_instances");
+    }
+
+    #[test]
+    fn missing_capacity_names_the_field() {
+        let text = r#"
+            [resources."api"]
+            min_instances = 1
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("invalid");
+        assert_eq!(field_of(&err), "resources.\"api\".capacity_per_instance");
+    }
+
+    #[test]
+    fn bad_default_is_reported_against_defaults() {
+        let text = r"
+            [defaults]
+            headroom = -0.5
+        ";
+        let err = PolicySet::from_toml(text).expect_err("invalid");
+        assert_eq!(field_of(&err), "defaults.headroom");
+    }
+
+    #[test]
+    fn warm_up_longer_than_lead_time_is_rejected() {
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = 10
+            provisioning_lead_time = "1m"
+            warm_up = "2m"
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("invalid");
+        assert_eq!(field_of(&err), "resources.\"api\".warm_up");
+    }
+
+    #[test]
+    fn unknown_field_and_bad_duration_name_the_key() {
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = 10
+            scale_in_cooldwon = "5m"
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("typo");
+        assert!(err.to_string().contains("scale_in_cooldwon"), "{err}");
+
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = 10
+            scale_out_cooldown = "5 parsecs"
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("bad duration");
+        let message = err.to_string();
+        assert!(message.contains("scale_out_cooldown"), "{message}");
+        assert!(message.contains("unknown unit"), "{message}");
+
+        let text = r#"
+            [resources."api"]
+            capacity_per_instance = "lots"
+        "#;
+        let err = PolicySet::from_toml(text).expect_err("wrong type");
+        assert!(err.to_string().contains("capacity_per_instance"), "{err}");
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, secs) in [
+            ("90s", 90.0),
+            ("10m", 600.0),
+            ("1h30m", 5400.0),
+            ("250ms", 0.25),
+            ("2d", 172_800.0),
+            ("45", 45.0),
+            ("1.5m", 90.0),
+        ] {
+            let d = parse_duration(text).expect("valid");
+            assert!((d.as_secs_f64() - secs).abs() < 1e-9, "{text}");
+            assert_eq!(parse_duration(&format_duration(d)).expect("round trip"), d);
+        }
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10x").is_err());
+    }
+
+    #[test]
+    fn command_line_overrides_fill_defaults() {
+        let set = PolicySet::from_toml("[defaults]\ntarget_utilisation = 0.6\n").expect("valid");
+        let policy = set
+            .policy_with("series", Some(500.0), Some(Duration::from_secs(600)))
+            .expect("complete");
+        assert_eq!(policy.capacity_per_instance, 500.0);
+        assert_eq!(policy.target_utilisation, 0.6);
+        assert_eq!(policy.provisioning_lead_time, Duration::from_secs(600));
+    }
+}

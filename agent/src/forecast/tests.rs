@@ -1,0 +1,113 @@
+use super::*;
+
+fn config(step_secs: u64) -> ForecastConfig {
+    ForecastConfig {
+        step: Duration::from_secs(step_secs),
+        refit_interval: Duration::from_secs(step_secs * 12),
+        max_horizon: 24,
+        ..ForecastConfig::default()
+    }
+}
+
+fn cycle(i: usize) -> f64 {
+    let phase = (i % 24) as f64 / 24.0 * std::f64::consts::TAU;
+    200.0 + 80.0 * phase.sin() + ((i * 7919) % 11) as f64
+}
+
+#[test]
+fn invalid_config_names_the_field() {
+    let cfg = ForecastConfig {
+        level: 1.5,
+        ..ForecastConfig::default()
+    };
+    let err = ResourceForecaster::new("r", cfg).expect_err("bad level");
+    assert!(err.to_string().contains("`level`"), "{err}");
+}
+
+#[test]
+fn cold_start_then_mstl_once_two_cycles_exist() {
+    let mut f = ResourceForecaster::new("api", config(60)).expect("config");
+    let mut kinds = Vec::new();
+    for i in 0..24 * 8 {
+        f.observe(i as u64 * 60_000, cycle(i)).expect("observe");
+        kinds.push(f.model().cloned());
+    }
+    // With 5 points only naive is possible.
+    assert_eq!(kinds[4], Some(ModelKind::Naive));
+    // Before two cycles, no seasonal model.
+    assert!(
+        matches!(kinds[30], Some(ModelKind::Ets { .. })),
+        "{:?}",
+        kinds[30]
+    );
+    // The periodogram needs about three cycles; after eight, MSTL with the daily cycle.
+    match f.model() {
+        Some(ModelKind::Mstl { periods, .. }) => assert_eq!(periods, &vec![24]),
+        other => panic!("expected MSTL, got {other:?}"),
+    }
+    let forecast = f.forecast(24).expect("forecast");
+    assert_eq!(forecast.points.len(), 24);
+    assert_eq!(forecast.points[0].start_ms, 24 * 8 * 60_000);
+    for (k, p) in forecast.points.iter().enumerate() {
+        let actual = cycle(24 * 8 + k);
+        assert!(p.lower <= p.point && p.point <= p.upper);
+        assert!(
+            (p.point - actual).abs() < 30.0,
+            "step {k}: {} vs {actual}",
+            p.point
+        );
+    }
+    let accuracy = f.accuracy();
+    assert!(accuracy.samples > 100);
+    assert!(accuracy.coverage.expect("scored") > 0.5);
+}
+
+#[test]
+fn gaps_are_interpolated_and_counted() {
+    let mut f = ResourceForecaster::new("api", config(60)).expect("config");
+    f.observe(0, 10.0).expect("observe");
+    f.observe(60_000, 10.0).expect("observe");
+    f.observe(240_000, 40.0).expect("observe");
+    assert_eq!(f.stats().gaps_filled, 2);
+    assert_eq!(f.stats().observations, 5);
+    // A gap longer than the whole training window restarts instead of interpolating.
+    let mut g = ResourceForecaster::new(
+        "api",
+        ForecastConfig {
+            max_fit_points: 16,
+            ..config(60)
+        },
+    )
+    .expect("config");
+    g.observe(0, 1.0).expect("observe");
+    g.observe(100 * 60_000, 2.0).expect("observe");
+    assert_eq!(g.stats().restarts, 1);
+    assert_eq!(g.stats().gaps_filled, 0);
+    assert_eq!(g.model(), Some(&ModelKind::Naive));
+    let err = f.observe(120_000, 1.0).expect_err("out of order");
+    assert!(matches!(err, ForecastError::OutOfOrder { .. }));
+    assert!(f.observe(300_000, f64::NAN).is_err());
+    assert_eq!(f.stats().rejected, 2);
+}
+
+#[test]
+fn re_anchoring_follows_a_level_shift_between_refits() {
+    let mut cfg = config(60);
+    cfg.refit_interval = Duration::from_mins(1000);
+    let mut f = ResourceForecaster::new("api", cfg).expect("config");
+    let history: Vec<f64> = (0..24 * 8).map(cycle).collect();
+    f.warm_start(0, &history).expect("warm start");
+    let before = f.forecast(1).expect("forecast").points[0].point;
+    for i in 24 * 8..24 * 8 + 6 {
+        f.observe(i as u64 * 60_000, cycle(i) + 500.0)
+            .expect("observe");
+    }
+    let fits = f.stats().fits;
+    let after = f.forecast(1).expect("forecast").points[0].point;
+    let expected = cycle(24 * 8 + 6) + 500.0;
+    assert_eq!(f.stats().fits, fits, "no refit happened in between");
+    assert!(
+        (after - expected).abs() < 150.0,
+        "after {after}, expected about {expected} (before the shift {before})"
+    );
+}
