@@ -149,7 +149,7 @@ fn forecast_scales_out_before_the_rise_that_a_reactive_rule_misses() {
         resource.to_string(),
         ForecastConfig {
             step: Duration::from_secs(60),
-            max_season: Duration::from_secs(3 * 3600),
+            max_season: Duration::from_hours(3),
             ..ForecastConfig::default()
         },
     )

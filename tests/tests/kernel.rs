@@ -166,18 +166,13 @@ fn tcp_v6_with_exts(exts: &[u8], payload: &[u8], fragment_offset: u16) -> Vec<u8
     let mut chain = Vec::new();
     for (i, &h) in exts.iter().enumerate() {
         let next = exts.get(i + 1).copied().unwrap_or(6);
-        match h {
-            44 => {
-                chain.push(next);
-                chain.push(0);
-                chain.extend_from_slice(&(fragment_offset << 3).to_be_bytes());
-                chain.extend_from_slice(&[0, 0, 0, 1]);
-            }
-            _ => {
-                chain.push(next);
-                chain.push(0); // (0 + 1) * 8 bytes
-                chain.extend_from_slice(&[1, 4, 0, 0, 0, 0]); // PadN option
-            }
+        chain.push(next);
+        chain.push(0); // fragment: reserved; others: (0 + 1) * 8 bytes
+        if h == 44 {
+            chain.extend_from_slice(&(fragment_offset << 3).to_be_bytes());
+            chain.extend_from_slice(&[0, 0, 0, 1]);
+        } else {
+            chain.extend_from_slice(&[1, 4, 0, 0, 0, 0]); // PadN option
         }
     }
     let mut out = plain[..14 + 40].to_vec();
@@ -450,6 +445,7 @@ fn tap_mode_drops_after_accounting() {
 }
 
 #[test]
+#[allow(clippy::many_single_char_names)] // f/g frames, a/b outcomes of one exchange
 fn sampling_keeps_request_and_response_of_a_connection_together() {
     let mut opts = options(Mode::Host);
     opts.sample_n = 4;

@@ -1,6 +1,7 @@
 //! The live agent's local HTTP endpoint and model state: `/v1/resources` reflects real traffic,
 //! `/metrics` exposes the kernel counters, the model is snapshotted into `--state-dir` and
 //! restored on restart, and a corrupt snapshot is set aside instead of stopping the agent.
+#![allow(clippy::too_many_lines)] // one scenario per test, read top to bottom
 
 use std::{
     fs::File,

@@ -4,6 +4,7 @@
 //!
 //! Broker, collector and provisioner run inside the server namespace, on its own loopback, so
 //! nothing listens outside namespaces this test creates.
+#![allow(clippy::too_many_lines)] // one scenario per test, read top to bottom
 
 use std::{
     collections::BTreeMap,

@@ -98,56 +98,62 @@ pub fn run(seconds: u64) -> Result<()> {
     // Let the agent attach before traffic starts.
     thread::sleep(Duration::from_millis(1500));
 
-    let start = Instant::now();
-    let mut round = 0u32;
-    let result = (|| -> Result<()> {
-        while start.elapsed() < Duration::from_secs(seconds) {
-            let target = if round % 2 == 0 {
-                format!("{server_v4}:8080")
-            } else {
-                format!("[{server_v6}]:8080")
-            };
-            let status = pair
-                .client
-                .command(&peer_bin)
-                .args([
-                    "client",
-                    "--connect",
-                    &target,
-                    "--hosts",
-                    "shop.example,api.example,static.example",
-                ])
-                .args([
-                    "--connections",
-                    "4",
-                    "--requests-per-conn",
-                    "5",
-                    "--pipeline",
-                    "2",
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .context("running the HTTP client peer")?;
-            if !status.success() {
-                bail!("HTTP client peer failed: {status}");
-            }
-            round += 1;
-            thread::sleep(Duration::from_millis(300));
-        }
-        Ok(())
-    })();
+    let result = drive_traffic(&pair, &peer_bin, seconds);
 
+    let pid = i32::try_from(agent.id()).context("agent pid")?;
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid, libc::SIGINT) };
     let status = agent.wait().context("waiting for the agent")?;
     let _ = printer.join();
     let _ = server.kill();
     let _ = server.wait();
     drop(pair);
-    result?;
+    let round = result?;
     if !status.success() {
         bail!("agent exited with {status}");
     }
     eprintln!("xtask: demo done ({round} client rounds); namespaces removed");
     Ok(())
+}
+
+/// Rounds of the HTTP client peer, alternating IPv4 and IPv6, for `seconds`.
+fn drive_traffic(pair: &VethPair, peer_bin: &std::path::Path, seconds: u64) -> Result<u32> {
+    let (Some(server_v4), Some(server_v6)) = (pair.server_v4, pair.server_v6) else {
+        bail!("veth pair has no addresses");
+    };
+    let start = Instant::now();
+    let mut round = 0u32;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let target = if round.is_multiple_of(2) {
+            format!("{server_v4}:8080")
+        } else {
+            format!("[{server_v6}]:8080")
+        };
+        let status = pair
+            .client
+            .command(peer_bin)
+            .args(["client", "--connect", &target])
+            .args(["--hosts", "shop.example,api.example,static.example"])
+            .args([
+                "--connections",
+                "4",
+                "--requests-per-conn",
+                "6",
+                "--pipeline",
+                "2",
+            ])
+            .args([
+                "--paths",
+                "/api/v1/items/17,/bytes/2048,/status/404,/api/v1/users/42/orders",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .context("running the HTTP client peer")?;
+        if !status.success() {
+            bail!("HTTP client peer failed: {status}");
+        }
+        round += 1;
+        thread::sleep(Duration::from_millis(300));
+    }
+    Ok(round)
 }

@@ -50,6 +50,8 @@ pub struct PublishArgs {
     pub agent_id: Option<String>,
 }
 
+// The embedded collector is large, but there is exactly one publisher per agent.
+#[allow(clippy::large_enum_variant)]
 pub enum Publisher {
     Kafka {
         sink: ObservationSink,
@@ -76,8 +78,7 @@ fn level_of(text: &str) -> Result<Level> {
 
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "shadowtap-agent".to_owned())
+        .map_or_else(|_| "shadowtap-agent".to_owned(), |s| s.trim().to_owned())
 }
 
 impl Publisher {
@@ -249,9 +250,9 @@ impl Publisher {
 
 /// Per-resource gauges: instances, the forecast the last decision rested on, and accuracy.
 fn render_resource_metrics(fleet: &crate::sink::Fleet, page: &mut Exposition) {
+    type Getter = fn(&crate::sink::Fleet, &str) -> Option<f64>;
     let mut names: Vec<&str> = fleet.resources().collect();
     names.sort_unstable();
-    type Getter = fn(&crate::sink::Fleet, &str) -> Option<f64>;
     let families: [(&str, &str, Getter); 7] = [
         (
             "shadowtap_resource_current_instances",

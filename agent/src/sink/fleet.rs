@@ -211,7 +211,13 @@ impl Fleet {
 
     /// Online accuracy of the collector's forecaster of `resource` (MASE, coverage).
     pub fn accuracy(&self, resource: &str) -> Option<crate::forecast::AccuracySnapshot> {
-        Some(self.resources.get(resource)?.forecaster.as_ref()?.accuracy())
+        Some(
+            self.resources
+                .get(resource)?
+                .forecaster
+                .as_ref()?
+                .accuracy(),
+        )
     }
 
     /// Forget a resource (its partition moved to another collector).
