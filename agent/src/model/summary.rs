@@ -197,19 +197,7 @@ impl WindowSummary {
     /// Keeps the `top_k` busiest endpoints (ties by name); the rest moves to
     /// `endpoints_other`, so totals are kept.
     pub fn truncate_endpoints(&mut self, top_k: usize) {
-        if self.endpoints.len() <= top_k {
-            return;
-        }
-        let mut ranked: Vec<(String, u64)> =
-            std::mem::take(&mut self.endpoints).into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
-            if i < top_k {
-                self.endpoints.insert(endpoint, n);
-            } else {
-                self.endpoints_other += n;
-            }
-        }
+        truncate_top_k(&mut self.endpoints, &mut self.endpoints_other, top_k);
     }
 }
 
@@ -278,5 +266,22 @@ pub mod hdr_base64 {
             .decode(text.as_bytes())
             .map_err(|e| D::Error::custom(format!("histogram base64: {e}")))?;
         decode(&bytes).map_err(|e| D::Error::custom(format!("histogram: {e}")))
+    }
+}
+
+/// Keeps the `top_k` largest counts of `endpoints` (ties by name) and adds the rest to
+/// `other`, so totals are kept. Shared by window summaries and their wire form.
+pub fn truncate_top_k(endpoints: &mut BTreeMap<String, u64>, other: &mut u64, top_k: usize) {
+    if endpoints.len() <= top_k {
+        return;
+    }
+    let mut ranked: Vec<(String, u64)> = std::mem::take(endpoints).into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
+        if i < top_k {
+            endpoints.insert(endpoint, n);
+        } else {
+            *other += n;
+        }
     }
 }

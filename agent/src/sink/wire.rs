@@ -202,19 +202,7 @@ impl WindowCounts {
 
     /// Keep the `top_k` busiest endpoints (ties broken by name), fold the rest into other.
     pub fn truncate_endpoints(&mut self, top_k: usize) {
-        if self.endpoints.len() <= top_k {
-            return;
-        }
-        let mut ranked: Vec<(String, u64)> =
-            std::mem::take(&mut self.endpoints).into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
-            if i < top_k {
-                self.endpoints.insert(endpoint, n);
-            } else {
-                self.endpoints_other += n;
-            }
-        }
+        crate::model::truncate_top_k(&mut self.endpoints, &mut self.endpoints_other, top_k);
     }
 }
 
