@@ -77,8 +77,9 @@ impl WindowPeak {
     }
 }
 
-/// Scaling state machine of one resource.
-#[derive(Debug, Clone)]
+/// Scaling state machine of one resource. Serializable, so its cooldown and stabilisation
+/// timers survive a collector restart or a partition moving to another collector.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionEngine {
     resource: String,
     policy: Policy,
@@ -106,6 +107,11 @@ impl DecisionEngine {
         }
     }
 
+    /// Adopts a (possibly changed) policy, keeping the timers and recommendation history.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -121,7 +127,16 @@ impl DecisionEngine {
         let (required, at_max) = self.required_instances(window.peak_upper);
         let stabilised = self.stabilised(now, required);
         let (action, desired, reason) = self.choose(now, current, required, stabilised, at_max);
-        let reason = if window.covered || action == Action::ScaleIn {
+        // Without a covering forecast the decision rests on the last observation; say so,
+        // unless a timer or limit is what actually held the decision.
+        let timer_or_limit = matches!(
+            reason,
+            Reason::ScaleOutCooldown
+                | Reason::ScaleInCooldown
+                | Reason::Stabilising
+                | Reason::AtMaxInstances
+        );
+        let reason = if window.covered || action == Action::ScaleIn || timer_or_limit {
             reason
         } else {
             Reason::NoForecastCoverage

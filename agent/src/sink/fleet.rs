@@ -398,6 +398,7 @@ impl Fleet {
             instances: s.instances,
             last_decision: s.last_decision.clone(),
             forecast_origin: s.forecast_origin,
+            engine: s.engine.clone(),
         })
     }
 
@@ -451,6 +452,13 @@ impl Fleet {
         state.last_decision.clone_from(&snap.last_decision);
         state.history.clone_from(&snap.history);
         state.forecast_origin = snap.forecast_origin;
+        // Timers come from the snapshot; the policy is the one in force here now.
+        state.engine = snap.engine.clone().map(|mut engine| {
+            if let Ok(policy) = self.policies.policy_for(&snap.resource) {
+                engine.set_policy(policy);
+            }
+            engine
+        });
         self.resources.insert(snap.resource.clone(), state);
         Ok(())
     }
@@ -695,6 +703,9 @@ pub struct ResourceSnapshot {
     /// (first bucket, points) of the collector forecaster's warm start, replayed on restore.
     #[serde(default)]
     pub forecast_origin: Option<(u64, usize)>,
+    /// The decision engine with its cooldown and stabilisation timers.
+    #[serde(default)]
+    pub engine: Option<DecisionEngine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -173,3 +173,77 @@ fn unknown_resources_without_policy_are_counted() {
     assert!(closed[0].decision.is_none());
     assert_eq!(f.stats().decisions_without_policy, 1);
 }
+
+fn cooldown_fleet() -> Fleet {
+    let policies = PolicySet::from_toml(
+        r#"
+[defaults]
+capacity_per_instance = 100.0
+target_utilisation = 1.0
+provisioning_lead_time = "1m"
+horizon = "1m"
+min_instances = 1
+max_instances = 50
+scale_out_cooldown = "30m"
+"#,
+    )
+    .expect("policy");
+    Fleet::new(
+        FleetConfig {
+            merge_wait: Duration::from_secs(3600),
+            idle_close: Duration::from_secs(3600),
+            // Decide on observed demand only: this test is about the engine's timers.
+            min_forecast_history: usize::MAX,
+            ..FleetConfig::default()
+        },
+        policies,
+    )
+}
+
+#[test]
+fn restored_fleet_keeps_the_scale_out_cooldown() {
+    let mut f = cooldown_fleet();
+    let now = Instant::now();
+    // A first scale-out starts the 30-minute cooldown; then a snapshot moves the resource.
+    for w in 0..6 {
+        f.ingest(obs("a", "api", w, 300), now);
+    }
+    let snap = f.snapshot("api").expect("snapshot");
+    assert!(
+        snap.engine.is_some(),
+        "engine state is part of the snapshot"
+    );
+    let json = serde_json::to_string(&snap).expect("json");
+    let mut g = cooldown_fleet();
+    g.restore(&serde_json::from_str(&json).expect("parse"), now)
+        .expect("restore");
+    let mut fresh = cooldown_fleet();
+    let mut stripped: ResourceSnapshot = serde_json::from_str(&json).expect("parse");
+    stripped.engine = None;
+    fresh.restore(&stripped, now).expect("restore");
+    let decision = |v: &[ClosedWindow]| {
+        v.iter()
+            .filter_map(|cw| {
+                cw.decision
+                    .as_ref()
+                    .map(|d| (cw.start_ms, d.action, d.desired_instances, d.reason))
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut held, mut diverged_without_engine) = (false, false);
+    for w in 6..12 {
+        let a = decision(&f.ingest(obs("a", "api", w, 2000), now).1);
+        let b = decision(&g.ingest(obs("a", "api", w, 2000), now).1);
+        let c = decision(&fresh.ingest(obs("a", "api", w, 2000), now).1);
+        assert_eq!(a, b, "window {w}: restored fleet decides like the original");
+        held |= a
+            .iter()
+            .any(|d| d.3 == crate::decision::Reason::ScaleOutCooldown);
+        diverged_without_engine |= a != c;
+    }
+    assert!(held, "the demand jump met the running cooldown");
+    assert!(
+        diverged_without_engine,
+        "without the engine's timers the restored fleet would decide differently (else this test proves nothing)"
+    );
+}
