@@ -19,6 +19,10 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "python3-venv",
+    // librdkafka is built from source by the rdkafka crate, with TLS (for SASL_SSL/SSL brokers).
+    "libssl-dev",
+    "pkg-config",
+    "make",
     "fontconfig",
     "libfontconfig1-dev",
     "fonts-dejavu-core",
