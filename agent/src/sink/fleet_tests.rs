@@ -201,6 +201,7 @@ scale_out_cooldown = "30m"
 }
 
 #[test]
+#[allow(clippy::many_single_char_names)] // f/g/fresh fleets and their a/b/c decisions, side by side
 fn restored_fleet_keeps_the_scale_out_cooldown() {
     let mut f = cooldown_fleet();
     let now = Instant::now();
