@@ -183,6 +183,24 @@ fn api_serves_models_and_state_survives_restart_and_corruption() {
     for host in HOSTS {
         assert!(snapshot.contains(host), "snapshot holds {host}");
     }
+    // The in-process collector's state (decisions, timers, demand history) is saved too.
+    let fleet: Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("collector.json")).expect("collector state written"),
+    )
+    .expect("collector state JSON");
+    let decided: Vec<&str> = fleet
+        .as_array()
+        .expect("array of resources")
+        .iter()
+        .filter(|r| !r["last_decision"].is_null())
+        .filter_map(|r| r["resource"].as_str())
+        .collect();
+    assert!(
+        HOSTS
+            .iter()
+            .all(|h| decided.iter().any(|r| r.starts_with(&format!("{h}@")))),
+        "a decision per Host in the collector state: {decided:?}"
+    );
 
     // Restart on the same state: the resources are there before any new traffic.
     let dir2 = work_dir("api-restart");
@@ -201,6 +219,25 @@ fn api_serves_models_and_state_survives_restart_and_corruption() {
             "{id} restored from the snapshot: {restored:?}"
         );
     }
+    // The last decision came back with the collector state: the forecast view answers at once,
+    // before any new traffic (a reset would say "cold start").
+    let id = decided[0];
+    let encoded = id
+        .replace('@', "%40")
+        .replace(':', "%3A")
+        .replace('[', "%5B")
+        .replace(']', "%5D");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let got = get_in_ns(&pair.server, &format!("/v1/resources/{encoded}/forecast"));
+        if got.0.contains("200") || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(status.contains("200"), "{status}: {body}");
+    let decision: Value = serde_json::from_str(&body).expect("decision JSON");
+    assert_eq!(decision["resource"], id);
     let exit = must(agent.stop(libc::SIGTERM, AGENT_STOP_TIMEOUT));
     assert!(
         exit.status.success(),

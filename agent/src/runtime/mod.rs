@@ -194,12 +194,19 @@ impl Live {
     }
 
     fn snapshot(&self) {
-        if let Some(dir) = &self.state_dir
-            && let Err(e) = state::save_model(dir, &self.pipe.model)
-        {
+        let Some(dir) = &self.state_dir else {
+            return;
+        };
+        if let Err(e) = state::save_model(dir, &self.pipe.model) {
             warn!(
                 error = format!("{e:#}"),
                 "model snapshot failed; will retry"
+            );
+        }
+        if let Err(e) = state::save_fleet(dir, &self.publisher.snapshots()) {
+            warn!(
+                error = format!("{e:#}"),
+                "collector state snapshot failed; will retry"
             );
         }
     }
@@ -210,6 +217,8 @@ impl Live {
         self.pipe.export_flows(&mut self.maps, self.idle_ns, true)?;
         let closed = self.pipe.flush_windows();
         self.on_summaries(&closed)?;
+        // The in-process collector decides on its last windows before its state is saved.
+        self.publisher.close_windows()?;
         let kernel = self.maps.counters()?;
         self.pipe
             .stats_line(&kernel, self.pipe.live_flows(), true)?;
@@ -255,7 +264,15 @@ fn spawn_api(listen: &str, api: &ApiState) -> Result<Option<AbortOnDrop>> {
 async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let (model, _) = state::load_model(args.state_dir.as_deref(), &ModelConfig::default())?;
     // Bad policy or Kafka settings are reported before anything is attached.
-    let publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
+    let mut publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
+    if let Some(dir) = &args.state_dir {
+        let snapshots = state::load_fleet(dir)?;
+        let failed = publisher.restore(&snapshots);
+        info!(
+            resources = snapshots.len() - failed,
+            failed, "restored collector state"
+        );
+    }
     let mut tap = Tap::load(opts)?;
     let mut kernel_log = kernel_logger(&mut tap);
     let ring = tap.take_events()?;

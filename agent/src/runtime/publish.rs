@@ -181,12 +181,51 @@ impl Publisher {
         Ok(())
     }
 
+    /// At shutdown, in-process mode: close every open window (writing its scale events).
+    pub fn close_windows(&mut self) -> Result<()> {
+        if let Self::Embedded { collector, .. } = self {
+            collector.finish().context("writing scale events")?;
+        }
+        Ok(())
+    }
+
     /// About once a second: the in-process collector closes windows that are ready.
     pub fn tick(&mut self) -> Result<()> {
         if let Self::Embedded { collector, .. } = self {
             collector.tick().context("writing scale events")?;
         }
         Ok(())
+    }
+
+    /// Snapshots of every resource the in-process collector holds (empty with Kafka: the
+    /// collector service keeps its own state).
+    pub fn snapshots(&self) -> Vec<crate::sink::ResourceSnapshot> {
+        match self {
+            Self::Embedded { collector, .. } => {
+                let fleet = collector.fleet();
+                fleet
+                    .resources()
+                    .filter_map(|r| fleet.snapshot(r))
+                    .collect()
+            }
+            Self::Kafka { .. } => Vec::new(),
+        }
+    }
+
+    /// Restores in-process collector state; returns how many resources could not be restored.
+    pub fn restore(&mut self, snapshots: &[crate::sink::ResourceSnapshot]) -> usize {
+        let Self::Embedded { collector, .. } = self else {
+            return 0;
+        };
+        let now = std::time::Instant::now();
+        let mut failed = 0;
+        for snap in snapshots {
+            if let Err(e) = collector.fleet_mut().restore(snap, now) {
+                warn!(error = %e, "collector snapshot of one resource not restored");
+                failed += 1;
+            }
+        }
+        failed
     }
 
     /// The last decision for `resource`, as JSON (in-process mode).

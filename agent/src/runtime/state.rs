@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
-use crate::model::{ModelConfig, ModelStore};
+use crate::{
+    model::{ModelConfig, ModelStore},
+    sink::ResourceSnapshot,
+};
 
 const MODEL_FILE: &str = "model.json";
+const FLEET_FILE: &str = "collector.json";
 
 pub fn model_path(dir: &Path) -> PathBuf {
     dir.join(MODEL_FILE)
@@ -58,4 +62,37 @@ pub fn save_model(dir: &Path, model: &ModelStore) -> Result<()> {
     model
         .save_snapshot(&path)
         .with_context(|| format!("saving model snapshot {}", path.display()))
+}
+
+/// Saves the in-process collector's per-resource state (windows, demand history, decisions,
+/// cooldown timers) next to the model, atomically.
+pub fn save_fleet(dir: &Path, snapshots: &[ResourceSnapshot]) -> Result<()> {
+    let path = dir.join(FLEET_FILE);
+    let tmp = dir.join(format!("{FLEET_FILE}.tmp"));
+    let json = serde_json::to_vec(snapshots).context("encoding collector state")?;
+    std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Loads the in-process collector's state; an unreadable file is set aside and reported.
+pub fn load_fleet(dir: &Path) -> Result<Vec<ResourceSnapshot>> {
+    let path = dir.join(FLEET_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(Vec::new());
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(snapshots) => Ok(snapshots),
+        Err(e) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = dir.join(format!("{FLEET_FILE}.corrupt-{stamp}"));
+            std::fs::rename(&path, &aside).with_context(|| {
+                format!("setting aside corrupt collector state {}", path.display())
+            })?;
+            warn!(error = %e, moved_to = %aside.display(), "collector state unreadable; set aside");
+            Ok(Vec::new())
+        }
+    }
 }

@@ -94,6 +94,11 @@ impl EmbeddedCollector {
         &self.fleet
     }
 
+    /// The merge/decision state, for restoring snapshots.
+    pub fn fleet_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+
     /// Scale events written.
     pub fn events_written(&self) -> u64 {
         self.events_written
