@@ -41,16 +41,7 @@ pub fn load_model(
             Ok((model, None))
         }
         Err(e) => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let aside = dir.join(format!("{MODEL_FILE}.corrupt-{stamp}"));
-            std::fs::rename(&path, &aside).with_context(|| {
-                format!(
-                    "setting aside corrupt snapshot {} (it could not be read: {e})",
-                    path.display()
-                )
-            })?;
+            let aside = set_aside(&path)?;
             warn!(error = %e, moved_to = %aside.display(), "model snapshot unreadable; set aside, starting fresh");
             Ok((fresh()?, Some(aside)))
         }
@@ -84,15 +75,24 @@ pub fn load_fleet(dir: &Path) -> Result<Vec<ResourceSnapshot>> {
     match serde_json::from_slice(&bytes) {
         Ok(snapshots) => Ok(snapshots),
         Err(e) => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let aside = dir.join(format!("{FLEET_FILE}.corrupt-{stamp}"));
-            std::fs::rename(&path, &aside).with_context(|| {
-                format!("setting aside corrupt collector state {}", path.display())
-            })?;
+            let aside = set_aside(&path)?;
             warn!(error = %e, moved_to = %aside.display(), "collector state unreadable; set aside");
             Ok(Vec::new())
         }
     }
+}
+
+/// Renames an unreadable state file to `<name>.corrupt-<unix seconds>` so the next start does
+/// not trip over it and a person can still inspect it.
+fn set_aside(path: &Path) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("setting aside unreadable state file {}", path.display()))?;
+    Ok(aside)
 }
