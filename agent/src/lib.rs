@@ -13,3 +13,15 @@ pub mod replay;
 pub mod runtime;
 pub mod sink;
 pub mod windows;
+
+/// Logs to stderr with `RUST_LOG` filtering (default `info`); `log` records, such as the
+/// kernel's aya-log output, are bridged in. Shared by every shadowtap binary.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -10,7 +10,6 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use shadowtap_agent::runtime::{self, RunArgs};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -62,12 +61,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    shadowtap_agent::init_tracing();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Run(args) => runtime::run(&args),
