@@ -3,16 +3,35 @@
 //! when it closes. Bounded: beyond the capacity the longest-open connection is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 
 use rustc_hash::FxBuildHasher;
 
 use super::table::EntityRef;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnKey {
     pub client: SocketAddr,
     pub server: SocketAddr,
+}
+
+/// One word per IPv4 endpoint instead of the derived hash's discriminant, octets and port
+/// (every request probes this table while connections wait for attribution).
+impl Hash for ConnKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for addr in [&self.client, &self.server] {
+            match addr.ip() {
+                IpAddr::V4(a) => {
+                    h.write_u64(u64::from(u32::from(a)) << 16 | u64::from(addr.port()))
+                }
+                IpAddr::V6(a) => {
+                    h.write_u128(u128::from(a));
+                    h.write_u16(addr.port());
+                }
+            }
+        }
+    }
 }
 
 /// Who a connection was counted on.

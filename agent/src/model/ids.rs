@@ -62,9 +62,10 @@ impl FromStr for ResourceId {
             None => (None, s),
         };
         let addr = addr.parse().map_err(|_| err())?;
+        // Lookups compare against lower-case stored hosts.
         Ok(Self {
             addr,
-            host: host.map(str::to_owned),
+            host: host.map(str::to_ascii_lowercase),
         })
     }
 }
@@ -176,43 +177,115 @@ serde_via_string!(ClientId);
 /// dots (case is kept: compare with `eq_ignore_ascii_case`). `None` when nothing is left.
 pub fn normalize_host(raw: &str) -> Option<&str> {
     let h = raw.trim_ascii();
-    let h = if h.starts_with('[') {
+    let b = h.as_bytes();
+    let h = if b.first() == Some(&b'[') {
         // `[v6]:port`: keep the bracketed address.
-        h.find(']').map_or(h, |end| &h[..=end])
+        b.iter()
+            .position(|&c| c == b']')
+            .map_or(h, |end| &h[..=end])
     } else {
-        match h.split_once(':') {
-            Some((name, port)) if !port.contains(':') => name,
+        // `name:port`; more than one colon is a bare IPv6 address, kept whole.
+        // Host names are short: a plain scan beats a vectorised search's set-up.
+        match b.iter().position(|&c| c == b':') {
+            Some(i) if !b[i + 1..].contains(&b':') => &h[..i],
             _ => h,
         }
     };
-    let h = h.trim_end_matches('.');
+    let mut end = h.len();
+    while end > 0 && h.as_bytes()[end - 1] == b'.' {
+        end -= 1;
+    }
+    // Only ASCII dots were cut, so `end` is a character boundary.
+    let h = &h[..end];
     (!h.is_empty()).then_some(h)
 }
 
-/// Hash of a resource key, from the already-normalised host (case-folded while hashing).
+/// Hash of a resource key, from the already-normalised host (case-folded while hashing, so a
+/// stored lower-case host and the same host in any case hash alike).
 pub(crate) fn resource_hash(addr: SocketAddr, host: Option<&str>) -> u64 {
     let mut h = FxHasher::default();
     match addr.ip() {
-        IpAddr::V4(a) => h.write_u32(u32::from(a)),
-        IpAddr::V6(a) => h.write_u128(u128::from(a)),
+        IpAddr::V4(a) => h.write_u64(u64::from(u32::from(a)) << 16 | u64::from(addr.port())),
+        IpAddr::V6(a) => {
+            h.write_u128(u128::from(a));
+            h.write_u16(addr.port());
+        }
     }
-    h.write_u16(addr.port());
     if let Some(host) = host {
         write_lowercase(&mut h, host.as_bytes());
     }
     h.finish()
 }
 
-fn write_lowercase(h: &mut FxHasher, bytes: &[u8]) {
-    let mut buf = [0u8; 64];
-    for chunk in bytes.chunks(buf.len()) {
-        let out = &mut buf[..chunk.len()];
-        for (o, b) in out.iter_mut().zip(chunk) {
-            *o = b.to_ascii_lowercase();
-        }
-        h.write(out);
+/// ASCII lower case of eight bytes at once: `A..=Z` gain 0x20, every other byte (UTF-8
+/// included) is unchanged.
+#[inline]
+fn lowercase_word(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = w & !HIGH;
+    // High bit of each byte: `b >= 'A'` and `b > 'Z'`, computed on 7 bits (no carries).
+    let at_least_a = low7 + (0x80 - u64::from(b'A')) * ONES;
+    let above_z = low7 + (0x80 - u64::from(b'Z') - 1) * ONES;
+    let upper = at_least_a & !above_z & !w & HIGH;
+    w | (upper >> 2)
+}
+
+/// Whether `raw` lower-cased equals `lower` (a stored, already lower-case host), compared a
+/// word at a time as [`write_lowercase`] hashes.
+#[inline]
+pub(crate) fn eq_lowercase(lower: &[u8], raw: &[u8]) -> bool {
+    let n = raw.len();
+    if lower.len() != n {
+        return false;
     }
-    h.write_u8(0xff);
+    if n < 8 {
+        return lower
+            .iter()
+            .zip(raw)
+            .all(|(a, b)| *a == b.to_ascii_lowercase());
+    }
+    let mut at = 0;
+    while at + 8 <= n {
+        if word_at(lower, at) != lowercase_word(word_at(raw, at)) {
+            return false;
+        }
+        at += 8;
+    }
+    at == n || word_at(lower, n - 8) == lowercase_word(word_at(raw, n - 8))
+}
+
+/// Eight bytes of `bytes` from `at` (the caller checked the bounds).
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Hashes `bytes` lower-cased, a word at a time. The last word of a key of 8 or more bytes
+/// overlaps the previous one (no variable-length copy); the length ends the key, so `ab`
+/// and `ab\0` differ.
+#[inline]
+fn write_lowercase(h: &mut FxHasher, bytes: &[u8]) {
+    let n = bytes.len();
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            h.write_u64(lowercase_word(word_at(bytes, at)));
+            at += 8;
+        }
+        if at < n {
+            h.write_u64(lowercase_word(word_at(bytes, n - 8)));
+        }
+    } else {
+        let word = bytes
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (k, &b)| w | u64::from(b) << (8 * k));
+        h.write_u64(lowercase_word(word));
+    }
+    h.write_u64(n as u64);
 }
 
 // ---- endpoint templates ----
@@ -230,129 +303,270 @@ pub fn is_id_segment(seg: &str) -> bool {
     is_id_bytes(seg.as_bytes())
 }
 
+/// [`is_id_segment`] on bytes. Most segments are words that fail at their first or second
+/// byte, so the scan stops at the first byte that is not a hex digit.
+#[inline]
 fn is_id_bytes(b: &[u8]) -> bool {
-    if b.is_empty() {
+    let n = b.len();
+    if n == 0 {
         return false;
     }
-    if b.iter().all(u8::is_ascii_digit) {
-        return true;
+    if n == 36 && b[8] == b'-' && b[13] == b'-' && b[18] == b'-' && b[23] == b'-' {
+        return b
+            .iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) || c.is_ascii_hexdigit());
     }
-    if b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-    {
-        return true;
+    let mut all_digits = true;
+    let mut any_digit = false;
+    for &c in b {
+        if c.is_ascii_digit() {
+            any_digit = true;
+        } else if c.is_ascii_hexdigit() {
+            all_digits = false;
+        } else {
+            return false;
+        }
     }
-    b.len() >= 8
-        && b.iter().all(u8::is_ascii_hexdigit)
-        && (b.len() >= 16 || b.iter().any(u8::is_ascii_digit))
+    all_digits || (n >= 8 && (n >= 16 || any_digit))
 }
 
 /// The path part of a request target: no query or fragment; absolute-form
 /// (`http://host/p`) reduced to its path.
 fn path_only(target: &[u8]) -> &[u8] {
-    let end = target
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(target.len());
+    let end = memchr::memchr2(b'?', b'#', target).unwrap_or(target.len());
     let p = &target[..end];
     for scheme in [&b"http://"[..], &b"https://"[..]] {
         if p.len() > scheme.len() && p[..scheme.len()].eq_ignore_ascii_case(scheme) {
             let rest = &p[scheme.len()..];
-            return rest
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(&b"/"[..], |i| &rest[i..]);
+            return memchr::memchr(b'/', rest).map_or(&b"/"[..], |i| &rest[i..]);
         }
     }
     p
 }
 
-/// Calls `piece` with each piece of the template of `method target` in order; stops early
-/// when `piece` returns false. Returns false if it was stopped. Pieces split the target at
-/// ASCII bytes, so each is valid UTF-8 when the target is.
-fn for_each_piece(method: &str, target: &str, mut piece: impl FnMut(&[u8]) -> bool) -> bool {
-    if !piece(method.as_bytes()) || !piece(b" ") {
-        return false;
-    }
-    let path = path_only(target.as_bytes());
-    let mut start = 0;
-    loop {
-        let end = path[start..]
-            .iter()
-            .position(|&b| b == b'/')
-            .map_or(path.len(), |i| start + i);
-        let seg = &path[start..end];
-        let rendered = if is_id_bytes(seg) {
-            ID_PLACEHOLDER.as_bytes()
+const DIGIT: u8 = 1;
+const HEX: u8 = 2;
+const SLASH: u8 = 4;
+
+/// Per byte: [`DIGIT`] | [`HEX`] for `0-9`, [`HEX`] for `a-f`/`A-F`, [`SLASH`] for `/`.
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_digit() {
+            DIGIT | HEX
+        } else if c.is_ascii_hexdigit() {
+            HEX
+        } else if c == b'/' {
+            SLASH
         } else {
-            seg
+            0
         };
-        if !piece(rendered) {
-            return false;
-        }
-        if end == path.len() {
-            return true;
-        }
-        if !piece(b"/") {
-            return false;
-        }
-        start = end + 1;
+        b += 1;
     }
+    t
+};
+
+/// A rendered `METHOD /template/{id}` key on the stack: the hot path renders once, then
+/// hashes and compares the bytes, and allocates only when the template is new.
+pub(crate) struct TemplateKey {
+    buf: [u8; MAX_TEMPLATE_LEN],
+    len: usize,
+}
+
+impl Default for TemplateKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TemplateKey {
+    /// Renders the key of `method target`; `None` when it is longer than
+    /// [`MAX_TEMPLATE_LEN`]. One pass over the path: each byte is copied and classified
+    /// through a table (digit, hex digit, `/`); at the end of a segment the flags say
+    /// whether it is an identifier, which is then replaced by [`ID_PLACEHOLDER`].
+    #[inline]
+    pub fn render(method: &str, target: &str) -> Option<Self> {
+        let mut key = Self::new();
+        key.render_into(method, target).then_some(key)
+    }
+
+    /// An empty key, to render into again and again.
+    pub fn new() -> Self {
+        Self {
+            buf: [0; MAX_TEMPLATE_LEN],
+            len: 0,
+        }
+    }
+
+    /// [`Self::render`] into this key's storage (no zeroing, no copy of the result); false
+    /// when the key would be longer than [`MAX_TEMPLATE_LEN`].
+    #[inline]
+    pub fn render_into(&mut self, method: &str, target: &str) -> bool {
+        self.len = 0;
+        self.render_path(method, target).is_some()
+    }
+
+    #[inline]
+    fn render_path(&mut self, method: &str, target: &str) -> Option<()> {
+        self.push(method.as_bytes())?;
+        self.push(b" ")?;
+        let path = path_only(target.as_bytes());
+        let mut o = self.len;
+        let mut seg_start = o;
+        let (mut all, mut any) = (DIGIT | HEX, 0u8);
+        for &b in path {
+            let class = BYTE_CLASS[b as usize];
+            if class == SLASH {
+                o = self.end_segment(seg_start, o, all, any)?;
+                *self.buf.get_mut(o)? = b'/';
+                o += 1;
+                seg_start = o;
+                (all, any) = (DIGIT | HEX, 0);
+            } else {
+                *self.buf.get_mut(o)? = b;
+                o += 1;
+                all &= class;
+                any |= class;
+            }
+        }
+        self.len = self.end_segment(seg_start, o, all, any)?;
+        Some(())
+    }
+
+    /// Ends the segment written at `start..end`; returns the new end (after a placeholder
+    /// when the segment is an identifier).
+    #[inline]
+    fn end_segment(&mut self, start: usize, end: usize, all: u8, any: u8) -> Option<usize> {
+        let n = end - start;
+        let id = n > 0
+            && (all & DIGIT != 0
+                || (all & HEX != 0 && n >= 8 && (n >= 16 || any & DIGIT != 0))
+                || (n == 36 && is_id_bytes(&self.buf[start..end])));
+        if !id {
+            return Some(end);
+        }
+        let placeholder = ID_PLACEHOLDER.as_bytes();
+        self.buf
+            .get_mut(start..start + placeholder.len())?
+            .copy_from_slice(placeholder);
+        Some(start + placeholder.len())
+    }
+
+    #[inline]
+    fn push(&mut self, bytes: &[u8]) -> Option<()> {
+        self.buf
+            .get_mut(self.len..self.len + bytes.len())?
+            .copy_from_slice(bytes);
+        self.len += bytes.len();
+        Some(())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The key as text. Segments split the target at ASCII bytes and the placeholder is
+    /// ASCII, so the bytes are valid UTF-8 whenever the request's strings were.
+    pub fn to_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or(OTHER_TEMPLATE)
+    }
+
+    pub fn hash(&self) -> u64 {
+        stored_template_hash(self.as_bytes())
+    }
+}
+
+/// Hash of a template key's bytes (stored keys and freshly rendered ones alike).
+pub(crate) fn stored_template_hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
 }
 
 /// The endpoint template of a request target, e.g. `/api/v1/users/12345/orders?x=1` →
-/// `/api/v1/users/{id}/orders`.
+/// `/api/v1/users/{id}/orders`. Targets whose template exceeds [`MAX_TEMPLATE_LEN`] give
+/// [`OTHER_TEMPLATE`].
 pub fn endpoint_template(target: &str) -> String {
-    let key = template_key("", target);
-    key.strip_prefix(' ').unwrap_or(&key).to_owned()
+    TemplateKey::render("", target).map_or_else(
+        || OTHER_TEMPLATE.to_owned(),
+        |key| {
+            let text = key.to_str();
+            text.strip_prefix(' ').unwrap_or(text).to_owned()
+        },
+    )
 }
 
-/// Hash and length of the rendered `METHOD template` key, without building it.
-pub(crate) fn template_hash(method: &str, target: &str) -> (u64, usize) {
-    let mut h = FxHasher::default();
-    let mut len = 0usize;
-    for_each_piece(method, target, |p| {
-        h.write(p);
-        len += p.len();
-        true
-    });
-    (h.finish(), len)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Whether `stored` equals the rendered `METHOD template` key of the request.
-pub(crate) fn template_eq(stored: &str, method: &str, target: &str) -> bool {
-    let mut rest = stored.as_bytes();
-    for_each_piece(method, target, |p| match rest.strip_prefix(p) {
-        Some(r) => {
-            rest = r;
-            true
+    #[test]
+    fn word_lowercase_matches_bytewise() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                let mut bytes = *b"xY9-Z@[`";
+                bytes[pos] = b;
+                let want = bytes.map(|c| c.to_ascii_lowercase());
+                assert_eq!(
+                    lowercase_word(u64::from_le_bytes(bytes)).to_le_bytes(),
+                    want,
+                    "byte {b:#x} at {pos}"
+                );
+            }
         }
-        None => false,
-    }) && rest.is_empty()
-}
+    }
 
-/// The rendered `METHOD template` key.
-pub(crate) fn template_key(method: &str, target: &str) -> String {
-    let mut out = Vec::new();
-    for_each_piece(method, target, |p| {
-        out.extend_from_slice(p);
-        true
-    });
-    // Pieces are whole UTF-8 sequences of valid strings, so this never replaces anything.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Hash of a stored template key (consistent with [`template_hash`]).
-pub(crate) fn stored_template_hash(key: &str) -> u64 {
-    let mut h = FxHasher::default();
-    // The stored key is the concatenation of the pieces; hash its bytes in the same pieces.
-    let (method, target) = key.split_once(' ').unwrap_or((key, ""));
-    for_each_piece(method, target, |p| {
-        h.write(p);
-        true
-    });
-    h.finish()
+    #[test]
+    fn resource_hash_folds_case_and_separates_lengths() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        for host in [
+            "a",
+            "Example.COM",
+            "api.v2.Service-Name.example.org",
+            "ÄÖ.example",
+        ] {
+            assert_eq!(
+                resource_hash(addr, Some(host)),
+                resource_hash(addr, Some(&host.to_ascii_lowercase())),
+                "{host}"
+            );
+        }
+        assert_ne!(
+            resource_hash(addr, Some("ab")),
+            resource_hash(addr, Some("ab\0"))
+        );
+        assert_ne!(
+            resource_hash(addr, Some("abcdefgh")),
+            resource_hash(addr, Some("abcdefgh\0"))
+        );
+        assert_ne!(resource_hash(addr, None), resource_hash(addr, Some("")));
+        for (stored, raw, equal) in [
+            ("example.com", "EXAMPLE.com", true),
+            ("a", "A", true),
+            ("abcdefgh", "ABCDEFGH", true),
+            (
+                "api.v2.service.example.org",
+                "API.v2.Service.EXAMPLE.org",
+                true,
+            ),
+            ("example.com", "example.org", false),
+            ("example.com", "example.co", false),
+            ("abcdefghi", "abcdefghj", false),
+            ("a-b", "a\rb", false),
+        ] {
+            assert_eq!(
+                eq_lowercase(stored.as_bytes(), raw.as_bytes()),
+                equal,
+                "{raw}"
+            );
+        }
+        let other: SocketAddr = "10.0.0.1:81".parse().expect("addr");
+        assert_ne!(
+            resource_hash(addr, Some("a")),
+            resource_hash(other, Some("a"))
+        );
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::conns::{Attribution, Conn, ConnKey, ConnTable};
-use super::ids::{ClientId, EntityId, ResourceId, normalize_host, resource_hash};
+use super::ids::{ClientId, EntityId, ResourceId, eq_lowercase, normalize_host, resource_hash};
 use super::summary::WindowSummary;
 use super::table::{Entity, EntityKey, EntityTable, HOURS_PER_WEEK};
 use super::templates::Templates;
@@ -282,7 +282,7 @@ impl ModelStore {
             k.addr == addr
                 && match (&k.host, host) {
                     (None, None) => true,
-                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                    (Some(a), Some(b)) => eq_lowercase(a.as_bytes(), b.as_bytes()),
                     _ => false,
                 }
         });

@@ -1,15 +1,16 @@
 //! [`WindowSummary`]: what one entity did in one closed window. Mergeable (sums, histogram
 //! merge, endpoint union), so the collector can combine the summaries many agents make of the
-//! same resource and window. Histograms are `HdrHistogram`s (2 significant digits, the layout of
-//! the windows' [`crate::windows::LogHistogram`]) and travel as base64 V2 blobs.
+//! same resource and window. Histograms stay in the windows' sparse
+//! [`crate::windows::LogHistogram`] (the bucket layout of a 2-significant-digit `HdrHistogram`):
+//! closing a window copies the buckets it hit instead of allocating two dense `HdrHistogram`s.
+//! They become `HdrHistogram`s only where one is needed (the wire, text forms), as base64 V2.
 
 use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::ids::EntityId;
-use crate::windows::{BASE_NS, Level, WindowAcc, new_hdr};
+use crate::windows::{BASE_NS, Level, LogHistogram, WindowAcc};
 
 /// Responses per status class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,11 +73,11 @@ pub struct WindowSummary {
     pub bytes_out: u64,
     pub status: StatusClasses,
     /// Request sizes (as `bytes_in` counts them), bytes.
-    #[serde(with = "hdr_base64")]
-    pub request_size_bytes: Histogram<u64>,
+    #[serde(with = "hdr_base64::log")]
+    pub request_size_bytes: LogHistogram,
     /// Request → response latency of paired responses, µs.
-    #[serde(with = "hdr_base64")]
-    pub latency_us: Histogram<u64>,
+    #[serde(with = "hdr_base64::log")]
+    pub latency_us: LogHistogram,
     /// Requests per `METHOD /endpoint/{id}` template for the busiest templates.
     pub endpoints: BTreeMap<String, u64>,
     /// Requests to templates not listed in `endpoints`.
@@ -99,8 +100,8 @@ impl WindowSummary {
             bytes_in: 0,
             bytes_out: 0,
             status: StatusClasses::default(),
-            request_size_bytes: new_hdr(),
-            latency_us: new_hdr(),
+            request_size_bytes: LogHistogram::new(),
+            latency_us: LogHistogram::new(),
             endpoints: BTreeMap::new(),
             endpoints_other: 0,
         }
@@ -137,8 +138,8 @@ impl WindowSummary {
             bytes_in: acc.bytes_in,
             bytes_out: acc.bytes_out,
             status: StatusClasses::from_slots(acc.status),
-            request_size_bytes: acc.request_size.to_hdr(),
-            latency_us: acc.latency_us.to_hdr(),
+            request_size_bytes: acc.request_size.clone(),
+            latency_us: acc.latency_us.clone(),
             endpoints,
             endpoints_other: acc.requests.saturating_sub(listed),
         }
@@ -186,8 +187,8 @@ impl WindowSummary {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         self.status.add(&other.status);
-        merge_hdr(&mut self.request_size_bytes, &other.request_size_bytes);
-        merge_hdr(&mut self.latency_us, &other.latency_us);
+        self.request_size_bytes.merge(&other.request_size_bytes);
+        self.latency_us.merge(&other.latency_us);
         for (endpoint, n) in &other.endpoints {
             *self.endpoints.entry(endpoint.clone()).or_insert(0) += n;
         }
@@ -203,17 +204,6 @@ impl WindowSummary {
 
 fn ratio(n: u64, d: u64) -> f64 {
     if d == 0 { 0.0 } else { n as f64 / d as f64 }
-}
-
-fn merge_hdr(into: &mut Histogram<u64>, from: &Histogram<u64>) {
-    if from.is_empty() {
-        return;
-    }
-    // Histograms decoded from the wire may not auto-resize; make sure they do.
-    into.auto(true);
-    if let Err(e) = into.add(from) {
-        tracing::warn!(error = %e, "histogram merge failed");
-    }
 }
 
 /// Largest base64 histogram accepted when decoding (a guard against garbage).
@@ -266,6 +256,21 @@ pub mod hdr_base64 {
             .decode(text.as_bytes())
             .map_err(|e| D::Error::custom(format!("histogram base64: {e}")))?;
         decode(&bytes).map_err(|e| D::Error::custom(format!("histogram: {e}")))
+    }
+
+    /// The same text form for a [`crate::windows::LogHistogram`] (converted at the edge).
+    pub mod log {
+        use serde::{Deserializer, Serializer};
+
+        use crate::windows::LogHistogram;
+
+        pub fn serialize<S: Serializer>(h: &LogHistogram, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(&h.to_hdr(), s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LogHistogram, D::Error> {
+            super::deserialize(d).map(|h| LogHistogram::from_hdr(&h))
+        }
     }
 }
 

@@ -3,10 +3,7 @@
 
 use hashbrown::HashTable;
 
-use super::ids::{
-    MAX_TEMPLATE_LEN, OTHER_TEMPLATE, stored_template_hash, template_eq, template_hash,
-    template_key,
-};
+use super::ids::{OTHER_TEMPLATE, TemplateKey, stored_template_hash};
 
 /// Longest method token given its own template.
 const MAX_METHOD_LEN: usize = 16;
@@ -16,6 +13,8 @@ pub(crate) struct Templates {
     names: Vec<Box<str>>,
     index: HashTable<u32>,
     max: usize,
+    /// Rendering space reused by every lookup.
+    scratch: Box<TemplateKey>,
     /// Requests counted under id 0.
     pub other: u64,
 }
@@ -26,6 +25,7 @@ impl Templates {
             names: vec![OTHER_TEMPLATE.into()],
             index: HashTable::new(),
             max: max.max(2),
+            scratch: Box::new(TemplateKey::new()),
             other: 0,
         }
     }
@@ -41,7 +41,7 @@ impl Templates {
         }
         let mut index = HashTable::new();
         for (id, name) in names.iter().enumerate().skip(1) {
-            let hash = stored_template_hash(name);
+            let hash = stored_template_hash(name.as_bytes());
             if index
                 .find(hash, |&i: &u32| names[i as usize] == *name)
                 .is_some()
@@ -49,13 +49,14 @@ impl Templates {
                 return Err(format!("template `{name}` listed twice"));
             }
             index.insert_unique(hash, id as u32, |&i| {
-                stored_template_hash(&names[i as usize])
+                stored_template_hash(names[i as usize].as_bytes())
             });
         }
         Ok(Self {
             names,
             index,
             max: max.max(2),
+            scratch: Box::new(TemplateKey::new()),
             other: 0,
         })
     }
@@ -67,15 +68,17 @@ impl Templates {
             self.other += 1;
             return 0;
         }
-        let (hash, len) = template_hash(method, target);
-        if len > MAX_TEMPLATE_LEN {
+        let key = &mut *self.scratch;
+        if !key.render_into(method, target) {
+            // Longer than MAX_TEMPLATE_LEN.
             self.other += 1;
             return 0;
         }
+        let hash = key.hash();
         let names = &self.names;
         if let Some(&id) = self
             .index
-            .find(hash, |&i| template_eq(&names[i as usize], method, target))
+            .find(hash, |&i| names[i as usize].as_bytes() == key.as_bytes())
         {
             return id;
         }
@@ -84,10 +87,11 @@ impl Templates {
             return 0;
         }
         let id = self.names.len() as u32;
-        self.names.push(template_key(method, target).into());
+        self.names.push(key.to_str().into());
         let names = &self.names;
-        self.index
-            .insert_unique(hash, id, |&i| stored_template_hash(&names[i as usize]));
+        self.index.insert_unique(hash, id, |&i| {
+            stored_template_hash(names[i as usize].as_bytes())
+        });
         id
     }
 

@@ -118,13 +118,63 @@ fn template_hashes_agree_with_stored_keys() {
         ("POST", "http://h/x/ab12cd34ef"),
         ("GET", "*"),
     ] {
-        let key = ids::template_key(method, path);
+        let key = ids::TemplateKey::render(method, path).expect("short");
         assert_eq!(
-            ids::template_hash(method, path).0,
-            ids::stored_template_hash(&key)
+            key.hash(),
+            ids::stored_template_hash(key.to_str().as_bytes())
         );
-        assert!(ids::template_eq(&key, method, path));
-        assert!(!ids::template_eq(&key, "PUT", path));
+        let other = ids::TemplateKey::render("PUT", path).expect("short");
+        assert_ne!(key.as_bytes(), other.as_bytes());
+    }
+    // Too long for a template of its own.
+    let long = format!("/{}", "g".repeat(ids::MAX_TEMPLATE_LEN));
+    assert!(ids::TemplateKey::render("GET", &long).is_none());
+    assert!(ids::TemplateKey::render("GET", &long[..ids::MAX_TEMPLATE_LEN - 4]).is_some());
+}
+
+/// The one-pass renderer against a plain reference: split at `/`, replace identifier
+/// segments, join.
+fn reference_template(method: &str, target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let path = ["http://", "https://"]
+        .iter()
+        .find(|s| path.len() > s.len() && path[..s.len()].eq_ignore_ascii_case(s))
+        .map_or(path, |s| {
+            let rest = &path[s.len()..];
+            rest.find('/').map_or("/", |i| &rest[i..])
+        });
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|seg| {
+            let b = seg.as_bytes();
+            let uuid = b.len() == 36
+                && b.iter().enumerate().all(|(i, c)| match i {
+                    8 | 13 | 18 | 23 => *c == b'-',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            let id = !b.is_empty()
+                && (b.iter().all(u8::is_ascii_digit)
+                    || uuid
+                    || (b.len() >= 8
+                        && b.iter().all(u8::is_ascii_hexdigit)
+                        && (b.len() >= 16 || b.iter().any(u8::is_ascii_digit))));
+            if id { ids::ID_PLACEHOLDER } else { seg }
+        })
+        .collect();
+    format!("{method} {}", segments.join("/"))
+}
+
+proptest::proptest! {
+    #[test]
+    fn one_pass_templates_match_the_reference(
+        method in "[A-Z]{1,7}",
+        target in "(https?://[a-z.]{0,6})?(/([0-9]{1,12}|[0-9a-fA-F]{6,40}|[a-z]{1,6}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[-a-z0-9._~%]{0,8})){0,8}([?#][^ ]{0,10})?",
+    ) {
+        let want = reference_template(&method, &target);
+        match ids::TemplateKey::render(&method, &target) {
+            Some(key) => proptest::prop_assert_eq!(key.to_str(), want.as_str()),
+            None => proptest::prop_assert!(want.len() > ids::MAX_TEMPLATE_LEN),
+        }
     }
 }
 

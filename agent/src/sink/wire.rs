@@ -115,11 +115,7 @@ impl Observation {
                 errors: summary.status.server_error,
                 bytes_in: summary.bytes_in,
                 bytes_out: summary.bytes_out,
-                latency_us: {
-                    let mut h = summary.latency_us.clone();
-                    h.auto(true);
-                    h
-                },
+                latency_us: summary.latency_us.to_hdr(),
                 endpoints: summary.endpoints.clone(),
                 endpoints_other: summary.endpoints_other,
             },
@@ -605,7 +601,7 @@ mod tests {
         s.requests = 42;
         s.responses = 40;
         s.status.server_error = 3;
-        s.latency_us.record(1234).expect("record");
+        s.latency_us.record(1234);
         s.endpoints.insert("GET /items/{id}".into(), 42);
         let obs = Observation::from_summary("agent-x", &s, 7, None).expect("a resource");
         assert_eq!(obs.resource, id.to_string());

@@ -40,123 +40,156 @@ pub const fn bucket_low(index: u16) -> u64 {
     }
 }
 
-/// Sparse counts per bucket, sorted by bucket index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Values recorded but not yet folded into the sorted buckets, at most.
+const PENDING_MAX: usize = 256;
+
+/// Sparse counts per bucket, sorted by bucket index, plus a short buffer of recently
+/// recorded bucket indices.
+///
+/// Recording appends the bucket index to the buffer (no search, no shifting of a sorted
+/// vector); every [`PENDING_MAX`] records, and whenever the histogram is read or closed,
+/// the buffer is sorted and folded into the buckets. Every method sees both, so the buffer is
+/// invisible from outside: equality, serialisation and reads are those of the folded form.
+#[derive(Clone, Debug, Default)]
 pub struct LogHistogram {
     buckets: Vec<(u16, u32)>,
+    pending: Vec<u16>,
 }
+
+/// The serialised form: the folded buckets only.
+#[derive(Serialize, Deserialize)]
+struct LogHistogramForm {
+    buckets: Vec<(u16, u32)>,
+}
+
+impl Serialize for LogHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let buckets = self.folded_buckets();
+        LogHistogramForm {
+            buckets: buckets.into_owned(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let form = LogHistogramForm::deserialize(d)?;
+        Ok(Self {
+            buckets: form.buckets,
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl PartialEq for LogHistogram {
+    fn eq(&self, other: &Self) -> bool {
+        self.folded_buckets() == other.folded_buckets()
+    }
+}
+
+impl Eq for LogHistogram {}
 
 impl LogHistogram {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Counts an occurrence of `value`. Allocates only when a bucket is hit for the first
-    /// time since the histogram's storage last grew.
+    /// Counts an occurrence of `value`: an append, folded in every [`PENDING_MAX`] records.
     #[inline]
     pub fn record(&mut self, value: u64) {
-        self.record_n(value, 1);
+        if self.pending.len() >= PENDING_MAX {
+            self.fold();
+        }
+        self.pending.push(bucket_index(value));
     }
 
+    /// Counts `n` occurrences of `value` (straight into the sorted buckets).
     #[inline]
     pub fn record_n(&mut self, value: u64, n: u32) {
-        let index = bucket_index(value);
-        match self.buckets.binary_search_by_key(&index, |&(i, _)| i) {
-            Ok(pos) => {
-                let slot = &mut self.buckets[pos].1;
-                *slot = slot.saturating_add(n);
-            }
-            Err(pos) => self.buckets.insert(pos, (index, n)),
+        insert_count(&mut self.buckets, bucket_index(value), n);
+    }
+
+    /// Folds the recorded-but-pending values into the sorted buckets (a sort of at most
+    /// [`PENDING_MAX`] indices and one linear merge).
+    pub fn fold(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        radix_sort(&mut self.pending);
+        self.buckets = fold_sorted(&self.buckets, &self.pending);
+        self.pending.clear();
+    }
+
+    /// The sorted buckets with the pending values folded in (borrowed when nothing is
+    /// pending).
+    fn folded_buckets(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
+        if self.pending.is_empty() {
+            std::borrow::Cow::Borrowed(&self.buckets)
+        } else {
+            let mut pending = self.pending.clone();
+            radix_sort(&mut pending);
+            std::borrow::Cow::Owned(fold_sorted(&self.buckets, &pending))
         }
     }
 
     /// Total count (saturating).
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&(_, c)| u64::from(c)).sum()
+        self.buckets.iter().map(|&(_, c)| u64::from(c)).sum::<u64>() + self.pending.len() as u64
+    }
+
+    /// Total count, as `HdrHistogram::len` names it.
+    pub fn len(&self) -> u64 {
+        self.count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.buckets.is_empty() && self.pending.is_empty()
     }
 
     /// Distinct buckets hit.
     pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
+        self.folded_buckets().len()
     }
 
     /// Empties the histogram, keeping its storage for reuse.
     pub fn clear(&mut self) {
         self.buckets.clear();
+        self.pending.clear();
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
+            + self.pending.capacity() * std::mem::size_of::<u16>()
     }
 
     /// Adds `other`'s counts (a sorted merge).
     pub fn merge(&mut self, other: &LogHistogram) {
-        if other.buckets.is_empty() {
+        self.fold();
+        let theirs = other.folded_buckets();
+        if theirs.is_empty() {
             return;
         }
         if self.buckets.is_empty() {
-            self.buckets.extend_from_slice(&other.buckets);
+            self.buckets.extend_from_slice(&theirs);
             return;
         }
-        if other.buckets.len() <= 16 {
+        if theirs.len() <= 16 {
             // Few buckets (the common case for a 1 s window): insert in place, reusing storage.
-            for &(index, count) in &other.buckets {
-                match self.buckets.binary_search_by_key(&index, |&(i, _)| i) {
-                    Ok(pos) => {
-                        let slot = &mut self.buckets[pos].1;
-                        *slot = slot.saturating_add(count);
-                    }
-                    Err(pos) => self.buckets.insert(pos, (index, count)),
-                }
+            for &(index, count) in theirs.iter() {
+                insert_count(&mut self.buckets, index, count);
             }
             return;
         }
-        let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
-        let (mut a, mut b) = (
-            self.buckets.iter().peekable(),
-            other.buckets.iter().peekable(),
-        );
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(&&(ia, ca)), Some(&&(ib, cb))) => match ia.cmp(&ib) {
-                    std::cmp::Ordering::Equal => {
-                        merged.push((ia, ca.saturating_add(cb)));
-                        a.next();
-                        b.next();
-                    }
-                    std::cmp::Ordering::Less => {
-                        merged.push((ia, ca));
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        merged.push((ib, cb));
-                        b.next();
-                    }
-                },
-                (Some(&&x), None) => {
-                    merged.push(x);
-                    a.next();
-                }
-                (None, Some(&&y)) => {
-                    merged.push(y);
-                    b.next();
-                }
-                (None, None) => break,
-            }
-        }
-        self.buckets = merged;
+        self.buckets = merge_sorted(&self.buckets, theirs.iter().copied());
     }
 
     /// Checks the invariants of a deserialised histogram: indices sorted, unique, in range,
     /// counts non-zero.
     pub fn validate(&self) -> Result<(), String> {
         let mut previous: Option<u16> = None;
-        for &(index, count) in &self.buckets {
+        for &(index, count) in self.folded_buckets().iter() {
             if index > MAX_BUCKET_INDEX {
                 return Err(format!("bucket index {index} out of range"));
             }
@@ -174,16 +207,14 @@ impl LogHistogram {
     /// The equivalent `HdrHistogram` (2 significant digits, auto-resizing).
     pub fn to_hdr(&self) -> Histogram<u64> {
         // Sized for the largest value up front: one allocation, no resizing while recording.
-        let high = self
-            .buckets
-            .last()
-            .map_or(2, |&(i, _)| bucket_low(i).max(2));
+        let buckets = self.folded_buckets();
+        let high = buckets.last().map_or(2, |&(i, _)| bucket_low(i).max(2));
         let mut h = Histogram::new_with_bounds(1, high, SIGNIFICANT_DIGITS).unwrap_or_else(|e| {
             tracing::warn!(error = %e, high, "histogram bounds rejected");
             new_hdr()
         });
         h.auto(true);
-        for &(index, count) in &self.buckets {
+        for &(index, count) in buckets.iter() {
             // Auto-resize is on and values are clamped to MAX_VALUE, so this cannot fail on
             // range; a failure would be an hdrhistogram bug, logged rather than panicking.
             if let Err(e) = h.record_n(bucket_low(index), u64::from(count)) {
@@ -212,12 +243,16 @@ impl LogHistogram {
 
     /// Smallest value recorded (bucket resolution), 0 when empty.
     pub fn min(&self) -> u64 {
-        self.buckets.first().map_or(0, |&(i, _)| bucket_low(i))
+        self.folded_buckets()
+            .first()
+            .map_or(0, |&(i, _)| bucket_low(i))
     }
 
     /// Largest value recorded (bucket resolution), 0 when empty.
     pub fn max(&self) -> u64 {
-        self.buckets.last().map_or(0, |&(i, _)| bucket_low(i))
+        self.folded_buckets()
+            .last()
+            .map_or(0, |&(i, _)| bucket_low(i))
     }
 
     /// The value at quantile `q` (0..=1, bucket resolution), 0 when empty.
@@ -228,13 +263,121 @@ impl LogHistogram {
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
-        for &(i, c) in &self.buckets {
+        let buckets = self.folded_buckets();
+        for &(i, c) in buckets.iter() {
             seen += u64::from(c);
             if seen >= rank {
                 return bucket_low(i);
             }
         }
-        self.max()
+        buckets.last().map_or(0, |&(i, _)| bucket_low(i))
+    }
+}
+
+/// Adds `count` to bucket `index` of a sorted bucket list.
+#[inline]
+fn insert_count(buckets: &mut Vec<(u16, u32)>, index: u16, count: u32) {
+    match buckets.binary_search_by_key(&index, |&(i, _)| i) {
+        Ok(pos) => {
+            let slot = &mut buckets[pos].1;
+            *slot = slot.saturating_add(count);
+        }
+        Err(pos) => buckets.insert(pos, (index, count)),
+    }
+}
+
+/// Sorts at most [`PENDING_MAX`] bucket indices: two counting passes of a byte each, on the
+/// stack (a comparison sort costs several times more for the few hundred indices here); a
+/// pass whose byte is the same for every index is skipped.
+fn radix_sort(v: &mut [u16]) {
+    debug_assert!(v.len() <= PENDING_MAX);
+    let mut scratch = [0u16; PENDING_MAX];
+    let Some(tmp) = scratch.get_mut(..v.len()) else {
+        v.sort_unstable();
+        return;
+    };
+    for shift in [0u32, 8] {
+        let digit = |x: u16| usize::from((x >> shift) & 0xff);
+        let mut offsets = [0usize; 256];
+        for &x in v.iter() {
+            offsets[digit(x)] += 1;
+        }
+        if v.first().is_some_and(|&x| offsets[digit(x)] == v.len()) {
+            continue;
+        }
+        let mut sum = 0;
+        for o in &mut offsets {
+            let n = *o;
+            *o = sum;
+            sum += n;
+        }
+        for &x in v.iter() {
+            let d = digit(x);
+            tmp[offsets[d]] = x;
+            offsets[d] += 1;
+        }
+        v.copy_from_slice(tmp);
+    }
+}
+
+/// `buckets` with the sorted indices `sorted` counted in (one linear pass).
+fn fold_sorted(buckets: &[(u16, u32)], sorted: &[u16]) -> Vec<(u16, u32)> {
+    let mut out = Vec::with_capacity(buckets.len() + sorted.len().min(64));
+    let (mut i, mut j) = (0, 0);
+    while j < sorted.len() {
+        let index = sorted[j];
+        let mut n = 0u32;
+        while j < sorted.len() && sorted[j] == index {
+            n += 1;
+            j += 1;
+        }
+        while i < buckets.len() && buckets[i].0 < index {
+            out.push(buckets[i]);
+            i += 1;
+        }
+        if i < buckets.len() && buckets[i].0 == index {
+            out.push((index, buckets[i].1.saturating_add(n)));
+            i += 1;
+        } else {
+            out.push((index, n));
+        }
+    }
+    out.extend_from_slice(&buckets[i..]);
+    out
+}
+
+/// The sorted union of two sorted bucket lists, counts of equal indices added.
+fn merge_sorted(a: &[(u16, u32)], b: impl Iterator<Item = (u16, u32)>) -> Vec<(u16, u32)> {
+    let mut out = Vec::with_capacity(a.len() + 8);
+    let mut a = a.iter().copied().peekable();
+    let mut b = b.peekable();
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (Some((ia, ca)), Some((ib, cb))) => match ia.cmp(&ib) {
+                std::cmp::Ordering::Equal => {
+                    out.push((ia, ca.saturating_add(cb)));
+                    a.next();
+                    b.next();
+                }
+                std::cmp::Ordering::Less => {
+                    out.push((ia, ca));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((ib, cb));
+                    b.next();
+                }
+            },
+            (Some(x), None) => {
+                out.push(x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                out.push(y);
+                b.next();
+            }
+            (None, None) => return out,
+        }
     }
 }
 
@@ -302,6 +445,74 @@ mod tests {
         assert!(hdr.equivalent(hdr.max(), 1_000_000));
         a.clear();
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn pending_records_are_invisible() {
+        // The same values through the append buffer and straight into sorted buckets.
+        let mut appended = LogHistogram::new();
+        let mut direct = LogHistogram::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..(3 * PENDING_MAX as u64 + 17) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = if i % 3 == 0 { x % 300 } else { x % 100_000 };
+            appended.record(v);
+            direct.record_n(v, 1);
+            if i % 97 == 0 {
+                // Every read agrees at every fill level of the buffer.
+                assert_eq!(appended, direct);
+                assert_eq!(appended.count(), direct.count());
+                assert_eq!(appended.max(), direct.max());
+                assert_eq!(appended.min(), direct.min());
+                assert_eq!(
+                    appended.value_at_quantile(0.9),
+                    direct.value_at_quantile(0.9)
+                );
+                assert_eq!(appended.bucket_count(), direct.bucket_count());
+            }
+        }
+        assert!(
+            !appended.pending.is_empty(),
+            "the test must end with values pending"
+        );
+        assert!(appended.pending.len() <= PENDING_MAX);
+        let json = serde_json::to_string(&appended).expect("json");
+        assert_eq!(json, serde_json::to_string(&direct).expect("json"));
+        let back: LogHistogram = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, direct);
+        assert!(appended.validate().is_ok());
+        assert_eq!(appended.to_hdr(), direct.to_hdr());
+        // Merging a histogram with values pending counts them.
+        let mut merged = LogHistogram::new();
+        merged.record(5);
+        merged.merge(&appended);
+        assert_eq!(merged.count(), direct.count() + 1);
+        appended.fold();
+        assert!(appended.pending.is_empty());
+        assert_eq!(appended.buckets, direct.buckets);
+    }
+
+    #[test]
+    fn radix_sort_sorts() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for len in [0usize, 1, 2, 7, 100, PENDING_MAX] {
+            for spread in [1u64, 200, 7000, 65_536] {
+                let mut v: Vec<u16> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x % spread) as u16
+                    })
+                    .collect();
+                let mut want = v.clone();
+                want.sort_unstable();
+                radix_sort(&mut v);
+                assert_eq!(v, want, "len {len} spread {spread}");
+            }
+        }
     }
 
     #[test]

@@ -201,6 +201,13 @@ impl WindowAcc {
         self.endpoints.merge(&other.endpoints, endpoint_counters);
     }
 
+    /// Folds the histograms' recently recorded values into their buckets (before the window
+    /// is read: summaries, roll-ups).
+    pub fn fold(&mut self) {
+        self.request_size.fold();
+        self.latency_us.fold();
+    }
+
     /// Empties the accumulator, keeping its storage.
     pub fn reset(&mut self) {
         let WindowAcc {
@@ -315,6 +322,7 @@ impl EntityWindows {
                 self.close_ten(endpoint_counters, emit);
             }
             let slot = &mut self.seconds[i];
+            slot.acc.fold();
             emit(Level::Second, start, &slot.acc);
             if rollup {
                 self.ten.acc.absorb(&slot.acc, endpoint_counters);
