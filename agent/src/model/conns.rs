@@ -23,7 +23,7 @@ impl Hash for ConnKey {
         for addr in [&self.client, &self.server] {
             match addr.ip() {
                 IpAddr::V4(a) => {
-                    h.write_u64(u64::from(u32::from(a)) << 16 | u64::from(addr.port()))
+                    h.write_u64(u64::from(u32::from(a)) << 16 | u64::from(addr.port()));
                 }
                 IpAddr::V6(a) => {
                     h.write_u128(u128::from(a));
