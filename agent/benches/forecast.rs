@@ -12,8 +12,9 @@
 //! - `SHADOWTAP_BENCH_HORIZON`: forecast horizon in steps (default 48);
 //! - `SHADOWTAP_BENCH_SKIP_BASELINE=1`: do not run statsforecast (no ratio is printed);
 //! - `SHADOWTAP_BENCH_BASELINE_PROCS`: statsforecast processes over disjoint shards of the
-//!   series (default 1). The ratio is of CPU time, so this shortens the baseline's wall time
-//!   (about 7 s per series here) without changing the comparison;
+//!   series (default: one per core). The ratio is of CPU time, so this shortens the
+//!   baseline's wall time (about 7 CPU-seconds per series here) without changing the
+//!   comparison;
 //! - `SHADOWTAP_SHARED_DATA`: shared data directory.
 //!
 //! The baseline runs in a virtualenv under the target directory, created and filled with
@@ -331,7 +332,8 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run either way.
     let count = env_usize("SHADOWTAP_BENCH_SERIES", 1000)?;
     let horizon = env_usize("SHADOWTAP_BENCH_HORIZON", 48)?;
-    let procs = env_usize("SHADOWTAP_BENCH_BASELINE_PROCS", 1)?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let procs = env_usize("SHADOWTAP_BENCH_BASELINE_PROCS", cores)?;
     let series = build_series(count, horizon)?;
     println!(
         "forecast benchmark: {} series of {POINTS} points (nyc_taxi, Twitter AMZN/FB windows), \

@@ -414,39 +414,54 @@ impl TemplateKey {
         self.push(method.as_bytes())?;
         self.push(b" ")?;
         let path = path_only(target.as_bytes());
+        // `o` is where the next byte goes once rendered; bytes past the buffer are not
+        // stored, but still classified: a long identifier renders as the short placeholder,
+        // so only a segment kept verbatim makes the key too long.
         let mut o = self.len;
         let mut seg_start = o;
+        let mut seg_src = 0;
         let (mut all, mut any) = (DIGIT | HEX, 0u8);
-        for &b in path {
+        for (i, &b) in path.iter().enumerate() {
             let class = BYTE_CLASS[b as usize];
             if class == SLASH {
-                o = self.end_segment(seg_start, o, all, any)?;
+                o = self.end_segment(seg_start, o, &path[seg_src..i], all, any)?;
                 *self.buf.get_mut(o)? = b'/';
                 o += 1;
                 seg_start = o;
+                seg_src = i + 1;
                 (all, any) = (DIGIT | HEX, 0);
             } else {
-                *self.buf.get_mut(o)? = b;
+                if let Some(slot) = self.buf.get_mut(o) {
+                    *slot = b;
+                }
                 o += 1;
                 all &= class;
                 any |= class;
             }
         }
-        self.len = self.end_segment(seg_start, o, all, any)?;
+        self.len = self.end_segment(seg_start, o, &path[seg_src..], all, any)?;
         Some(())
     }
 
-    /// Ends the segment written at `start..end`; returns the new end (after a placeholder
-    /// when the segment is an identifier).
+    /// Ends the segment `source`, rendered at `start..end`; returns the new end (after a
+    /// placeholder when the segment is an identifier), or `None` when the rendered key no
+    /// longer fits.
     #[inline]
-    fn end_segment(&mut self, start: usize, end: usize, all: u8, any: u8) -> Option<usize> {
+    fn end_segment(
+        &mut self,
+        start: usize,
+        end: usize,
+        source: &[u8],
+        all: u8,
+        any: u8,
+    ) -> Option<usize> {
         let n = end - start;
         let id = n > 0
             && (all & DIGIT != 0
                 || (all & HEX != 0 && n >= 8 && (n >= 16 || any & DIGIT != 0))
-                || (n == 36 && is_id_bytes(&self.buf[start..end])));
+                || (n == 36 && is_id_bytes(source)));
         if !id {
-            return Some(end);
+            return (end <= MAX_TEMPLATE_LEN).then_some(end);
         }
         let placeholder = ID_PLACEHOLDER.as_bytes();
         self.buf

@@ -43,6 +43,11 @@ pub const fn bucket_low(index: u16) -> u64 {
 /// Values recorded but not yet folded into the sorted buckets, at most.
 const PENDING_MAX: usize = 256;
 
+/// The highest value that falls in bucket `index`.
+pub const fn bucket_high(index: u16) -> u64 {
+    bucket_low(index + 1) - 1
+}
+
 /// Sparse counts per bucket, sorted by bucket index, plus a short buffer of recently
 /// recorded bucket indices.
 ///
@@ -231,12 +236,9 @@ impl LogHistogram {
     pub fn from_hdr(h: &Histogram<u64>) -> Self {
         let mut out = LogHistogram::new();
         for v in h.iter_recorded() {
-            let mut n = v.count_at_value();
-            while n > 0 {
-                let chunk = n.min(u64::from(u32::MAX));
-                out.record_n(h.lowest_equivalent(v.value_iterated_to()), chunk as u32);
-                n -= chunk;
-            }
+            // Bucket counts saturate at u32::MAX: one call, whatever the count.
+            let n = u32::try_from(v.count_at_value()).unwrap_or(u32::MAX);
+            out.record_n(h.lowest_equivalent(v.value_iterated_to()), n);
         }
         out
     }
@@ -255,7 +257,8 @@ impl LogHistogram {
             .map_or(0, |&(i, _)| bucket_low(i))
     }
 
-    /// The value at quantile `q` (0..=1, bucket resolution), 0 when empty.
+    /// The value at quantile `q` (0..=1, the highest value of its bucket, as
+    /// `HdrHistogram::value_at_quantile` reports it), 0 when empty.
     pub fn value_at_quantile(&self, q: f64) -> u64 {
         let total = self.count();
         if total == 0 {
@@ -267,10 +270,10 @@ impl LogHistogram {
         for &(i, c) in buckets.iter() {
             seen += u64::from(c);
             if seen >= rank {
-                return bucket_low(i);
+                return bucket_high(i);
             }
         }
-        buckets.last().map_or(0, |&(i, _)| bucket_low(i))
+        buckets.last().map_or(0, |&(i, _)| bucket_high(i))
     }
 }
 
@@ -416,6 +419,13 @@ mod tests {
                 "{v} and {low} must share an hdr bucket"
             );
             hdr.record(v).expect("record");
+        }
+        for i in [0u16, 1, 255, 256, 300, 383, 384, MAX_BUCKET_INDEX] {
+            assert_eq!(bucket_index(bucket_high(i)), i, "high of {i}");
+            if i < MAX_BUCKET_INDEX {
+                // (Values past the last bucket clamp into it.)
+                assert_eq!(bucket_index(bucket_high(i) + 1), i + 1, "past {i}");
+            }
         }
         // Relative error under 1% everywhere.
         for v in (256..5_000_000u64).step_by(997) {
