@@ -20,6 +20,9 @@
 //! The baseline runs in a virtualenv under the target directory, created and filled with
 //! `pip install statsforecast==2.1.1` on first use (later runs reuse it).
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -122,21 +125,6 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
-/// CPU time this process has used. The ratio is taken on CPU time, not wall time: both sides
-/// are single-threaded, and CPU time is not inflated by whatever else the machine runs (a
-/// 1,000-series baseline runs for about two hours).
-fn process_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_PROCESS_CPUTIME_ID always exists on
-    // Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Wall and CPU time of one side's fit + predict.
 #[derive(Clone, Copy)]
 struct Timing {
@@ -152,7 +140,7 @@ fn run_augurs(
 ) -> anyhow::Result<(Timing, Vec<f64>)> {
     let mut forecasts = Vec::with_capacity(series.len());
     let started = Instant::now();
-    let cpu_started = process_cpu_time();
+    let cpu_started = cpu_time::process();
     for s in series {
         let transform = if pipeline {
             DemandTransform::Log1p
@@ -190,7 +178,7 @@ fn run_augurs(
     }
     let elapsed = Timing {
         wall: started.elapsed(),
-        cpu: process_cpu_time().saturating_sub(cpu_started),
+        cpu: cpu_time::process().saturating_sub(cpu_started),
     };
     let mases = series
         .iter()

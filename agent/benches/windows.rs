@@ -16,6 +16,9 @@
 //! shared pcaps, replayed through the real tracker, as a second workload.
 //! Run via `cargo bench -p shadowtap-agent --bench windows`.
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
@@ -288,20 +291,6 @@ impl Baseline {
     }
 }
 
-/// CPU time of the calling thread: the figures are per core and not inflated by whatever
-/// else the machine runs.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists on
-    // Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Moves every event forward by the span of one pass, so the model sees time advance.
 fn next_pass(events: &mut [Event]) {
     let span = ts_of(&events[events.len() - 1]) - ts_of(&events[0]) + 1_000_000_000;
@@ -353,14 +342,14 @@ fn rate(events: &mut [Event], min: Duration, hot: bool, mut f: impl FnMut(&[Even
         if hot {
             for batch in events.chunks(BATCH) {
                 warm(batch);
-                let start = thread_cpu_time();
+                let start = cpu_time::thread();
                 f(batch);
-                timed += thread_cpu_time().saturating_sub(start);
+                timed += cpu_time::thread().saturating_sub(start);
             }
         } else {
-            let start = thread_cpu_time();
+            let start = cpu_time::thread();
             f(events);
-            timed += thread_cpu_time().saturating_sub(start);
+            timed += cpu_time::thread().saturating_sub(start);
         }
         n += events.len() as u64;
         next_pass(events);
