@@ -9,6 +9,7 @@
 //! partition next resumes from it. Replays are harmless: observations are deduplicated by
 //! (agent, resource, window) and a window's scale event has a deterministic id.
 
+mod ownership;
 pub mod provisioner;
 pub mod service;
 pub mod state;

@@ -1,7 +1,7 @@
 //! The consume → merge → decide → publish → commit loop.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -22,7 +22,12 @@ use shadowtap_agent::{
     sink::{Fleet, FleetConfig, KafkaSettings, decode_observation},
 };
 
-use crate::{state, stats::CollectorStats, topics};
+use crate::{
+    ownership::{Ownership, RebalanceNote},
+    state,
+    stats::CollectorStats,
+    topics,
+};
 
 /// Default state topic.
 pub const STATE_TOPIC: &str = "shadowtap.collector-state";
@@ -91,11 +96,6 @@ pub enum CollectorError {
     },
 }
 
-enum RebalanceNote {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
 struct GroupContext {
     topic: String,
     notes: Mutex<Vec<RebalanceNote>>,
@@ -154,12 +154,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-struct Ownership {
-    owned: BTreeSet<i32>,
-    loaded: BTreeSet<i32>,
-    resource_partition: HashMap<String, i32>,
 }
 
 impl Collector {
@@ -227,11 +221,7 @@ impl Collector {
         consumer.subscribe(&[kafka.observations_topic.as_str()])?;
         let producer: FutureProducer = kafka.producer_config(cfg.delivery_timeout).create()?;
         let mut fleet = Fleet::new(cfg.fleet.clone(), cfg.policies.clone());
-        let mut own = Ownership {
-            owned: BTreeSet::new(),
-            loaded: BTreeSet::new(),
-            resource_partition: HashMap::new(),
-        };
+        let mut own = Ownership::default();
         tracing::info!(group = %cfg.group_id, topic = %kafka.observations_topic, "collector started");
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -306,33 +296,11 @@ impl Collector {
             .lock()
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default();
-        for note in notes {
-            self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-            match note {
-                RebalanceNote::Assigned(parts) => {
-                    tracing::info!(?parts, "partitions assigned");
-                    own.owned.extend(parts);
-                }
-                RebalanceNote::Revoked(parts) => {
-                    tracing::info!(?parts, "partitions revoked");
-                    for p in &parts {
-                        own.owned.remove(p);
-                        own.loaded.remove(p);
-                    }
-                    let gone: Vec<String> = own
-                        .resource_partition
-                        .iter()
-                        .filter(|(_, p)| parts.contains(p))
-                        .map(|(r, _)| r.clone())
-                        .collect();
-                    for r in gone {
-                        fleet.drop_resource(&r);
-                        own.resource_partition.remove(&r);
-                    }
-                    // The new owner re-reads these from the committed offset.
-                    batch.retain(|m| !parts.contains(&m.partition()));
-                }
-            }
+        self.stats
+            .rebalances
+            .fetch_add(notes.len() as u64, Ordering::Relaxed);
+        for resource in own.apply(notes, batch) {
+            fleet.drop_resource(&resource);
         }
         self.stats.partitions_owned.store(
             i64::try_from(own.owned.len()).unwrap_or(i64::MAX),
@@ -348,8 +316,14 @@ impl Collector {
     ) -> Result<(), CollectorError> {
         let kafka = self.config.kafka.clone();
         let topic = self.config.state_topic.clone();
+        let group = self.config.group_id.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            state::load_partition(&kafka, &topic, partition, Duration::from_secs(30))
+            // The commit first: the state topic is written before each commit, so state read
+            // after it holds everything below the committed offset.
+            let committed =
+                state::committed_offset(&kafka, &group, partition, Duration::from_secs(30))?;
+            let state = state::load_partition(&kafka, &topic, partition, Duration::from_secs(30))?;
+            Ok((committed, state))
         })
         .await
         .unwrap_or_else(|_| {
@@ -358,6 +332,7 @@ impl Collector {
             ))
         })
         .map_err(|source| CollectorError::StateLoad { partition, source })?;
+        let (committed, loaded) = loaded;
         self.stats
             .snapshots_rejected
             .fetch_add(loaded.rejected, Ordering::Relaxed);
@@ -378,8 +353,8 @@ impl Collector {
                 }
             }
         }
-        tracing::info!(partition, resources = n, "state loaded");
-        own.loaded.insert(partition);
+        tracing::info!(partition, resources = n, ?committed, "state loaded");
+        own.mark_loaded(partition, committed);
         Ok(())
     }
 
@@ -403,10 +378,16 @@ impl Collector {
             if !own.loaded.contains(&p) {
                 self.load_state(own, fleet, p).await?;
             }
-            offsets.insert(p, msg.offset() + 1);
             self.stats
                 .observations_consumed
                 .fetch_add(1, Ordering::Relaxed);
+            if !own.admit(p, msg.offset()) {
+                self.stats
+                    .observations_replayed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            offsets.insert(p, msg.offset() + 1);
             match decode_observation(msg.key(), msg.payload().unwrap_or_default()) {
                 Err(e) => {
                     tracing::warn!(partition = p, offset = msg.offset(), error = %e, "malformed observation dead-lettered");

@@ -22,6 +22,29 @@ pub struct LoadedState {
     pub rejected: u64,
 }
 
+/// The group's committed offset of observation partition `partition` (blocking); `None` when
+/// the group has not committed it yet.
+pub fn committed_offset(
+    kafka: &KafkaSettings,
+    group: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<i64>, rdkafka::error::KafkaError> {
+    // A consumer that never subscribes does not join the group; it only asks for its offsets.
+    let consumer: BaseConsumer = kafka
+        .client_config(&[("group.id", group), ("enable.auto.commit", "false")])
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&kafka.observations_topic, partition);
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .find_partition(&kafka.observations_topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+}
+
 /// Read state partition `partition` of `topic` to its high watermark (blocking).
 pub fn load_partition(
     kafka: &KafkaSettings,

@@ -16,6 +16,9 @@ use shadowtap_agent::{metrics::Exposition, sink::FleetStats};
 pub struct CollectorStats {
     pub observations_consumed: AtomicU64,
     pub observations_processed: AtomicU64,
+    /// Records below the partition's next offset (already applied; fetched again after a
+    /// rebalance).
+    pub observations_replayed: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub scale_events_published: AtomicU64,
     pub snapshots_written: AtomicU64,
@@ -93,6 +96,12 @@ impl CollectorStats {
             "shadowtap_collector_observations_processed_total",
             "Observation records decoded and merged (or deduplicated).",
             &self.observations_processed,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_observations_replayed_total",
+            "Records skipped because their partition had already applied them (re-fetched after a rebalance).",
+            &self.observations_replayed,
         );
         c(
             &mut e,
