@@ -191,11 +191,14 @@ pub fn normalize_host(raw: &str) -> Option<&str> {
             _ => h,
         }
     };
+    // Trailing dots, and blanks left before a cut port: the result is then a fixed point
+    // (normalising it again returns it), which the connection fast path relies on.
     let mut end = h.len();
-    while end > 0 && h.as_bytes()[end - 1] == b'.' {
+    while end > 0 && (h.as_bytes()[end - 1] == b'.' || h.as_bytes()[end - 1].is_ascii_whitespace())
+    {
         end -= 1;
     }
-    // Only ASCII dots were cut, so `end` is a character boundary.
+    // Only ASCII bytes were cut, so `end` is a character boundary.
     let h = &h[..end];
     (!h.is_empty()).then_some(h)
 }

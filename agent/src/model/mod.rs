@@ -12,6 +12,7 @@
 //! Finding an existing entity or template hashes the event's borrowed strings and never
 //! allocates.
 
+mod conn_events;
 mod conns;
 mod demand;
 mod ids;
@@ -22,6 +23,8 @@ mod summary;
 mod table;
 mod templates;
 
+#[cfg(test)]
+mod conn_tests;
 #[cfg(test)]
 mod pcap_tests;
 #[cfg(test)]

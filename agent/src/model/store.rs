@@ -2,15 +2,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::conns::{Attribution, Conn, ConnKey, ConnTable};
+use super::conn_events::HostMatch;
+use super::conns::{ConnKey, ConnTable};
 use super::ids::{ClientId, EntityId, ResourceId, eq_lowercase, normalize_host, resource_hash};
 use super::summary::WindowSummary;
 use super::table::{Entity, EntityKey, EntityTable, HOURS_PER_WEEK};
 use super::templates::Templates;
 use super::{ModelConfig, ModelError, ModelStats};
-use crate::events::{
-    ConnCloseEvent, ConnOpenEvent, Event, HttpRequestEvent, HttpResponseEvent, TlsClientHelloEvent,
-};
+use crate::events::{Event, HttpRequestEvent, HttpResponseEvent, TlsClientHelloEvent};
 use crate::windows::{Clock, Level, WindowAcc, status_slot};
 
 impl EntityKey for ResourceId {
@@ -51,6 +50,9 @@ pub struct ModelStore {
     pub(super) stats: ModelStats,
     pub(super) summaries: Vec<WindowSummary>,
     pub(super) summaries_drained: u64,
+    /// Resolve events of attributed connections through the connection (off only in the test
+    /// that checks this shortcut against the full lookup).
+    pub(super) resolve_by_connection: bool,
 }
 
 /// Hour of week of a second since the epoch (Monday 00:00 UTC = 0; the epoch was a Thursday).
@@ -61,7 +63,7 @@ pub(super) fn hour_of_week(secs: u64) -> usize {
 /// Records into entity `slot`'s window `index` and lists it as active; the window's
 /// concurrency maximum sees the gauge before and after `update`.
 #[inline]
-fn touch<K>(
+pub(super) fn touch<K>(
     table: &mut EntityTable<K>,
     slot: u32,
     index: u64,
@@ -142,6 +144,7 @@ impl ModelStore {
             stats: ModelStats::default(),
             summaries: Vec::new(),
             summaries_drained: 0,
+            resolve_by_connection: true,
             config,
         })
     }
@@ -276,7 +279,7 @@ impl ModelStore {
 
     /// The slot of resource (`addr`, normalised `host`), created if new.
     #[inline]
-    fn resource_slot(&mut self, addr: SocketAddr, host: Option<&str>) -> u32 {
+    pub(super) fn resource_slot(&mut self, addr: SocketAddr, host: Option<&str>) -> u32 {
         let hash = resource_hash(addr, host);
         let found = self.resources.find(hash, |k| {
             k.addr == addr
@@ -319,7 +322,7 @@ impl ModelStore {
 
     /// The slot of the client of `addr`, created if new.
     #[inline]
-    fn client_slot(&mut self, addr: IpAddr) -> u32 {
+    pub(super) fn client_slot(&mut self, addr: IpAddr) -> u32 {
         let id = ClientId::of(
             addr,
             self.config.client_prefix_v4,
@@ -358,9 +361,17 @@ impl ModelStore {
     fn on_request(&mut self, r: &HttpRequestEvent, index: u64) {
         let c = &r.common;
         let server = SocketAddr::new(c.dst, c.dst_port);
-        let host = self.refine(r.host.as_deref());
-        let rs = self.resource_slot(server, host);
-        let cs = self.client_slot(c.src);
+        let key = ConnKey {
+            client: SocketAddr::new(c.src, c.src_port),
+            server,
+        };
+        let known = self.conn_resource(&key, HostMatch::Exactly(r.host.as_deref()));
+        let (rs, cs) = if let Some((rs, client)) = known {
+            (rs, self.conn_client(client, c.src))
+        } else {
+            let host = self.refine(r.host.as_deref());
+            (self.resource_slot(server, host), self.client_slot(c.src))
+        };
         let template = self.templates.intern(&r.method, &r.path);
         let size = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
         let counters = self.config.endpoint_counters;
@@ -380,34 +391,35 @@ impl ModelStore {
                 acc.bytes_in = acc.bytes_in.saturating_add(size);
             });
         }
-        let key = ConnKey {
-            client: SocketAddr::new(c.src, c.src_port),
-            server,
-        };
-        self.attribute(&key, rs, cs, index);
+        if known.is_none() {
+            self.attribute(&key, rs, cs, index);
+        }
     }
 
     fn on_response(&mut self, r: &HttpResponseEvent, index: u64) {
         let c = &r.common;
         let server = SocketAddr::new(c.src, c.src_port);
-        let rs = if let Some(host) = self.refine(r.host.as_deref()) {
-            self.resource_slot(server, Some(host))
-        } else {
-            // Unpaired, or its request had no Host: the resource the connection counts on.
-            let key = ConnKey {
-                client: SocketAddr::new(c.dst, c.dst_port),
-                server,
-            };
-            let attributed = self
-                .conns
-                .attribution(&key)
-                .and_then(|a| self.resources.resolve(a.resource).map(|_| a.resource.slot));
-            match attributed {
-                Some(slot) => slot,
-                None => self.resource_slot(server, None),
-            }
+        let key = ConnKey {
+            client: SocketAddr::new(c.dst, c.dst_port),
+            server,
         };
-        let cs = self.client_slot(c.dst);
+        let known = match r.host.as_deref() {
+            Some(raw) => self.conn_resource(&key, HostMatch::Exactly(Some(raw))),
+            None => None,
+        };
+        let (rs, cs) = if let Some((rs, client)) = known {
+            (rs, self.conn_client(client, c.dst))
+        } else {
+            let rs = match self.refine(r.host.as_deref()) {
+                Some(host) => self.resource_slot(server, Some(host)),
+                // Unpaired, or its request had no Host: the resource the connection counts on.
+                None => match self.conn_resource(&key, HostMatch::Any) {
+                    Some((rs, _)) => rs,
+                    None => self.resource_slot(server, None),
+                },
+            };
+            (rs, self.client_slot(c.dst))
+        };
         let bytes = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
         let status = status_slot(r.status);
         let latency = r.latency_us;
@@ -449,128 +461,5 @@ impl ModelStore {
             server,
         };
         self.attribute(&key, rs, cs, index);
-    }
-
-    /// Counts the connection of `key` as opened on resource `rs` and client `cs`, if it is
-    /// tracked and not yet counted: in the window of its SYN when that is still open.
-    fn attribute(&mut self, key: &ConnKey, rs: u32, cs: u32, index: u64) {
-        let Some(conn) = self.conns.unattributed_mut(key) else {
-            return;
-        };
-        let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
-        let (Some(resource), Some(client)) =
-            (self.resources.entity_ref(rs), self.clients.entity_ref(cs))
-        else {
-            return;
-        };
-        self.conns.attribute(key, Attribution { resource, client });
-        let opened = |acc: &mut WindowAcc, open: &mut u64| {
-            acc.conns_opened += 1;
-            *open += 1;
-        };
-        touch(&mut self.resources, rs, open_index, self.ring_len, opened);
-        touch(&mut self.clients, cs, open_index, self.ring_len, opened);
-    }
-
-    fn on_conn_open(&mut self, o: &ConnOpenEvent) {
-        let c = &o.common;
-        let (src, dst) = (
-            SocketAddr::new(c.src, c.src_port),
-            SocketAddr::new(c.dst, c.dst_port),
-        );
-        // A SYN-ACK opens a connection whose SYN was not seen (the server answers).
-        let key = if o.syn_ack {
-            ConnKey {
-                client: dst,
-                server: src,
-            }
-        } else {
-            ConnKey {
-                client: src,
-                server: dst,
-            }
-        };
-        if let Some(evicted) = self.conns.open(key, c.ts_ns) {
-            self.forget_conn(&evicted);
-        }
-    }
-
-    /// Undoes the gauges of a connection that is no longer tracked.
-    fn forget_conn(&mut self, conn: &Conn) {
-        if let Some(a) = conn.attributed {
-            if let Some(e) = self.resources.resolve(a.resource) {
-                e.open_conns = e.open_conns.saturating_sub(1);
-            }
-            if let Some(e) = self.clients.resolve(a.client) {
-                e.open_conns = e.open_conns.saturating_sub(1);
-            }
-        }
-    }
-
-    fn on_conn_close(&mut self, c: &ConnCloseEvent, index: Option<u64>) {
-        let e = &c.common;
-        let (a, b) = (
-            SocketAddr::new(e.src, e.src_port),
-            SocketAddr::new(e.dst, e.dst_port),
-        );
-        let forward = ConnKey {
-            client: a,
-            server: b,
-        };
-        let backward = ConnKey {
-            client: b,
-            server: a,
-        };
-        let Some((key, conn)) = self
-            .conns
-            .remove(&forward)
-            .map(|conn| (forward, conn))
-            .or_else(|| self.conns.remove(&backward).map(|conn| (backward, conn)))
-        else {
-            self.stats.closes_untracked += 1;
-            return;
-        };
-        let Some(index) = index else {
-            // Too late to count the close, but the connection is gone all the same.
-            self.forget_conn(&conn);
-            return;
-        };
-        let closed = |acc: &mut WindowAcc, open: &mut u64| {
-            acc.conns_closed += 1;
-            *open = open.saturating_sub(1);
-        };
-        if let Some(att) = conn.attributed {
-            if self.resources.resolve(att.resource).is_some() {
-                touch(
-                    &mut self.resources,
-                    att.resource.slot,
-                    index,
-                    self.ring_len,
-                    closed,
-                );
-            }
-            if self.clients.resolve(att.client).is_some() {
-                touch(
-                    &mut self.clients,
-                    att.client.slot,
-                    index,
-                    self.ring_len,
-                    closed,
-                );
-            }
-        } else {
-            // No request or ClientHello named the service: count it on the address.
-            let rs = self.resource_slot(key.server, None);
-            let cs = self.client_slot(key.client.ip());
-            let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
-            let opened = |acc: &mut WindowAcc, open: &mut u64| {
-                acc.conns_opened += 1;
-                *open += 1;
-            };
-            touch(&mut self.resources, rs, open_index, self.ring_len, opened);
-            touch(&mut self.clients, cs, open_index, self.ring_len, opened);
-            touch(&mut self.resources, rs, index, self.ring_len, closed);
-            touch(&mut self.clients, cs, index, self.ring_len, closed);
-        }
     }
 }

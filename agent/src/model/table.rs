@@ -205,6 +205,18 @@ impl<K> EntityTable<K> {
         self.get_mut(r.slot).filter(|e| e.serial == r.serial)
     }
 
+    /// The slot `r` refers to, marked as used like [`Self::find`], if it is still the same
+    /// entity.
+    #[inline]
+    pub fn hit(&mut self, r: EntityRef) -> Option<u32> {
+        let e = self.slots.get_mut(r.slot as usize)?.as_mut()?;
+        if e.serial != r.serial {
+            return None;
+        }
+        e.referenced = true;
+        Some(r.slot)
+    }
+
     /// Puts `slot` on the list of entities with open windows.
     #[inline]
     pub fn mark_active(&mut self, slot: u32) {
