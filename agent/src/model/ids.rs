@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use rustc_hash::FxHasher;
+
+pub(crate) use super::template_key::{TemplateKey, stored_template_hash};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A service: destination address and port, refined by the HTTP `Host` or TLS SNI when seen.
@@ -309,7 +311,7 @@ pub fn is_id_segment(seg: &str) -> bool {
 /// [`is_id_segment`] on bytes. Most segments are words that fail at their first or second
 /// byte, so the scan stops at the first byte that is not a hex digit.
 #[inline]
-fn is_id_bytes(b: &[u8]) -> bool {
+pub(super) fn is_id_bytes(b: &[u8]) -> bool {
     let n = b.len();
     if n == 0 {
         return false;
@@ -332,176 +334,6 @@ fn is_id_bytes(b: &[u8]) -> bool {
         }
     }
     all_digits || (n >= 8 && (n >= 16 || any_digit))
-}
-
-/// The path part of a request target: no query or fragment; absolute-form
-/// (`http://host/p`) reduced to its path.
-fn path_only(target: &[u8]) -> &[u8] {
-    let end = memchr::memchr2(b'?', b'#', target).unwrap_or(target.len());
-    let p = &target[..end];
-    for scheme in [&b"http://"[..], &b"https://"[..]] {
-        if p.len() > scheme.len() && p[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            let rest = &p[scheme.len()..];
-            return memchr::memchr(b'/', rest).map_or(&b"/"[..], |i| &rest[i..]);
-        }
-    }
-    p
-}
-
-const DIGIT: u8 = 1;
-const HEX: u8 = 2;
-const SLASH: u8 = 4;
-
-/// Per byte: [`DIGIT`] | [`HEX`] for `0-9`, [`HEX`] for `a-f`/`A-F`, [`SLASH`] for `/`.
-static BYTE_CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = if c.is_ascii_digit() {
-            DIGIT | HEX
-        } else if c.is_ascii_hexdigit() {
-            HEX
-        } else if c == b'/' {
-            SLASH
-        } else {
-            0
-        };
-        b += 1;
-    }
-    t
-};
-
-/// A rendered `METHOD /template/{id}` key on the stack: the hot path renders once, then
-/// hashes and compares the bytes, and allocates only when the template is new.
-pub(crate) struct TemplateKey {
-    buf: [u8; MAX_TEMPLATE_LEN],
-    len: usize,
-}
-
-impl Default for TemplateKey {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TemplateKey {
-    /// Renders the key of `method target`; `None` when it is longer than
-    /// [`MAX_TEMPLATE_LEN`]. One pass over the path: each byte is copied and classified
-    /// through a table (digit, hex digit, `/`); at the end of a segment the flags say
-    /// whether it is an identifier, which is then replaced by [`ID_PLACEHOLDER`].
-    #[inline]
-    pub fn render(method: &str, target: &str) -> Option<Self> {
-        let mut key = Self::new();
-        key.render_into(method, target).then_some(key)
-    }
-
-    /// An empty key, to render into again and again.
-    pub fn new() -> Self {
-        Self {
-            buf: [0; MAX_TEMPLATE_LEN],
-            len: 0,
-        }
-    }
-
-    /// [`Self::render`] into this key's storage (no zeroing, no copy of the result); false
-    /// when the key would be longer than [`MAX_TEMPLATE_LEN`].
-    #[inline]
-    pub fn render_into(&mut self, method: &str, target: &str) -> bool {
-        self.len = 0;
-        self.render_path(method, target).is_some()
-    }
-
-    #[inline]
-    fn render_path(&mut self, method: &str, target: &str) -> Option<()> {
-        self.push(method.as_bytes())?;
-        self.push(b" ")?;
-        let path = path_only(target.as_bytes());
-        // `o` is where the next byte goes once rendered; bytes past the buffer are not
-        // stored, but still classified: a long identifier renders as the short placeholder,
-        // so only a segment kept verbatim makes the key too long.
-        let mut o = self.len;
-        let mut seg_start = o;
-        let mut seg_src = 0;
-        let (mut all, mut any) = (DIGIT | HEX, 0u8);
-        for (i, &b) in path.iter().enumerate() {
-            let class = BYTE_CLASS[b as usize];
-            if class == SLASH {
-                o = self.end_segment(seg_start, o, &path[seg_src..i], all, any)?;
-                *self.buf.get_mut(o)? = b'/';
-                o += 1;
-                seg_start = o;
-                seg_src = i + 1;
-                (all, any) = (DIGIT | HEX, 0);
-            } else {
-                if let Some(slot) = self.buf.get_mut(o) {
-                    *slot = b;
-                }
-                o += 1;
-                all &= class;
-                any |= class;
-            }
-        }
-        self.len = self.end_segment(seg_start, o, &path[seg_src..], all, any)?;
-        Some(())
-    }
-
-    /// Ends the segment `source`, rendered at `start..end`; returns the new end (after a
-    /// placeholder when the segment is an identifier), or `None` when the rendered key no
-    /// longer fits.
-    #[inline]
-    fn end_segment(
-        &mut self,
-        start: usize,
-        end: usize,
-        source: &[u8],
-        all: u8,
-        any: u8,
-    ) -> Option<usize> {
-        let n = end - start;
-        let id = n > 0
-            && (all & DIGIT != 0
-                || (all & HEX != 0 && n >= 8 && (n >= 16 || any & DIGIT != 0))
-                || (n == 36 && is_id_bytes(source)));
-        if !id {
-            return (end <= MAX_TEMPLATE_LEN).then_some(end);
-        }
-        let placeholder = ID_PLACEHOLDER.as_bytes();
-        self.buf
-            .get_mut(start..start + placeholder.len())?
-            .copy_from_slice(placeholder);
-        Some(start + placeholder.len())
-    }
-
-    #[inline]
-    fn push(&mut self, bytes: &[u8]) -> Option<()> {
-        self.buf
-            .get_mut(self.len..self.len + bytes.len())?
-            .copy_from_slice(bytes);
-        self.len += bytes.len();
-        Some(())
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The key as text. Segments split the target at ASCII bytes and the placeholder is
-    /// ASCII, so the bytes are valid UTF-8 whenever the request's strings were.
-    pub fn to_str(&self) -> &str {
-        std::str::from_utf8(self.as_bytes()).unwrap_or(OTHER_TEMPLATE)
-    }
-
-    pub fn hash(&self) -> u64 {
-        stored_template_hash(self.as_bytes())
-    }
-}
-
-/// Hash of a template key's bytes (stored keys and freshly rendered ones alike).
-pub(crate) fn stored_template_hash(key: &[u8]) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(key);
-    h.finish()
 }
 
 /// The endpoint template of a request target, e.g. `/api/v1/users/12345/orders?x=1` →

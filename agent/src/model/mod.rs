@@ -21,6 +21,7 @@ mod snapshot;
 mod store;
 mod summary;
 mod table;
+mod template_key;
 mod templates;
 
 #[cfg(test)]
