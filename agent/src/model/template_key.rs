@@ -1,11 +1,12 @@
-//! Rendering a request's `METHOD /endpoint/{id}` template key, a word at a time.
+//! Rendering a request's `METHOD /endpoint/{id}` template key, sixteen bytes at a time.
 //!
 //! Every request is templated, so this is the hottest string work of the model. The path is
-//! read eight bytes at a time: one pass of bit tricks per word finds the segment separators,
-//! the end of the path (`?` or `#`) and which bytes are digits and hexadecimal digits, and the
-//! word is copied to the key as it is. At a separator the segment's flags say whether it is an
-//! identifier; if so, [`ID_PLACEHOLDER`] replaces it and the rest of the word is copied again
-//! at the shifted position.
+//! read in blocks of 16 bytes: per block, one set of vector compares (SSE2 on x86-64; bit
+//! tricks on two 64-bit words elsewhere) gives bit masks of the segment separators, the end
+//! of the path (`?` or `#`), the digits and the hexadecimal digits, and the block is copied to
+//! the key as it is. At a separator the masks say whether the segment was an identifier; if
+//! so, [`ID_PLACEHOLDER`] replaces it and the rest of the block is copied again at the
+//! shifted position.
 
 use std::hash::Hasher;
 
@@ -13,13 +14,53 @@ use rustc_hash::FxHasher;
 
 use super::ids::{ID_PLACEHOLDER, MAX_TEMPLATE_LEN, OTHER_TEMPLATE, is_id_bytes};
 
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 const ONES: u64 = 0x0101_0101_0101_0101;
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 const HIGH: u64 = 0x8080_8080_8080_8080;
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 const LOW7: u64 = !HIGH;
-/// Room past [`MAX_TEMPLATE_LEN`] for a whole word written at the last position.
-const SLACK: usize = 8;
+/// Bytes per block.
+const BLOCK: usize = 16;
+/// Room past [`MAX_TEMPLATE_LEN`] for a whole block written at the last position.
+const SLACK: usize = BLOCK;
+
+/// Per-byte classes of one block, one bit per byte (bit `i` is byte `i`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Classes {
+    slash: u32,
+    /// `?` or `#`: the path ends there.
+    end: u32,
+    digit: u32,
+    hex: u32,
+}
 
 /// High bit of every byte of `w` that equals `c` (exact: no carries between bytes).
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 #[inline]
 fn bytes_eq(w: u64, c: u8) -> u64 {
     let x = w ^ (ONES * u64::from(c));
@@ -27,6 +68,13 @@ fn bytes_eq(w: u64, c: u8) -> u64 {
 }
 
 /// High bit of every byte of `w` in `lo..=hi` (ASCII bounds; bytes ≥ 0x80 never match).
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 #[inline]
 fn bytes_in(w: u64, lo: u8, hi: u8) -> u64 {
     let low7 = w & LOW7;
@@ -35,43 +83,123 @@ fn bytes_in(w: u64, lo: u8, hi: u8) -> u64 {
     at_least_lo & !above_hi & !w & HIGH
 }
 
-/// High bits of the first `k` bytes of a word, for `k` in `0..=8` (a table: no branch).
-const FIRST_BYTES: [u64; 9] = {
-    let mut t = [0u64; 9];
-    let mut k = 1;
-    while k < 9 {
-        t[k] = if k == 8 {
-            HIGH
-        } else {
-            HIGH & ((1u64 << (8 * k)) - 1)
-        };
-        k += 1;
-    }
-    t
-};
-
-/// High bits of the first `k` bytes of a word (`k` ≥ 8: all of them).
+/// The high bits of a word's bytes gathered into eight bits, byte `i` to bit `i`.
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 #[inline]
-fn first_bytes(k: usize) -> u64 {
-    FIRST_BYTES[k.min(8)]
+fn gather(high_bits: u64) -> u32 {
+    ((high_bits >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
 }
 
-/// Eight bytes of `p` from `at`, zero past its end.
+/// [`Classes`] of a block with 64-bit bit tricks (any target).
+#[cfg_attr(
+    target_arch = "x86_64",
+    allow(
+        dead_code,
+        reason = "the fallback of other targets, tested on every target"
+    )
+)]
 #[inline]
-fn load(p: &[u8], at: usize) -> u64 {
+fn classes_portable(block: &[u8; BLOCK]) -> Classes {
+    let mut c = Classes {
+        slash: 0,
+        end: 0,
+        digit: 0,
+        hex: 0,
+    };
+    for (half, bytes) in block.as_chunks::<8>().0.iter().enumerate() {
+        let w = u64::from_le_bytes(*bytes);
+        let digit = bytes_in(w, b'0', b'9');
+        let shift = 8 * half;
+        c.slash |= gather(bytes_eq(w, b'/')) << shift;
+        c.end |= gather(bytes_eq(w, b'?') | bytes_eq(w, b'#')) << shift;
+        c.digit |= gather(digit) << shift;
+        c.hex |= gather(digit | bytes_in(w | (ONES * 0x20), b'a', b'f')) << shift;
+    }
+    c
+}
+
+/// [`Classes`] of a block with SSE2 compares.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn classes_sse2(block: &[u8; BLOCK]) -> Classes {
+    use std::arch::x86_64::{
+        _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
+    };
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&block[..8]);
+    hi.copy_from_slice(&block[8..]);
+    let v = _mm_set_epi64x(i64::from_le_bytes(hi), i64::from_le_bytes(lo));
+    let slash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'/'.cast_signed()));
+    let end = _mm_or_si128(
+        _mm_cmpeq_epi8(v, _mm_set1_epi8(b'?'.cast_signed())),
+        _mm_cmpeq_epi8(v, _mm_set1_epi8(b'#'.cast_signed())),
+    );
+    // Signed compares: bytes ≥ 0x80 are negative, below every ASCII bound.
+    let digit = _mm_and_si128(
+        _mm_cmpgt_epi8(v, _mm_set1_epi8((b'0' - 1).cast_signed())),
+        _mm_cmplt_epi8(v, _mm_set1_epi8((b'9' + 1).cast_signed())),
+    );
+    let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+    let alpha = _mm_and_si128(
+        _mm_cmpgt_epi8(folded, _mm_set1_epi8((b'a' - 1).cast_signed())),
+        _mm_cmplt_epi8(folded, _mm_set1_epi8((b'f' + 1).cast_signed())),
+    );
+    Classes {
+        slash: _mm_movemask_epi8(slash).cast_unsigned(),
+        end: _mm_movemask_epi8(end).cast_unsigned(),
+        digit: _mm_movemask_epi8(digit).cast_unsigned(),
+        hex: _mm_movemask_epi8(_mm_or_si128(digit, alpha)).cast_unsigned(),
+    }
+}
+
+/// [`Classes`] of a block: SSE2 on x86-64, bit tricks elsewhere.
+#[inline]
+fn classes(block: &[u8; BLOCK]) -> Classes {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of the x86-64 baseline, so every x86-64 CPU has it.
+        unsafe { classes_sse2(block) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        classes_portable(block)
+    }
+}
+
+/// The lowest `k` bits (`k` ≥ 16: a whole block's).
+#[inline]
+fn low_bits(k: usize) -> u32 {
+    (1u32 << k.min(BLOCK)) - 1
+}
+
+/// Sixteen bytes of `p` from `at`, zero past its end.
+#[inline]
+fn load(p: &[u8], at: usize) -> [u8; BLOCK] {
     let rest = p.get(at..).unwrap_or_default();
-    if let Some(word) = rest.first_chunk::<8>() {
-        u64::from_le_bytes(*word)
+    if let Some(block) = rest.first_chunk::<BLOCK>() {
+        *block
     } else {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        u64::from_le_bytes(word)
+        let mut block = [0u8; BLOCK];
+        block[..rest.len()].copy_from_slice(rest);
+        block
     }
 }
 
 /// The request target from its path on: absolute-form (`http://host/p`) loses its scheme and
 /// authority. The query and fragment are still attached; the renderer stops at them.
 fn path_start(target: &[u8]) -> &[u8] {
+    // Origin-form (`/…`) is what nearly every request sends.
+    if !matches!(target.first(), Some(b'h' | b'H')) {
+        return target;
+    }
     for scheme in [&b"http://"[..], &b"https://"[..]] {
         let n = scheme.len();
         if target.len() > n
@@ -110,9 +238,9 @@ impl Segment {
         }
     }
 
-    /// Takes in the bytes of `part` (high-bit mask) given the word's digit and hex masks.
+    /// Takes in the bytes of `part` (bit mask) given the block's digit and hex masks.
     #[inline]
-    fn see(&mut self, part: u64, digit: u64, hex: u64) {
+    fn see(&mut self, part: u32, digit: u32, hex: u32) {
         self.all_digits &= part & !digit == 0;
         self.all_hex &= part & !hex == 0;
         self.any_digit |= part & digit != 0;
@@ -168,13 +296,13 @@ impl TemplateKey {
         self.render_path(method, target).is_some()
     }
 
-    /// Writes a word at `at` of the key. Past the longest key nothing is written: the bytes
+    /// Writes a block at `at` of the key. Past the longest key nothing is written: the bytes
     /// there are still classified (a long identifier renders as the short placeholder), and
     /// a segment kept verbatim that far makes the key too long anyway.
     #[inline]
-    fn store(&mut self, at: usize, word: u64) {
-        if let Some(slot) = self.buf.get_mut(at..at + 8) {
-            slot.copy_from_slice(&word.to_le_bytes());
+    fn store(&mut self, at: usize, block: &[u8; BLOCK]) {
+        if let Some(slot) = self.buf.get_mut(at..at + BLOCK) {
+            slot.copy_from_slice(block);
         }
     }
 
@@ -187,41 +315,39 @@ impl TemplateKey {
         let mut seg = Segment::new(0, self.len);
         let mut at = 0;
         loop {
-            let word = load(path, at);
-            let valid = first_bytes(n - at);
-            let ends = (bytes_eq(word, b'?') | bytes_eq(word, b'#')) & valid;
+            let block = load(path, at);
+            let c = classes(&block);
+            let ends = c.end & low_bits(n - at);
             let limit = if ends == 0 {
-                (n - at).min(8)
+                (n - at).min(BLOCK)
             } else {
-                (ends.trailing_zeros() / 8) as usize
+                ends.trailing_zeros() as usize
             };
-            // Where this word's first byte goes: segments so far kept their length.
-            self.store(seg.out + (at - seg.src), word);
-            let digit = bytes_in(word, b'0', b'9');
-            let hex = digit | bytes_in(word | (ONES * 0x20), b'a', b'f');
-            let mut slashes = bytes_eq(word, b'/') & first_bytes(limit);
+            // Where this block's first byte goes: segments so far kept their length.
+            self.store(seg.out + (at - seg.src), &block);
+            let mut slashes = c.slash & low_bits(limit);
             let mut from = 0;
             while slashes != 0 {
-                let b = (slashes.trailing_zeros() / 8) as usize;
+                let b = slashes.trailing_zeros() as usize;
                 slashes &= slashes - 1;
-                seg.see(first_bytes(b) & !first_bytes(from), digit, hex);
+                seg.see(low_bits(b) & !low_bits(from), c.digit, c.hex);
                 let end = self.end_segment(&seg, &path[seg.src..at + b])?;
                 if end >= MAX_TEMPLATE_LEN {
                     return None;
                 }
                 if end != seg.out + (at + b - seg.src) {
-                    // Replaced by the placeholder: the rest of the word moves.
-                    self.store(end, load(path, at + b));
+                    // Replaced by the placeholder: the rest of the block moves.
+                    self.store(end, &load(path, at + b));
                 }
                 seg = Segment::new(at + b + 1, end + 1);
                 from = b + 1;
             }
-            seg.see(first_bytes(limit) & !first_bytes(from), digit, hex);
-            if ends != 0 || at + 8 >= n {
+            seg.see(low_bits(limit) & !low_bits(from), c.digit, c.hex);
+            if ends != 0 || at + BLOCK >= n {
                 self.len = self.end_segment(&seg, &path[seg.src..at + limit])?;
                 return Some(());
             }
-            at += 8;
+            at += BLOCK;
         }
     }
 
@@ -280,31 +406,31 @@ pub(crate) fn stored_template_hash(key: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// The classes of `block`, byte by byte.
+    fn expected(block: &[u8; BLOCK]) -> Classes {
+        let bits = |f: fn(u8) -> bool| {
+            block
+                .iter()
+                .enumerate()
+                .fold(0u32, |m, (i, &c)| if f(c) { m | 1 << i } else { m })
+        };
+        Classes {
+            slash: bits(|c| c == b'/'),
+            end: bits(|c| c == b'?' || c == b'#'),
+            digit: bits(|c| c.is_ascii_digit()),
+            hex: bits(|c| c.is_ascii_hexdigit()),
+        }
+    }
+
     #[test]
-    fn byte_masks_are_exact_for_every_byte_in_every_position() {
+    fn block_classes_are_exact_for_every_byte_in_every_position() {
         for b in 0..=255u8 {
-            for pos in 0..8 {
-                let mut bytes = *b"zz/9?A#f";
-                bytes[pos] = b;
-                let w = u64::from_le_bytes(bytes);
-                let expect = |f: &dyn Fn(u8) -> bool| {
-                    bytes.iter().enumerate().fold(
-                        0u64,
-                        |m, (i, &c)| if f(c) { m | 0x80 << (8 * i) } else { m },
-                    )
-                };
-                assert_eq!(bytes_eq(w, b'/'), expect(&|c| c == b'/'), "{b:#x}@{pos}");
-                assert_eq!(bytes_eq(w, b'?'), expect(&|c| c == b'?'), "{b:#x}@{pos}");
-                assert_eq!(
-                    bytes_in(w, b'0', b'9'),
-                    expect(&|c: u8| c.is_ascii_digit()),
-                    "{b:#x}@{pos}"
-                );
-                assert_eq!(
-                    bytes_in(w, b'0', b'9') | bytes_in(w | (ONES * 0x20), b'a', b'f'),
-                    expect(&|c: u8| c.is_ascii_hexdigit()),
-                    "{b:#x}@{pos}"
-                );
+            for pos in 0..BLOCK {
+                let mut block = *b"zz/9?A#f0-G\xc3\xa9/?7";
+                block[pos] = b;
+                let want = expected(&block);
+                assert_eq!(classes_portable(&block), want, "{b:#x}@{pos}");
+                assert_eq!(classes(&block), want, "{b:#x}@{pos}");
             }
         }
     }

@@ -122,7 +122,9 @@ impl LogHistogram {
             return;
         }
         radix_sort(&mut self.pending);
-        self.buckets = fold_sorted(&self.buckets, &self.pending);
+        let mut runs = [(0u16, 0u32); PENDING_MAX];
+        let n = runs_of(&self.pending, &mut runs);
+        merge_into(&mut self.buckets, &runs[..n]);
         self.pending.clear();
     }
 
@@ -134,7 +136,11 @@ impl LogHistogram {
         } else {
             let mut pending = self.pending.clone();
             radix_sort(&mut pending);
-            std::borrow::Cow::Owned(fold_sorted(&self.buckets, &pending))
+            let mut runs = [(0u16, 0u32); PENDING_MAX];
+            let n = runs_of(&pending, &mut runs);
+            let mut buckets = self.buckets.clone();
+            merge_into(&mut buckets, &runs[..n]);
+            std::borrow::Cow::Owned(buckets)
         }
     }
 
@@ -187,7 +193,7 @@ impl LogHistogram {
             }
             return;
         }
-        self.buckets = merge_sorted(&self.buckets, theirs.iter().copied());
+        merge_into(&mut self.buckets, &theirs);
     }
 
     /// Checks the invariants of a deserialised histogram: indices sorted, unique, in range,
@@ -323,64 +329,51 @@ fn radix_sort(v: &mut [u16]) {
     }
 }
 
-/// `buckets` with the sorted indices `sorted` counted in (one linear pass).
-fn fold_sorted(buckets: &[(u16, u32)], sorted: &[u16]) -> Vec<(u16, u32)> {
-    let mut out = Vec::with_capacity(buckets.len() + sorted.len().min(64));
-    let (mut i, mut j) = (0, 0);
-    while j < sorted.len() {
-        let index = sorted[j];
-        let mut n = 0u32;
-        while j < sorted.len() && sorted[j] == index {
-            n += 1;
-            j += 1;
-        }
-        while i < buckets.len() && buckets[i].0 < index {
-            out.push(buckets[i]);
-            i += 1;
-        }
-        if i < buckets.len() && buckets[i].0 == index {
-            out.push((index, buckets[i].1.saturating_add(n)));
-            i += 1;
+/// Equal indices of a sorted list as `(index, count)` runs, into `out`; returns how many.
+fn runs_of(sorted: &[u16], out: &mut [(u16, u32); PENDING_MAX]) -> usize {
+    let mut n = 0;
+    for &index in sorted.iter().take(PENDING_MAX) {
+        if n > 0 && out[n - 1].0 == index {
+            out[n - 1].1 += 1;
         } else {
-            out.push((index, n));
+            out[n] = (index, 1);
+            n += 1;
         }
     }
-    out.extend_from_slice(&buckets[i..]);
-    out
+    n
 }
 
-/// The sorted union of two sorted bucket lists, counts of equal indices added.
-fn merge_sorted(a: &[(u16, u32)], b: impl Iterator<Item = (u16, u32)>) -> Vec<(u16, u32)> {
-    let mut out = Vec::with_capacity(a.len() + 8);
-    let mut a = a.iter().copied().peekable();
-    let mut b = b.peekable();
-    loop {
-        match (a.peek().copied(), b.peek().copied()) {
-            (Some((ia, ca)), Some((ib, cb))) => match ia.cmp(&ib) {
-                std::cmp::Ordering::Equal => {
-                    out.push((ia, ca.saturating_add(cb)));
-                    a.next();
-                    b.next();
-                }
-                std::cmp::Ordering::Less => {
-                    out.push((ia, ca));
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push((ib, cb));
-                    b.next();
-                }
-            },
-            (Some(x), None) => {
-                out.push(x);
-                a.next();
+/// Merges sorted `theirs` into sorted `buckets` in place, counts of equal indices added:
+/// from the back into the grown vector (no allocation beyond its growth), then the gap left
+/// by equal indices is closed.
+fn merge_into(buckets: &mut Vec<(u16, u32)>, theirs: &[(u16, u32)]) {
+    let n = buckets.len();
+    buckets.resize(n + theirs.len(), (0, 0));
+    let (mut i, mut j, mut k) = (n, theirs.len(), n + theirs.len());
+    // Invariant: k - i = j + (equal indices merged so far) ≥ j, so writing at k - 1 never
+    // overwrites an unread bucket.
+    while j > 0 {
+        let (index, count) = theirs[j - 1];
+        let mine = if i > 0 { Some(buckets[i - 1]) } else { None };
+        buckets[k - 1] = match mine {
+            Some((mi, mc)) if mi > index => {
+                i -= 1;
+                (mi, mc)
             }
-            (None, Some(y)) => {
-                out.push(y);
-                b.next();
+            Some((mi, mc)) if mi == index => {
+                i -= 1;
+                j -= 1;
+                (mi, mc.saturating_add(count))
             }
-            (None, None) => return out,
-        }
+            _ => {
+                j -= 1;
+                (index, count)
+            }
+        };
+        k -= 1;
+    }
+    if k > i {
+        buckets.drain(i..k);
     }
 }
 
@@ -502,6 +495,45 @@ mod tests {
         appended.fold();
         assert!(appended.pending.is_empty());
         assert_eq!(appended.buckets, direct.buckets);
+    }
+
+    #[test]
+    fn in_place_merge_matches_a_map() {
+        let mut x = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for (n, m, spread) in [
+            (0, 0, 10),
+            (0, 5, 10),
+            (5, 0, 10),
+            (3, 17, 40),
+            (200, 100, 300),
+            (50, 50, 60),
+            (1, 300, 2000),
+        ] {
+            let mut want = std::collections::BTreeMap::<u16, u32>::new();
+            let mut list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
+                let mut l = std::collections::BTreeMap::<u16, u32>::new();
+                for _ in 0..len {
+                    let (i, c) = (next(spread) as u16, 1 + next(9) as u32);
+                    *l.entry(i).or_default() += c;
+                    *want.entry(i).or_default() += c;
+                }
+                l.into_iter().collect::<Vec<_>>()
+            };
+            let mut mine = list(n, &mut want);
+            let theirs = list(m, &mut want);
+            merge_into(&mut mine, &theirs);
+            assert_eq!(
+                mine,
+                want.into_iter().collect::<Vec<_>>(),
+                "{n} + {m} over {spread}"
+            );
+        }
     }
 
     #[test]
