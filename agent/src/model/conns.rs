@@ -3,7 +3,6 @@
 //! when it closes. Bounded: beyond the capacity the longest-open connection is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use rustc_hash::FxBuildHasher;
@@ -16,18 +15,39 @@ pub(crate) struct ConnKey {
     pub server: SocketAddr,
 }
 
-/// One word per IPv4 endpoint instead of the derived hash's discriminant, octets and port
-/// (every request probes this table while connections wait for attribution).
-impl Hash for ConnKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for addr in [&self.client, &self.server] {
-            match addr.ip() {
-                IpAddr::V4(a) => {
-                    h.write_u64(u64::from(u32::from(a)) << 16 | u64::from(addr.port()));
-                }
-                IpAddr::V6(a) => {
-                    h.write_u128(u128::from(a));
-                    h.write_u16(addr.port());
+/// A connection's endpoints packed for the table: compared and hashed as two or three words
+/// (every request and response probes the table; `SocketAddr` pairs compare field by field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PackedKey {
+    V4 {
+        addrs: u64,
+        ports: u32,
+    },
+    V6 {
+        client: u128,
+        server: u128,
+        ports: u32,
+    },
+}
+
+impl From<&ConnKey> for PackedKey {
+    #[inline]
+    fn from(k: &ConnKey) -> Self {
+        let ports = u32::from(k.client.port()) << 16 | u32::from(k.server.port());
+        match (k.client.ip(), k.server.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => Self::V4 {
+                addrs: u64::from(u32::from(c)) << 32 | u64::from(u32::from(s)),
+                ports,
+            },
+            (c, s) => {
+                let v6 = |a: IpAddr| match a {
+                    IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+                    IpAddr::V6(a) => u128::from(a),
+                };
+                Self::V6 {
+                    client: v6(c),
+                    server: v6(s),
+                    ports,
                 }
             }
         }
@@ -49,9 +69,9 @@ pub(crate) struct Conn {
 }
 
 pub(crate) struct ConnTable {
-    map: HashMap<ConnKey, Conn, FxBuildHasher>,
+    map: HashMap<PackedKey, Conn, FxBuildHasher>,
     /// Open order, for eviction; entries whose serial no longer matches are stale.
-    order: VecDeque<(ConnKey, u64)>,
+    order: VecDeque<(PackedKey, u64)>,
     next_serial: u64,
     capacity: usize,
     /// Connections not yet counted on a resource: while zero, requests skip the lookup.
@@ -78,6 +98,7 @@ impl ConnTable {
     /// Starts tracking a connection (no-op if it is tracked). Returns a connection evicted to
     /// make room, whose counts the caller must undo.
     pub fn open(&mut self, key: ConnKey, ts_ns: u64) -> Option<Conn> {
+        let key = PackedKey::from(&key);
         if self.map.contains_key(&key) {
             return None;
         }
@@ -85,7 +106,7 @@ impl ConnTable {
         if self.map.len() >= self.capacity {
             while let Some((old_key, serial)) = self.order.pop_front() {
                 if self.map.get(&old_key).is_some_and(|c| c.serial == serial) {
-                    evicted = self.remove(&old_key);
+                    evicted = self.remove_packed(&old_key);
                     self.evicted += 1;
                     break;
                 }
@@ -118,12 +139,14 @@ impl ConnTable {
         if self.unattributed == 0 {
             return None;
         }
-        self.map.get_mut(key).filter(|c| c.attributed.is_none())
+        self.map
+            .get_mut(&PackedKey::from(key))
+            .filter(|c| c.attributed.is_none())
     }
 
     /// Records who the connection is counted on (after [`Self::unattributed_mut`]).
     pub fn attribute(&mut self, key: &ConnKey, attribution: Attribution) {
-        if let Some(c) = self.map.get_mut(key)
+        if let Some(c) = self.map.get_mut(&PackedKey::from(key))
             && c.attributed.is_none()
         {
             c.attributed = Some(attribution);
@@ -133,10 +156,14 @@ impl ConnTable {
 
     /// Who the connection is counted on, if it is.
     pub fn attribution(&self, key: &ConnKey) -> Option<Attribution> {
-        self.map.get(key)?.attributed
+        self.map.get(&PackedKey::from(key))?.attributed
     }
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Conn> {
+        self.remove_packed(&PackedKey::from(key))
+    }
+
+    fn remove_packed(&mut self, key: &PackedKey) -> Option<Conn> {
         let conn = self.map.remove(key)?;
         if conn.attributed.is_none() {
             self.unattributed -= 1;
@@ -145,7 +172,55 @@ impl ConnTable {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.map.capacity() * (std::mem::size_of::<(ConnKey, Conn)>() + 1)
-            + self.order.capacity() * std::mem::size_of::<(ConnKey, u64)>()
+        self.map.capacity() * (std::mem::size_of::<(PackedKey, Conn)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<(PackedKey, u64)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(client: &str, server: &str) -> ConnKey {
+        ConnKey {
+            client: client.parse().expect("client"),
+            server: server.parse().expect("server"),
+        }
+    }
+
+    #[test]
+    fn packed_keys_keep_every_endpoint_apart() {
+        let keys = [
+            key("10.0.0.1:1000", "10.0.0.2:80"),
+            key("10.0.0.2:80", "10.0.0.1:1000"),
+            key("10.0.0.1:1001", "10.0.0.2:80"),
+            key("10.0.0.1:1000", "10.0.0.2:81"),
+            key("10.0.0.3:1000", "10.0.0.2:80"),
+            key("[2001:db8::1]:1000", "[2001:db8::2]:80"),
+            key("[2001:db8::2]:80", "[2001:db8::1]:1000"),
+            key("[2001:db8::1]:1000", "[2001:db8::3]:80"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                assert_eq!(
+                    PackedKey::from(a) == PackedKey::from(b),
+                    i == j,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        let mut table = ConnTable::new(4);
+        for k in &keys[..4] {
+            assert!(table.open(*k, 1).is_none());
+        }
+        // Full: the longest-open connection makes room, and only that one.
+        let evicted = table.open(keys[5], 2).expect("evicted");
+        assert_eq!(evicted.opened_ts_ns, 1);
+        assert!(
+            table.remove(&keys[0]).is_none(),
+            "the first opened went first"
+        );
+        assert!(table.remove(&keys[5]).is_some());
+        assert_eq!(table.len(), 3);
     }
 }
