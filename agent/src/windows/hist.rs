@@ -295,11 +295,20 @@ fn insert_count(buckets: &mut Vec<(u16, u32)>, index: u16, count: u32) {
     }
 }
 
+/// Below this many indices a comparison sort is cheaper than the counting passes.
+const SMALL_SORT: usize = 32;
+
 /// Sorts at most [`PENDING_MAX`] bucket indices: two counting passes of a byte each, on the
 /// stack (a comparison sort costs several times more for the few hundred indices here); a
 /// pass whose byte is the same for every index is skipped.
 fn radix_sort(v: &mut [u16]) {
     debug_assert!(v.len() <= PENDING_MAX);
+    if v.len() <= SMALL_SORT {
+        // A window that saw a handful of values (most client windows): the passes' fixed
+        // cost (two 256-entry count tables) would dwarf the sort.
+        v.sort_unstable();
+        return;
+    }
     let mut scratch = [0u16; PENDING_MAX];
     let Some(tmp) = scratch.get_mut(..v.len()) else {
         v.sort_unstable();
@@ -539,7 +548,16 @@ mod tests {
     #[test]
     fn radix_sort_sorts() {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
-        for len in [0usize, 1, 2, 7, 100, PENDING_MAX] {
+        for len in [
+            0usize,
+            1,
+            2,
+            7,
+            SMALL_SORT,
+            SMALL_SORT + 1,
+            100,
+            PENDING_MAX,
+        ] {
             for spread in [1u64, 200, 7000, 65_536] {
                 let mut v: Vec<u16> = (0..len)
                     .map(|_| {
