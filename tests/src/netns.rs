@@ -149,6 +149,16 @@ impl Netns {
         })
     }
 
+    /// TCP segments this namespace has retransmitted (`RetransSegs` of `/proc/net/snmp`,
+    /// which is per namespace).
+    pub fn tcp_retransmits(&self) -> Result<u64> {
+        let output = self.run("cat", ["/proc/net/snmp"])?;
+        retrans_segs(&stdout_of(&output)).ok_or_else(|| Error::Parse {
+            source_name: format!("/proc/net/snmp in {}", self.name),
+            reason: "no Tcp RetransSegs".to_owned(),
+        })
+    }
+
     /// Interface counters (`ip -s -j link show`).
     pub fn link_stats(&self, ifname: &str) -> Result<LinkStats> {
         let text = self.ip(["-s", "-j", "link", "show", "dev", ifname])?;
@@ -339,6 +349,16 @@ impl Default for VethConfig {
     }
 }
 
+/// `RetransSegs` from `/proc/net/snmp`: a `Tcp:` header line naming the fields, then a `Tcp:`
+/// line of values.
+fn retrans_segs(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let at = names.split_whitespace().position(|n| n == "RetransSegs")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Two namespaces joined by a veth pair. Field order is drop order: the namespaces (and with
 /// them the veth ends) go away when this is dropped.
 #[derive(Debug)]
@@ -466,5 +486,18 @@ impl VethPair {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retransmitted_segments_are_read_from_snmp() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n\
+            Tcp: 1 200 120000 -1 12 12 0 0 0 420 431 3 0 0 0\n\
+            Udp: InDatagrams\nUdp: 0\n";
+        assert_eq!(super::retrans_segs(snmp), Some(3));
+        assert_eq!(super::retrans_segs("Udp: InDatagrams\nUdp: 0\n"), None);
     }
 }

@@ -271,6 +271,8 @@ fn live_http_counts(xdp_mode: XdpMode) {
     let server = start_server(peer(), &pair, dir.path());
     let agent = start_agent(&pair, CaptureMode::Host, xdp_mode, dir.path());
 
+    let retransmits = || must(pair.client.tcp_retransmits()) + must(pair.server.tcp_retransmits());
+    let retransmits_before = retransmits();
     let plans = traffic_plan();
     let clients: Vec<ClientSummary> = plans
         .iter()
@@ -303,7 +305,11 @@ fn live_http_counts(xdp_mode: XdpMode) {
     );
 
     let expected_records = 4 * connections + peers.requests_sent + peers.responses_received;
-    let lossless = assert_loss_accounted(log, Some(expected_records));
+    let retransmitted = retransmits() - retransmits_before;
+    if retransmitted > 0 {
+        eprintln!("TCP retransmitted {retransmitted} segments during the run (a loaded machine)");
+    }
+    let lossless = assert_loss_accounted(log, Some((expected_records, retransmitted)));
     assert!(
         lossless,
         "ring buffer overflowed in a test sized never to fill it; exact counts cannot be owed"

@@ -13,7 +13,6 @@ use std::{
 use crate::metrics::{Response, serve_http};
 
 /// Rendered views shared between the pipeline (writer) and the responder (reader).
-#[derive(Default)]
 pub struct ApiViews {
     pub metrics: String,
     /// `GET /v1/resources`
@@ -22,6 +21,19 @@ pub struct ApiViews {
     pub detail: HashMap<String, String>,
     /// `GET /v1/resources/{id}/forecast`, keyed by resource id.
     pub forecast: HashMap<String, String>,
+}
+
+/// Before the pipeline's first render: valid, empty answers (a client asking at start-up gets
+/// an empty list, not an empty body that is not JSON).
+impl Default for ApiViews {
+    fn default() -> Self {
+        Self {
+            metrics: String::new(),
+            resources: "[]".to_owned(),
+            detail: HashMap::new(),
+            forecast: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -128,12 +140,19 @@ mod tests {
     #[test]
     fn routes() {
         let state = ApiState::default();
+        let (status, kind, body) = state.respond("/v1/resources");
+        assert_eq!((status, kind), ("200 OK", "application/json"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|v| v == serde_json::json!([])),
+            "before the first render the list is valid JSON: {body:?}"
+        );
         state.update(|v| {
-            v.resources = "[]".into();
+            v.resources = "[{\"id\":1}]".into();
             v.detail
                 .insert("a.example@10.0.0.1:80".into(), "{\"id\":1}".into());
         });
-        assert_eq!(state.respond("/v1/resources").2, "[]");
+        assert_eq!(state.respond("/v1/resources").2, "[{\"id\":1}]");
         assert_eq!(
             state.respond("/v1/resources/a.example%4010.0.0.1%3A80").2,
             "{\"id\":1}"
