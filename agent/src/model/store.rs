@@ -256,6 +256,8 @@ impl ModelStore {
             close_entity(e, closed_until, config, names, summaries, true, true)
         });
         let emit_clients = config.emit.clients;
+        // Only resources are forecast: a client demand series would cost up to
+        // `demand_history` words per client and nothing reads it.
         clients.for_each_active(|e| {
             close_entity(
                 e,
@@ -264,7 +266,7 @@ impl ModelStore {
                 names,
                 summaries,
                 emit_clients,
-                true,
+                false,
             )
         });
     }

@@ -653,6 +653,14 @@ fn demand_series_and_hour_of_week() {
     assert_eq!(profile[10], 15, "Monday 10:00 is hour 10 of the week");
     assert_eq!(profile.iter().sum::<u64>(), 15);
     assert_eq!(model.peak_hours(&EntityId::Resource(id), 3), vec![(10, 15)]);
+    // Clients keep their profile, but no demand series: only resources are forecast.
+    let client = EntityId::Client(ClientId::of(ip("192.0.2.1"), 32, 128));
+    assert_eq!(model.peak_hours(&client, 1), vec![(10, 15)]);
+    assert!(
+        model.clients.iter().all(|c| c.demand.heap_bytes() == 0),
+        "client demand series kept"
+    );
+    assert!(model.resources.iter().any(|r| r.demand.heap_bytes() > 0));
 }
 
 #[test]
