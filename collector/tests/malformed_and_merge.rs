@@ -25,7 +25,6 @@ fn malformed_records_are_dead_lettered_and_merging_sums_agents() {
     let rt = runtime();
     create_topics(&rt, &broker, 2);
     let policy = write_policy(dir.path(), POLICY);
-    let collector = spawn_collector(&broker, &policy, &dir.path().join("collector.log"), &[]);
 
     // Five kinds of garbage, written straight to the topic.
     let valid = encode_observation(&observation("a", "svc", 0, 10));
@@ -70,18 +69,32 @@ fn malformed_records_are_dead_lettered_and_merging_sums_agents() {
     // Two agents report the same resource; then the collector must still be merging.
     let a: Vec<u64> = vec![120, 130, 160, 210, 260, 330];
     let b: Vec<u64> = vec![80, 95, 100, 150, 190, 260];
-    rt.block_on(async {
+    let collector = rt.block_on(async {
         let sa =
             ObservationSink::start(SinkConfig::new(kafka(&broker), dir.path().join("spool-a")))
                 .expect("sink a");
         let sb =
             ObservationSink::start(SinkConfig::new(kafka(&broker), dir.path().join("spool-b")))
                 .expect("sink b");
+        let mut collector = None;
         for w in 0..a.len() {
             sa.send(&observation("agent-a", "shop", w as u64, a[w]))
                 .expect("send a");
             sb.send(&observation("agent-b", "shop", w as u64, b[w]))
                 .expect("send b");
+            if w == 0 {
+                // The collector starts once both agents' first windows are in the topic: an
+                // agent it has never heard from cannot be waited for, so on a slow machine a
+                // first window delivered 0.5 s apart would close with one agent only.
+                assert!(sa.flush(Duration::from_secs(20)).await);
+                assert!(sb.flush(Duration::from_secs(20)).await);
+                collector = Some(spawn_collector(
+                    &broker,
+                    &policy,
+                    &dir.path().join("collector.log"),
+                    &[],
+                ));
+            }
             // Agents publish as their windows close: paced, not all at once.
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
@@ -89,6 +102,7 @@ fn malformed_records_are_dead_lettered_and_merging_sums_agents() {
         assert!(sb.flush(Duration::from_secs(20)).await);
         sa.shutdown().await;
         sb.shutdown().await;
+        collector.expect("collector started")
     });
 
     // Dead letters: one per garbage record, original payload and reason kept.
