@@ -22,8 +22,10 @@ pub struct LoadedState {
     pub rejected: u64,
 }
 
-/// The group's committed offset of observation partition `partition` (blocking); `None` when
-/// the group has not committed it yet.
+/// The group's committed offset of observation partition `partition` (blocking), as the
+/// offset the consumer resumes at: `None` when the group has not committed it yet, or when
+/// the commit lies past the end of the log (a truncated or recreated topic), where the
+/// consumer starts over from the earliest record.
 pub fn committed_offset(
     kafka: &KafkaSettings,
     group: &str,
@@ -34,15 +36,37 @@ pub fn committed_offset(
     let consumer: BaseConsumer = kafka
         .client_config(&[("group.id", group), ("enable.auto.commit", "false")])
         .create()?;
+    let topic = &kafka.observations_topic;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&kafka.observations_topic, partition);
+    tpl.add_partition(topic, partition);
     let committed = consumer.committed_offsets(tpl, timeout)?;
-    Ok(committed
-        .find_partition(&kafka.observations_topic, partition)
+    let committed = committed
+        .find_partition(topic, partition)
         .and_then(|e| match e.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,
-        }))
+        });
+    let Some(offset) = committed else {
+        return Ok(None);
+    };
+    let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let resumed = resume_offset(offset, high);
+    if resumed.is_none() {
+        tracing::warn!(
+            partition,
+            committed = offset,
+            log_end = high,
+            "committed offset is past the end of the log (truncated or recreated topic); \
+             applying the partition from its earliest record"
+        );
+    }
+    Ok(resumed)
+}
+
+/// Where records of a partition count as new: at the committed offset, unless that lies past
+/// the log's end (`high`, the next offset to be written), which no record can reach again.
+pub(crate) fn resume_offset(committed: i64, high: i64) -> Option<i64> {
+    (committed <= high).then_some(committed)
 }
 
 /// Read state partition `partition` of `topic` to its high watermark (blocking).
@@ -103,4 +127,17 @@ pub fn load_partition(
     }
     out.snapshots = latest.into_values().collect();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_offset;
+
+    #[test]
+    fn a_commit_past_the_log_end_does_not_hide_new_records() {
+        assert_eq!(resume_offset(40, 41), Some(40));
+        assert_eq!(resume_offset(41, 41), Some(41), "everything consumed");
+        // Truncated (unclean leader election) or recreated topic: start from the earliest.
+        assert_eq!(resume_offset(1000, 12), None);
+    }
 }
