@@ -9,9 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use rustc_hash::FxHasher;
-
-pub(crate) use super::template_key::{TemplateKey, stored_template_hash};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::swar::{bytes_in, word_at};
+pub(crate) use super::template_key::{TemplateKey, stored_template_hash};
 
 /// A service: destination address and port, refined by the HTTP `Host` or TLS SNI when seen.
 ///
@@ -226,14 +227,7 @@ pub(crate) fn resource_hash(addr: SocketAddr, host: Option<&str>) -> u64 {
 /// included) is unchanged.
 #[inline]
 fn lowercase_word(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let low7 = w & !HIGH;
-    // High bit of each byte: `b >= 'A'` and `b > 'Z'`, computed on 7 bits (no carries).
-    let at_least_a = low7 + (0x80 - u64::from(b'A')) * ONES;
-    let above_z = low7 + (0x80 - u64::from(b'Z') - 1) * ONES;
-    let upper = at_least_a & !above_z & !w & HIGH;
-    w | (upper >> 2)
+    w | (bytes_in(w, b'A', b'Z') >> 2)
 }
 
 /// Whether `raw` lower-cased equals `lower` (a stored, already lower-case host), compared a
@@ -258,14 +252,6 @@ pub(crate) fn eq_lowercase(lower: &[u8], raw: &[u8]) -> bool {
         at += 8;
     }
     at == n || word_at(lower, n - 8) == lowercase_word(word_at(raw, n - 8))
-}
-
-/// Eight bytes of `bytes` from `at` (the caller checked the bounds).
-#[inline]
-fn word_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
 }
 
 /// Hashes `bytes` lower-cased, a word at a time. The last word of a key of 8 or more bytes

@@ -20,6 +20,7 @@ mod queries;
 mod snapshot;
 mod store;
 mod summary;
+mod swar;
 mod table;
 mod template_key;
 mod templates;

@@ -29,63 +29,34 @@ struct Classes {
     hex: u32,
 }
 
-/// Classes by bit tricks on two 64-bit words: the fallback of targets without SSE2.
+/// [`Classes`] of a block with 64-bit bit tricks (any target; the fallback without SSE2).
 #[cfg_attr(
     target_arch = "x86_64",
-    allow(
-        dead_code,
-        reason = "the fallback of other targets, tested on every target"
-    )
+    allow(dead_code, reason = "SSE2 is used there; tested on every target")
 )]
-mod portable {
-    use super::{BLOCK, Classes};
-
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = !HIGH;
-
-    /// High bit of every byte of `w` that equals `c` (exact: no carries between bytes).
-    #[inline]
-    fn bytes_eq(w: u64, c: u8) -> u64 {
-        let x = w ^ (ONES * u64::from(c));
-        !(((x & LOW7) + LOW7) | x) & HIGH
-    }
-
-    /// High bit of every byte of `w` in `lo..=hi` (ASCII bounds; bytes ≥ 0x80 never match).
-    #[inline]
-    fn bytes_in(w: u64, lo: u8, hi: u8) -> u64 {
-        let low7 = w & LOW7;
-        let at_least_lo = low7 + ONES * u64::from(0x80 - lo);
-        let above_hi = low7 + ONES * u64::from(0x7F - hi);
-        at_least_lo & !above_hi & !w & HIGH
-    }
-
+#[inline]
+fn classes_portable(block: &[u8; BLOCK]) -> Classes {
+    use super::swar::{ONES, bytes_eq, bytes_in};
     /// The high bits of a word's bytes gathered into eight bits, byte `i` to bit `i`.
-    #[inline]
     fn gather(high_bits: u64) -> u32 {
         ((high_bits >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
     }
-
-    /// [`Classes`] of a block with 64-bit bit tricks (any target).
-    #[inline]
-    pub(super) fn classes_portable(block: &[u8; BLOCK]) -> Classes {
-        let mut c = Classes {
-            slash: 0,
-            end: 0,
-            digit: 0,
-            hex: 0,
-        };
-        for (half, bytes) in block.as_chunks::<8>().0.iter().enumerate() {
-            let w = u64::from_le_bytes(*bytes);
-            let digit = bytes_in(w, b'0', b'9');
-            let shift = 8 * half;
-            c.slash |= gather(bytes_eq(w, b'/')) << shift;
-            c.end |= gather(bytes_eq(w, b'?') | bytes_eq(w, b'#')) << shift;
-            c.digit |= gather(digit) << shift;
-            c.hex |= gather(digit | bytes_in(w | (ONES * 0x20), b'a', b'f')) << shift;
-        }
-        c
+    let mut c = Classes {
+        slash: 0,
+        end: 0,
+        digit: 0,
+        hex: 0,
+    };
+    for (half, bytes) in block.as_chunks::<8>().0.iter().enumerate() {
+        let w = u64::from_le_bytes(*bytes);
+        let digit = bytes_in(w, b'0', b'9');
+        let shift = 8 * half;
+        c.slash |= gather(bytes_eq(w, b'/')) << shift;
+        c.end |= gather(bytes_eq(w, b'?') | bytes_eq(w, b'#')) << shift;
+        c.digit |= gather(digit) << shift;
+        c.hex |= gather(digit | bytes_in(w | (ONES * 0x20), b'a', b'f')) << shift;
     }
+    c
 }
 
 /// [`Classes`] of a block with SSE2 compares.
@@ -134,7 +105,7 @@ fn classes(block: &[u8; BLOCK]) -> Classes {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        portable::classes_portable(block)
+        classes_portable(block)
     }
 }
 
@@ -393,7 +364,7 @@ mod tests {
                 let mut block = *b"zz/9?A#f0-G\xc3\xa9/?7";
                 block[pos] = b;
                 let want = expected(&block);
-                assert_eq!(portable::classes_portable(&block), want, "{b:#x}@{pos}");
+                assert_eq!(classes_portable(&block), want, "{b:#x}@{pos}");
                 assert_eq!(classes(&block), want, "{b:#x}@{pos}");
             }
         }
