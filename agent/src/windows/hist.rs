@@ -121,10 +121,7 @@ impl LogHistogram {
         if self.pending.is_empty() {
             return;
         }
-        radix_sort(&mut self.pending);
-        let mut runs = [(0u16, 0u32); PENDING_MAX];
-        let n = runs_of(&self.pending, &mut runs);
-        merge_into(&mut self.buckets, &runs[..n]);
+        fold_into(&mut self.buckets, &mut self.pending);
         self.pending.clear();
     }
 
@@ -134,12 +131,8 @@ impl LogHistogram {
         if self.pending.is_empty() {
             std::borrow::Cow::Borrowed(&self.buckets)
         } else {
-            let mut pending = self.pending.clone();
-            radix_sort(&mut pending);
-            let mut runs = [(0u16, 0u32); PENDING_MAX];
-            let n = runs_of(&pending, &mut runs);
             let mut buckets = self.buckets.clone();
-            merge_into(&mut buckets, &runs[..n]);
+            fold_into(&mut buckets, &mut self.pending.clone());
             std::borrow::Cow::Owned(buckets)
         }
     }
@@ -179,20 +172,6 @@ impl LogHistogram {
     pub fn merge(&mut self, other: &LogHistogram) {
         self.fold();
         let theirs = other.folded_buckets();
-        if theirs.is_empty() {
-            return;
-        }
-        if self.buckets.is_empty() {
-            self.buckets.extend_from_slice(&theirs);
-            return;
-        }
-        if theirs.len() <= 16 {
-            // Few buckets (the common case for a 1 s window): insert in place, reusing storage.
-            for &(index, count) in theirs.iter() {
-                insert_count(&mut self.buckets, index, count);
-            }
-            return;
-        }
         merge_into(&mut self.buckets, &theirs);
     }
 
@@ -336,6 +315,14 @@ fn radix_sort(v: &mut [u16]) {
         }
         v.copy_from_slice(tmp);
     }
+}
+
+/// Sorts `pending` bucket indices and adds them into the sorted `buckets`.
+fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
+    radix_sort(pending);
+    let mut runs = [(0u16, 0u32); PENDING_MAX];
+    let n = runs_of(pending, &mut runs);
+    merge_into(buckets, &runs[..n]);
 }
 
 /// Equal indices of a sorted list as `(index, count)` runs, into `out`; returns how many.
