@@ -18,6 +18,8 @@
 
 #[path = "common/cpu_time.rs"]
 mod cpu_time;
+#[path = "common/window_stage.rs"]
+mod window_stage;
 
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
@@ -461,6 +463,9 @@ fn main() {
     let mut synthetic = synthetic(400_000, 1_704_067_200_000_000_000);
     if wanted("synthetic") {
         run("synthetic", &ModelConfig::default(), &mut synthetic, min);
+    }
+    if wanted("windows-stage") {
+        window_stage::run("synthetic", &ModelConfig::default(), &synthetic, min);
     }
     // Full per-client models too: client histograms, endpoint mixes, roll-ups, summaries.
     let clients = ModelConfig {

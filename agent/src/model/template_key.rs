@@ -18,6 +18,26 @@ use super::ids::{ID_PLACEHOLDER, MAX_TEMPLATE_LEN, OTHER_TEMPLATE, is_id_bytes};
 const BLOCK: usize = 16;
 /// Room past [`MAX_TEMPLATE_LEN`] for a whole block written at the last position.
 const SLACK: usize = BLOCK;
+/// Paths ending within this many bytes are rendered from whole-path masks.
+const WIDE: usize = 64;
+
+/// What [`TemplateKey::render_short`] did.
+enum Short {
+    Rendered,
+    /// The key would be longer than [`MAX_TEMPLATE_LEN`].
+    TooLong,
+    /// The path goes on past [`WIDE`] bytes.
+    Wider,
+}
+
+/// The lowest `k` bits of a 64-bit mask (`k` ≤ 64), without a branch.
+#[inline]
+fn low_bits64(k: usize) -> u64 {
+    !u64::MAX.unbounded_shl(k as u32)
+}
+
+/// The dashes of a UUID (`8-4-4-4-12`), as bits of its first byte's position.
+const UUID_DASHES: u64 = 1 << 8 | 1 << 13 | 1 << 18 | 1 << 23;
 
 /// Per-byte classes of one block, one bit per byte (bit `i` is byte `i`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,14 +84,11 @@ fn classes_portable(block: &[u8; BLOCK]) -> Classes {
 #[target_feature(enable = "sse2")]
 fn classes_sse2(block: &[u8; BLOCK]) -> Classes {
     use std::arch::x86_64::{
-        _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_movemask_epi8,
-        _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
+        _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&block[..8]);
-    hi.copy_from_slice(&block[8..]);
-    let v = _mm_set_epi64x(i64::from_le_bytes(hi), i64::from_le_bytes(lo));
+    // SAFETY: `block` is 16 readable bytes; the load has no alignment requirement.
+    let v = unsafe { _mm_loadu_si128(block.as_ptr().cast()) };
     let slash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'/'.cast_signed()));
     let end = _mm_or_si128(
         _mm_cmpeq_epi8(v, _mm_set1_epi8(b'?'.cast_signed())),
@@ -246,6 +263,107 @@ impl TemplateKey {
         self.push(method.as_bytes())?;
         self.push(b" ")?;
         let path = path_start(target.as_bytes());
+        match self.render_short(path) {
+            Short::Rendered => Some(()),
+            Short::TooLong => None,
+            Short::Wider => self.render_blocks(path),
+        }
+    }
+
+    /// Renders a path that ends within its first [`WIDE`] bytes (nearly every real one) from
+    /// whole-path bit masks: each segment is classified by a few mask tests and copied in
+    /// 16-byte moves, with no per-block bookkeeping.
+    #[inline]
+    fn render_short(&mut self, path: &[u8]) -> Short {
+        let n = path.len().min(WIDE);
+        // Zero past the end, and room for a 16-byte move from the last byte.
+        let mut src = [0u8; WIDE + BLOCK];
+        src[..n].copy_from_slice(&path[..n]);
+        let (mut slash, mut end, mut digit, mut hex) = (0u64, 0u64, 0u64, 0u64);
+        for (i, block) in src[..WIDE]
+            .as_chunks::<BLOCK>()
+            .0
+            .iter()
+            .take(n.div_ceil(BLOCK))
+            .enumerate()
+        {
+            let c = classes(block);
+            let shift = BLOCK * i;
+            slash |= u64::from(c.slash) << shift;
+            end |= u64::from(c.end) << shift;
+            digit |= u64::from(c.digit) << shift;
+            hex |= u64::from(c.hex) << shift;
+        }
+        let ends = end & low_bits64(n);
+        let len = if ends != 0 {
+            ends.trailing_zeros() as usize
+        } else if path.len() <= WIDE {
+            n
+        } else {
+            return Short::Wider;
+        };
+        let valid = low_bits64(len);
+        let (not_digit, not_hex) = (!digit & valid, !hex & valid);
+        let mut slashes = slash & valid;
+        let mut out = self.len;
+        let mut start = 0;
+        // Bits from the segment's start on.
+        let mut from_start = u64::MAX;
+        loop {
+            // The segment's separator as a bit (none for the last segment).
+            let stop_bit = slashes.isolate_lowest_one();
+            let (stop, below_stop) = if slashes == 0 {
+                (len, valid)
+            } else {
+                (stop_bit.trailing_zeros() as usize, stop_bit - 1)
+            };
+            let seg_len = stop - start;
+            let seg = below_stop & from_start;
+            let is_id = seg_len > 0
+                && (not_digit & seg == 0
+                    || (not_hex & seg == 0 && seg_len >= 8 && (seg_len >= 16 || digit & seg != 0))
+                    || (seg_len == 36
+                        && not_hex & seg == UUID_DASHES << start
+                        && [8, 13, 18, 23].iter().all(|&d| src[start + d] == b'-')));
+            if is_id {
+                let placeholder = ID_PLACEHOLDER.as_bytes();
+                if out + placeholder.len() > MAX_TEMPLATE_LEN {
+                    return Short::TooLong;
+                }
+                self.buf[out..out + placeholder.len()].copy_from_slice(placeholder);
+                out += placeholder.len();
+            } else {
+                if out + seg_len > MAX_TEMPLATE_LEN {
+                    return Short::TooLong;
+                }
+                // Whole 16-byte moves: the bytes past the segment are overwritten next.
+                let mut k = 0;
+                while k < seg_len {
+                    let from = start + k;
+                    self.buf[out + k..out + k + BLOCK].copy_from_slice(&src[from..from + BLOCK]);
+                    k += BLOCK;
+                }
+                out += seg_len;
+            }
+            if slashes == 0 {
+                break;
+            }
+            slashes &= slashes - 1;
+            if out >= MAX_TEMPLATE_LEN {
+                return Short::TooLong;
+            }
+            self.buf[out] = b'/';
+            out += 1;
+            start = stop + 1;
+            // Bits above the separator (none when it was the 64th byte).
+            from_start = !(stop_bit << 1).wrapping_sub(1);
+        }
+        self.len = out;
+        Short::Rendered
+    }
+
+    /// Renders a path of any length block by block (paths that [`Self::render_short`] leaves).
+    fn render_blocks(&mut self, path: &[u8]) -> Option<()> {
         let n = path.len();
         let mut seg = Segment::new(0, self.len);
         let mut at = 0;
@@ -366,6 +484,55 @@ mod tests {
                 let want = expected(&block);
                 assert_eq!(classes_portable(&block), want, "{b:#x}@{pos}");
                 assert_eq!(classes(&block), want, "{b:#x}@{pos}");
+            }
+        }
+    }
+
+    /// Renders `path` after `GET ` with the short renderer and with the block renderer.
+    fn both(path: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>, bool) {
+        let mut short = TemplateKey::new();
+        short.push(b"GET ").expect("fits");
+        let short_out = short.render_short(path);
+        let wider = matches!(short_out, Short::Wider);
+        let short_key = matches!(short_out, Short::Rendered).then(|| short.as_bytes().to_vec());
+        let mut blocks = TemplateKey::new();
+        blocks.push(b"GET ").expect("fits");
+        let block_key = blocks
+            .render_blocks(path)
+            .map(|()| blocks.as_bytes().to_vec());
+        (short_key, block_key, wider)
+    }
+
+    #[test]
+    fn short_renderer_hands_longer_paths_on() {
+        let long = format!("/{}", "a".repeat(70));
+        assert!(both(long.as_bytes()).2);
+        // The path ends within 64 bytes though the target goes on: rendered short.
+        let query = format!("/users/42?{}", "q".repeat(100));
+        let (short, blocks, wider) = both(query.as_bytes());
+        assert!(!wider);
+        assert_eq!(short.as_deref(), Some(&b"GET /users/{id}"[..]));
+        assert_eq!(short, blocks);
+        // Exactly 64 bytes, and 65.
+        for n in [63, 64, 65] {
+            let p = format!("/{}", "1".repeat(n - 1));
+            let (short, blocks, wider) = both(p.as_bytes());
+            assert_eq!(wider, n > 64);
+            if !wider {
+                assert_eq!(short, blocks);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn short_and_block_renderers_agree(
+            path in "([/?#.0-9a-fA-FgG\\-]|[0-9]{8,20}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}){0,24}",
+        ) {
+            let (short, blocks, wider) = both(path.as_bytes());
+            if !wider {
+                proptest::prop_assert_eq!(short, blocks);
             }
         }
     }
