@@ -478,8 +478,13 @@ fn main() {
     if wanted("synthetic+client-summaries") {
         run("synthetic+client-summaries", &clients, &mut synthetic, min);
     }
-    if wanted("shared-pcaps") {
+    if wanted("shared-pcaps") || wanted("windows-stage") {
         let mut pcap = pcap_events();
-        run("shared-pcaps", &ModelConfig::default(), &mut pcap, min);
+        if wanted("shared-pcaps") {
+            run("shared-pcaps", &ModelConfig::default(), &mut pcap, min);
+        }
+        if wanted("windows-stage") {
+            window_stage::run("shared-pcaps", &ModelConfig::default(), &pcap, min);
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::conns::{Attribution, Conn, ConnKey};
+use super::swar::short_eq;
 use super::store::{ModelStore, touch};
 use super::table::EntityRef;
 use crate::events::{ConnCloseEvent, ConnOpenEvent};
@@ -39,7 +40,7 @@ impl ModelStore {
             let same = match (stored, host) {
                 (None, None) => true,
                 (None, Some(_)) => !self.config.refine_by_host,
-                (Some(s), Some(h)) => s.as_bytes() == h.as_bytes(),
+                (Some(s), Some(h)) => short_eq(s.as_bytes(), h.as_bytes()),
                 (Some(_), None) => false,
             };
             if !same {

@@ -33,3 +33,50 @@ pub(super) fn word_at(bytes: &[u8], at: usize) -> u64 {
     word.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(word)
 }
+
+/// Sixteen bytes of `bytes` from `at` (the caller checked the bounds).
+#[inline]
+fn block_at(bytes: &[u8], at: usize) -> u128 {
+    let mut block = [0u8; 16];
+    block.copy_from_slice(&bytes[at..at + 16]);
+    u128::from_le_bytes(block)
+}
+
+/// `a == b` for the short strings the hot path compares (hosts, template keys): up to 32
+/// bytes by two overlapping loads per side instead of a call to `memcmp`.
+#[inline]
+pub(super) fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        16..=32 => {
+            block_at(a, 0) == block_at(b, 0) && block_at(a, n - 16) == block_at(b, n - 16)
+        }
+        8..16 => word_at(a, 0) == word_at(b, 0) && word_at(a, n - 8) == word_at(b, n - 8),
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_eq;
+
+    #[test]
+    fn short_eq_is_slice_equality() {
+        let base: Vec<u8> = (0u8..40).map(|i| b'a' + i % 26).collect();
+        for n in 0..=40 {
+            let a = &base[..n];
+            assert!(short_eq(a, a));
+            if n > 0 {
+                assert!(!short_eq(a, &base[..n - 1]), "lengths {n} and {}", n - 1);
+            }
+            for pos in 0..n {
+                let mut b = a.to_vec();
+                b[pos] ^= 0x20;
+                assert!(!short_eq(a, &b), "{n} bytes, differing at {pos}");
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 use hashbrown::HashTable;
 
 use super::ids::{OTHER_TEMPLATE, TemplateKey, stored_template_hash};
+use super::swar::short_eq;
 
 /// Longest method token given its own template.
 const MAX_METHOD_LEN: usize = 16;
@@ -78,7 +79,7 @@ impl Templates {
         let names = &self.names;
         if let Some(&id) = self
             .index
-            .find(hash, |&i| names[i as usize].as_bytes() == key.as_bytes())
+            .find(hash, |&i| short_eq(names[i as usize].as_bytes(), key.as_bytes()))
         {
             return id;
         }
