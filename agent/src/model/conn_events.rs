@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::conns::{Attribution, Conn, ConnKey};
-use super::swar::short_eq;
 use super::store::{ModelStore, touch};
+use super::swar::short_eq;
 use super::table::EntityRef;
 use crate::events::{ConnCloseEvent, ConnOpenEvent};
 use crate::windows::WindowAcc;

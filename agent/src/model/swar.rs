@@ -51,9 +51,7 @@ pub(super) fn short_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     match n {
-        16..=32 => {
-            block_at(a, 0) == block_at(b, 0) && block_at(a, n - 16) == block_at(b, n - 16)
-        }
+        16..=32 => block_at(a, 0) == block_at(b, 0) && block_at(a, n - 16) == block_at(b, n - 16),
         8..16 => word_at(a, 0) == word_at(b, 0) && word_at(a, n - 8) == word_at(b, n - 8),
         _ => a == b,
     }

@@ -77,10 +77,9 @@ impl Templates {
         }
         let hash = key.hash();
         let names = &self.names;
-        if let Some(&id) = self
-            .index
-            .find(hash, |&i| short_eq(names[i as usize].as_bytes(), key.as_bytes()))
-        {
+        if let Some(&id) = self.index.find(hash, |&i| {
+            short_eq(names[i as usize].as_bytes(), key.as_bytes())
+        }) {
             return id;
         }
         if self.names.len() >= self.max {
