@@ -5,9 +5,11 @@
 //!
 //! This mirrors what `ModelStore` does per event after identification, with the same
 //! `crate::windows` types: resources keep histograms, top-k and roll-ups; clients count only
-//! and keep 1 s windows (the default, without per-client summaries). What it leaves out is
-//! exactly the identification (connection lookup, host normalisation, entity tables) and the
-//! templating, whose cost is the difference to the full model figure.
+//! and keep 1 s windows (the default, without per-client summaries). Left out, and so in the
+//! difference to the full model figure: identification (connection table, host
+//! normalisation, bounded entity tables with eviction), templating, and what the model does
+//! with each closed window (its `WindowSummary`, the hour-of-week profile, the demand
+//! series). Entities here are unbounded (the model evicts past `max_clients`).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -34,6 +36,8 @@ pub enum Observation {
     },
     Open,
     Close,
+    /// `flow` and `stats` events, which the model only counts.
+    Ignored,
 }
 
 /// One keyed event.
@@ -116,23 +120,47 @@ pub fn key_events(events: &[Event]) -> Vec<Keyed> {
             }
             Event::ConnOpen(o) => {
                 let c = &o.common;
-                (
-                    c.ts_ns,
+                let (src, dst) = (
                     SocketAddr::new(c.src, c.src_port),
                     SocketAddr::new(c.dst, c.dst_port),
-                    Observation::Open,
-                )
+                );
+                // A SYN-ACK opens the connection from the server's side, as in the model.
+                let (client, server) = if o.syn_ack { (dst, src) } else { (src, dst) };
+                (c.ts_ns, client, server, Observation::Open)
             }
             Event::ConnClose(o) => {
                 let c = &o.common;
-                (
-                    c.ts_ns,
+                let (src, dst) = (
                     SocketAddr::new(c.src, c.src_port),
                     SocketAddr::new(c.dst, c.dst_port),
-                    Observation::Close,
-                )
+                );
+                // Either side may close; the model looks the connection up both ways.
+                let (client, server) = if conn_host.contains_key(&(dst, src)) {
+                    (dst, src)
+                } else {
+                    (src, dst)
+                };
+                (c.ts_ns, client, server, Observation::Close)
             }
-            _ => continue,
+            Event::Flow(f) => {
+                // Counted and ignored by the model: kept so both see the same events.
+                out.push(Keyed {
+                    ts_ns: f.common.ts_ns,
+                    resource: 0,
+                    client: 0,
+                    what: Observation::Ignored,
+                });
+                continue;
+            }
+            Event::Stats(st) => {
+                out.push(Keyed {
+                    ts_ns: st.ts_ns,
+                    resource: 0,
+                    client: 0,
+                    what: Observation::Ignored,
+                });
+                continue;
+            }
         };
         let host = conn_host.get(&(client, server)).cloned().flatten();
         let next = resources.len() as u32;
@@ -233,6 +261,8 @@ pub struct WindowStage {
     pub closed_requests: u64,
     /// Requests fed so far.
     pub fed_requests: u64,
+    /// `flow` and `stats` events.
+    pub ignored: u64,
 }
 
 impl WindowStage {
@@ -245,6 +275,7 @@ impl WindowStage {
             clients: Entities::new(),
             closed_requests: 0,
             fed_requests: 0,
+            ignored: 0,
         }
     }
 
@@ -256,6 +287,10 @@ impl WindowStage {
 
     #[inline]
     fn observe(&mut self, k: &Keyed) {
+        if matches!(k.what, Observation::Ignored) {
+            self.ignored += 1;
+            return;
+        }
         if let Some(step) = self.clock.advance(k.ts_ns) {
             self.closed_requests += self.resources.close(step.to, self.counters, true);
             self.clients.close(step.to, self.counters, false);
@@ -313,6 +348,7 @@ impl WindowStage {
                 self.resources.touch(k.resource, index, ring, opened);
                 self.clients.touch(k.client, index, ring, opened);
             }
+            Observation::Ignored => {}
             Observation::Close => {
                 let closed = |acc: &mut WindowAcc, open: &mut u64| {
                     acc.conns_closed += 1;

@@ -317,12 +317,66 @@ fn radix_sort(v: &mut [u16]) {
     }
 }
 
+/// Widest index range [`count_runs`] counts over (4 KiB of counters on the stack).
+const COUNT_SPAN: usize = 2048;
+
 /// Sorts `pending` bucket indices and adds them into the sorted `buckets`.
+///
+/// A busy window's indices usually fall in a range of a few hundred to a thousand buckets:
+/// counting over that range gives the sorted runs in one pass, several times cheaper than
+/// the two radix passes plus a run scan. Few indices over a wide range are sorted instead.
 fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
-    radix_sort(pending);
     let mut runs = [(0u16, 0u32); PENDING_MAX];
-    let n = runs_of(pending, &mut runs);
-    merge_into(buckets, &runs[..n]);
+    for chunk in pending.chunks_mut(PENDING_MAX) {
+        let (lo, hi) = chunk
+            .iter()
+            .fold((u16::MAX, 0), |(lo, hi), &i| (lo.min(i), hi.max(i)));
+        let span = usize::from(hi.saturating_sub(lo)) + 1;
+        let n = if chunk.len() > SMALL_SORT && span <= COUNT_SPAN && span <= 16 * chunk.len() {
+            count_runs(chunk, lo, span, &mut runs)
+        } else {
+            radix_sort(chunk);
+            runs_of(chunk, &mut runs)
+        };
+        if buckets.is_empty() {
+            buckets.extend_from_slice(&runs[..n]);
+        } else {
+            merge_into(buckets, &runs[..n]);
+        }
+    }
+}
+
+/// The sorted `(index, count)` runs of at most [`PENDING_MAX`] indices, all in
+/// `lo..lo + span` with `span` ≤ [`COUNT_SPAN`], by counting; returns how many.
+fn count_runs(indices: &[u16], lo: u16, span: usize, out: &mut [(u16, u32); PENDING_MAX]) -> usize {
+    debug_assert!(indices.len() <= PENDING_MAX && span <= COUNT_SPAN);
+    let mut counts = [0u16; COUNT_SPAN];
+    for &index in indices {
+        if let Some(c) = counts.get_mut(usize::from(index.wrapping_sub(lo))) {
+            *c += 1;
+        }
+    }
+    let mut n = 0;
+    // Four counters per test: most of a range is empty buckets.
+    for (quad, chunk) in counts[..span.next_multiple_of(4).min(COUNT_SPAN)]
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .enumerate()
+    {
+        if *chunk == [0; 4] {
+            continue;
+        }
+        for (k, &count) in chunk.iter().enumerate() {
+            if count != 0
+                && let Some(slot) = out.get_mut(n)
+            {
+                *slot = (lo + (4 * quad + k) as u16, u32::from(count));
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Equal indices of a sorted list as `(index, count)` runs, into `out`; returns how many.
@@ -510,6 +564,9 @@ mod tests {
             (200, 100, 300),
             (50, 50, 60),
             (1, 300, 2000),
+            (800, 200, 1200),
+            (40, 40, 2048),
+            (300, 300, 7169),
         ] {
             let mut want = std::collections::BTreeMap::<u16, u32>::new();
             let mut list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
@@ -524,10 +581,58 @@ mod tests {
             let mut mine = list(n, &mut want);
             let theirs = list(m, &mut want);
             merge_into(&mut mine, &theirs);
+            let want = want.into_iter().collect::<Vec<_>>();
+            assert_eq!(mine, want, "{n} + {m} over {spread}");
+        }
+    }
+
+    #[test]
+    fn folds_by_counting_and_by_sorting_match_a_map() {
+        let mut x = 0x3C6E_F372_FE94_F82Bu64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        // (pending values, index range): narrow ranges are counted, wide or sparse ones
+        // sorted; more than one buffer's worth is folded a buffer at a time.
+        for (len, lo, range, existing) in [
+            (0usize, 0u16, 1u16, 0usize),
+            (33, 0, 1, 0),
+            (256, 300, 1, 10),
+            (256, 200, 1200, 0),
+            (256, 200, 1200, 300),
+            (256, 0, 2048, 5),
+            (256, 0, 2049, 5),
+            (40, 100, 2000, 0),
+            (700, 7000, 168, 50),
+            (31, 5, 3, 0),
+        ] {
+            let mut want = std::collections::BTreeMap::<u16, u32>::new();
+            let mut buckets: Vec<(u16, u32)> = Vec::new();
+            for _ in 0..existing {
+                let i = next(u64::from(MAX_BUCKET_INDEX) + 1) as u16;
+                *want.entry(i).or_default() += 3;
+            }
+            buckets.extend(want.iter().map(|(&i, &c)| (i, c)));
+            let mut pending: Vec<u16> = (0..len)
+                .map(|k| {
+                    // Both ends of the range always occur, so the span is exactly `range`.
+                    let i = match k {
+                        0 => lo,
+                        1 => lo + range - 1,
+                        _ => lo + next(u64::from(range)) as u16,
+                    };
+                    *want.entry(i).or_default() += 1;
+                    i
+                })
+                .collect();
+            fold_into(&mut buckets, &mut pending);
             assert_eq!(
-                mine,
+                buckets,
                 want.into_iter().collect::<Vec<_>>(),
-                "{n} + {m} over {spread}"
+                "{len} over {lo}+{range}, {existing} existing"
             );
         }
     }
