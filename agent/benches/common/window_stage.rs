@@ -49,118 +49,129 @@ pub struct Keyed {
     pub what: Observation,
 }
 
-/// Identifies every event's resource (server address, port and the Host or SNI its
-/// connection names), client (source address) and endpoint template, as the model does.
-pub fn key_events(events: &[Event]) -> Vec<Keyed> {
-    type Conn = (SocketAddr, SocketAddr);
-    // First pass: the host each connection names first, so its open counts there too.
-    let mut conn_host: HashMap<Conn, Option<String>> = HashMap::new();
+/// (client, server) endpoints of a connection.
+type Conn = (SocketAddr, SocketAddr);
+
+fn endpoints(src: std::net::IpAddr, src_port: u16, dst: std::net::IpAddr, dst_port: u16) -> Conn {
+    (
+        SocketAddr::new(src, src_port),
+        SocketAddr::new(dst, dst_port),
+    )
+}
+
+/// The host each connection names first (request `Host` or SNI), so its open counts there
+/// too, as the model attributes a connection at its first request.
+fn first_hosts(events: &[Event]) -> HashMap<Conn, Option<String>> {
+    let mut conn_host = HashMap::new();
     for e in events {
         let (conn, host) = match e {
-            Event::HttpRequest(r) => (
-                (
-                    SocketAddr::new(r.common.src, r.common.src_port),
-                    SocketAddr::new(r.common.dst, r.common.dst_port),
-                ),
-                r.host.clone(),
-            ),
-            Event::TlsClientHello(t) => (
-                (
-                    SocketAddr::new(t.common.src, t.common.src_port),
-                    SocketAddr::new(t.common.dst, t.common.dst_port),
-                ),
-                t.sni.clone(),
-            ),
-            _ => continue,
-        };
-        conn_host.entry(conn).or_insert(host);
-    }
-    let mut resources: HashMap<(SocketAddr, Option<String>), u32> = HashMap::new();
-    let mut clients: HashMap<std::net::IpAddr, u32> = HashMap::new();
-    let mut templates: HashMap<String, u32> = HashMap::new();
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let (ts_ns, client, server, what) = match e {
             Event::HttpRequest(r) => {
                 let c = &r.common;
-                let key = format!("{} {}", r.method, endpoint_template(&r.path));
-                let next = templates.len() as u32;
-                let template = *templates.entry(key).or_insert(next);
-                let size = u64::from(r.bytes) + r.content_length.unwrap_or(0);
                 (
-                    c.ts_ns,
-                    SocketAddr::new(c.src, c.src_port),
-                    SocketAddr::new(c.dst, c.dst_port),
-                    Observation::Request { size, template },
-                )
-            }
-            Event::HttpResponse(r) => {
-                let c = &r.common;
-                (
-                    c.ts_ns,
-                    SocketAddr::new(c.dst, c.dst_port),
-                    SocketAddr::new(c.src, c.src_port),
-                    Observation::Response {
-                        bytes: u64::from(r.bytes) + r.content_length.unwrap_or(0),
-                        status: status_slot(r.status),
-                        latency_us: r.latency_us,
-                    },
+                    endpoints(c.src, c.src_port, c.dst, c.dst_port),
+                    r.host.clone(),
                 )
             }
             Event::TlsClientHello(t) => {
                 let c = &t.common;
                 (
-                    c.ts_ns,
-                    SocketAddr::new(c.src, c.src_port),
-                    SocketAddr::new(c.dst, c.dst_port),
-                    Observation::Hello {
-                        bytes: u64::from(t.bytes),
-                    },
+                    endpoints(c.src, c.src_port, c.dst, c.dst_port),
+                    t.sni.clone(),
                 )
             }
-            Event::ConnOpen(o) => {
-                let c = &o.common;
-                let (src, dst) = (
-                    SocketAddr::new(c.src, c.src_port),
-                    SocketAddr::new(c.dst, c.dst_port),
-                );
-                // A SYN-ACK opens the connection from the server's side, as in the model.
-                let (client, server) = if o.syn_ack { (dst, src) } else { (src, dst) };
-                (c.ts_ns, client, server, Observation::Open)
-            }
-            Event::ConnClose(o) => {
-                let c = &o.common;
-                let (src, dst) = (
-                    SocketAddr::new(c.src, c.src_port),
-                    SocketAddr::new(c.dst, c.dst_port),
-                );
-                // Either side may close; the model looks the connection up both ways.
-                let (client, server) = if conn_host.contains_key(&(dst, src)) {
-                    (dst, src)
-                } else {
-                    (src, dst)
-                };
-                (c.ts_ns, client, server, Observation::Close)
-            }
-            Event::Flow(f) => {
-                // Counted and ignored by the model: kept so both see the same events.
-                out.push(Keyed {
-                    ts_ns: f.common.ts_ns,
-                    resource: 0,
-                    client: 0,
-                    what: Observation::Ignored,
-                });
-                continue;
-            }
-            Event::Stats(st) => {
-                out.push(Keyed {
-                    ts_ns: st.ts_ns,
-                    resource: 0,
-                    client: 0,
-                    what: Observation::Ignored,
-                });
-                continue;
-            }
+            _ => continue,
+        };
+        conn_host.entry(conn).or_insert(host);
+    }
+    conn_host
+}
+
+/// An event's timestamp, (client, server) and observation; `None` for the events the model
+/// only counts (`flow`, `stats`).
+fn observation(
+    e: &Event,
+    conn_host: &HashMap<Conn, Option<String>>,
+    templates: &mut HashMap<String, u32>,
+) -> Option<(u64, Conn, Observation)> {
+    Some(match e {
+        Event::HttpRequest(r) => {
+            let c = &r.common;
+            let key = format!("{} {}", r.method, endpoint_template(&r.path));
+            let next = templates.len() as u32;
+            let template = *templates.entry(key).or_insert(next);
+            let size = u64::from(r.bytes) + r.content_length.unwrap_or(0);
+            (
+                c.ts_ns,
+                endpoints(c.src, c.src_port, c.dst, c.dst_port),
+                Observation::Request { size, template },
+            )
+        }
+        Event::HttpResponse(r) => {
+            let c = &r.common;
+            (
+                c.ts_ns,
+                endpoints(c.dst, c.dst_port, c.src, c.src_port),
+                Observation::Response {
+                    bytes: u64::from(r.bytes) + r.content_length.unwrap_or(0),
+                    status: status_slot(r.status),
+                    latency_us: r.latency_us,
+                },
+            )
+        }
+        Event::TlsClientHello(t) => {
+            let c = &t.common;
+            (
+                c.ts_ns,
+                endpoints(c.src, c.src_port, c.dst, c.dst_port),
+                Observation::Hello {
+                    bytes: u64::from(t.bytes),
+                },
+            )
+        }
+        Event::ConnOpen(o) => {
+            let c = &o.common;
+            // A SYN-ACK opens the connection from the server's side, as in the model.
+            let conn = if o.syn_ack {
+                endpoints(c.dst, c.dst_port, c.src, c.src_port)
+            } else {
+                endpoints(c.src, c.src_port, c.dst, c.dst_port)
+            };
+            (c.ts_ns, conn, Observation::Open)
+        }
+        Event::ConnClose(o) => {
+            let c = &o.common;
+            // Either side may close; the model looks the connection up both ways.
+            let backward = endpoints(c.dst, c.dst_port, c.src, c.src_port);
+            let conn = if conn_host.contains_key(&backward) {
+                backward
+            } else {
+                endpoints(c.src, c.src_port, c.dst, c.dst_port)
+            };
+            (c.ts_ns, conn, Observation::Close)
+        }
+        Event::Flow(_) | Event::Stats(_) => return None,
+    })
+}
+
+/// Identifies every event's resource (server address, port and the Host or SNI its
+/// connection names), client (source address) and endpoint template, as the model does.
+pub fn key_events(events: &[Event]) -> Vec<Keyed> {
+    let conn_host = first_hosts(events);
+    let mut resources: HashMap<(SocketAddr, Option<String>), u32> = HashMap::new();
+    let mut clients: HashMap<std::net::IpAddr, u32> = HashMap::new();
+    let mut templates: HashMap<String, u32> = HashMap::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let Some((ts_ns, (client, server), what)) = observation(e, &conn_host, &mut templates)
+        else {
+            // Counted and ignored by the model: kept so both see the same events.
+            out.push(Keyed {
+                ts_ns: crate::ts_of(e),
+                resource: 0,
+                client: 0,
+                what: Observation::Ignored,
+            });
+            continue;
         };
         let host = conn_host.get(&(client, server)).cloned().flatten();
         let next = resources.len() as u32;
