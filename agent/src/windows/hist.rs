@@ -9,6 +9,11 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+#[path = "hist_fold.rs"]
+mod fold;
+
+use fold::{ABSORBED_MAX, add_lists, fold_into, insert_count, merge_into};
+
 /// Values above this are recorded as this (far beyond any latency in µs or size in bytes).
 pub const MAX_VALUE: u64 = 1 << 62;
 /// Significant digits of the equivalent `HdrHistogram`.
@@ -59,6 +64,9 @@ pub const fn bucket_high(index: u16) -> u64 {
 pub struct LogHistogram {
     buckets: Vec<(u16, u32)>,
     pending: Vec<u16>,
+    /// Sorted bucket lists of roll-ups ([`LogHistogram::absorb`]) not yet added to
+    /// `buckets`, one after another: a 10 s window takes ten 1 s lists and adds them up once.
+    absorbed: Vec<(u16, u32)>,
 }
 
 /// The serialised form: the folded buckets only.
@@ -83,6 +91,7 @@ impl<'de> Deserialize<'de> for LogHistogram {
         Ok(Self {
             buckets: form.buckets,
             pending: Vec::new(),
+            absorbed: Vec::new(),
         })
     }
 }
@@ -118,28 +127,32 @@ impl LogHistogram {
     /// Folds the recorded-but-pending values into the sorted buckets (a sort of at most
     /// [`PENDING_MAX`] indices and one linear merge).
     pub fn fold(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            fold_into(&mut self.buckets, &mut self.pending);
+            self.pending.clear();
         }
-        fold_into(&mut self.buckets, &mut self.pending);
-        self.pending.clear();
+        if !self.absorbed.is_empty() {
+            add_lists(&mut self.buckets, &mut self.absorbed);
+            self.absorbed.clear();
+        }
     }
 
-    /// The sorted buckets with the pending values folded in (borrowed when nothing is
-    /// pending).
+    /// The sorted buckets with the pending values and absorbed lists folded in (borrowed
+    /// when nothing is pending).
     fn folded_buckets(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.absorbed.is_empty() {
             std::borrow::Cow::Borrowed(&self.buckets)
         } else {
-            let mut buckets = self.buckets.clone();
-            fold_into(&mut buckets, &mut self.pending.clone());
-            std::borrow::Cow::Owned(buckets)
+            let mut folded = self.clone();
+            folded.fold();
+            std::borrow::Cow::Owned(folded.buckets)
         }
     }
 
     /// Total count (saturating).
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&(_, c)| u64::from(c)).sum::<u64>() + self.pending.len() as u64
+        let sum = |b: &[(u16, u32)]| b.iter().map(|&(_, c)| u64::from(c)).sum::<u64>();
+        sum(&self.buckets) + self.pending.len() as u64 + sum(&self.absorbed)
     }
 
     /// Total count, as `HdrHistogram::len` names it.
@@ -148,7 +161,7 @@ impl LogHistogram {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty() && self.pending.is_empty()
+        self.buckets.is_empty() && self.pending.is_empty() && self.absorbed.is_empty()
     }
 
     /// Distinct buckets hit.
@@ -160,11 +173,12 @@ impl LogHistogram {
     pub fn clear(&mut self) {
         self.buckets.clear();
         self.pending.clear();
+        self.absorbed.clear();
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
+        (self.buckets.capacity() + self.absorbed.capacity()) * std::mem::size_of::<(u16, u32)>()
             + self.pending.capacity() * std::mem::size_of::<u16>()
     }
 
@@ -173,6 +187,27 @@ impl LogHistogram {
         self.fold();
         let theirs = other.folded_buckets();
         merge_into(&mut self.buckets, &theirs);
+    }
+
+    /// Adds `other`'s counts later: its sorted buckets are appended and added up with the
+    /// others at the next [`Self::fold`] or read. For roll-ups, where a longer window takes
+    /// many shorter ones before anyone reads it: each fold writes the buckets once instead
+    /// of once per merge. The appended lists are bounded (folded in when they outgrow
+    /// [`ABSORBED_MAX`] entries or twice the buckets).
+    pub fn absorb(&mut self, other: &LogHistogram) {
+        let theirs = other.folded_buckets();
+        if theirs.is_empty() {
+            return;
+        }
+        if self.buckets.is_empty() && self.absorbed.is_empty() {
+            self.buckets.extend_from_slice(&theirs);
+            return;
+        }
+        self.absorbed.extend_from_slice(&theirs);
+        if self.absorbed.len() > ABSORBED_MAX.max(2 * self.buckets.len()) {
+            add_lists(&mut self.buckets, &mut self.absorbed);
+            self.absorbed.clear();
+        }
     }
 
     /// Checks the invariants of a deserialised histogram: indices sorted, unique, in range,
@@ -259,171 +294,6 @@ impl LogHistogram {
             }
         }
         buckets.last().map_or(0, |&(i, _)| bucket_high(i))
-    }
-}
-
-/// Adds `count` to bucket `index` of a sorted bucket list.
-#[inline]
-fn insert_count(buckets: &mut Vec<(u16, u32)>, index: u16, count: u32) {
-    match buckets.binary_search_by_key(&index, |&(i, _)| i) {
-        Ok(pos) => {
-            let slot = &mut buckets[pos].1;
-            *slot = slot.saturating_add(count);
-        }
-        Err(pos) => buckets.insert(pos, (index, count)),
-    }
-}
-
-/// Below this many indices a comparison sort is cheaper than the counting passes.
-const SMALL_SORT: usize = 32;
-
-/// Sorts at most [`PENDING_MAX`] bucket indices: two counting passes of a byte each, on the
-/// stack (a comparison sort costs several times more for the few hundred indices here); a
-/// pass whose byte is the same for every index is skipped.
-fn radix_sort(v: &mut [u16]) {
-    debug_assert!(v.len() <= PENDING_MAX);
-    if v.len() <= SMALL_SORT {
-        // A window that saw a handful of values (most client windows): the passes' fixed
-        // cost (two 256-entry count tables) would dwarf the sort.
-        v.sort_unstable();
-        return;
-    }
-    let mut scratch = [0u16; PENDING_MAX];
-    let Some(tmp) = scratch.get_mut(..v.len()) else {
-        v.sort_unstable();
-        return;
-    };
-    for shift in [0u32, 8] {
-        let digit = |x: u16| usize::from((x >> shift) & 0xff);
-        let mut offsets = [0usize; 256];
-        for &x in v.iter() {
-            offsets[digit(x)] += 1;
-        }
-        if v.first().is_some_and(|&x| offsets[digit(x)] == v.len()) {
-            continue;
-        }
-        let mut sum = 0;
-        for o in &mut offsets {
-            let n = *o;
-            *o = sum;
-            sum += n;
-        }
-        for &x in v.iter() {
-            let d = digit(x);
-            tmp[offsets[d]] = x;
-            offsets[d] += 1;
-        }
-        v.copy_from_slice(tmp);
-    }
-}
-
-/// Widest index range [`count_runs`] counts over (4 KiB of counters on the stack).
-const COUNT_SPAN: usize = 2048;
-
-/// Sorts `pending` bucket indices and adds them into the sorted `buckets`.
-///
-/// A busy window's indices usually fall in a range of a few hundred to a thousand buckets:
-/// counting over that range gives the sorted runs in one pass, several times cheaper than
-/// the two radix passes plus a run scan. Few indices over a wide range are sorted instead.
-fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
-    let mut runs = [(0u16, 0u32); PENDING_MAX];
-    for chunk in pending.chunks_mut(PENDING_MAX) {
-        let (lo, hi) = chunk
-            .iter()
-            .fold((u16::MAX, 0), |(lo, hi), &i| (lo.min(i), hi.max(i)));
-        let span = usize::from(hi.saturating_sub(lo)) + 1;
-        let n = if chunk.len() > SMALL_SORT && span <= COUNT_SPAN && span <= 16 * chunk.len() {
-            count_runs(chunk, lo, span, &mut runs)
-        } else {
-            radix_sort(chunk);
-            runs_of(chunk, &mut runs)
-        };
-        if buckets.is_empty() {
-            buckets.extend_from_slice(&runs[..n]);
-        } else {
-            merge_into(buckets, &runs[..n]);
-        }
-    }
-}
-
-/// The sorted `(index, count)` runs of at most [`PENDING_MAX`] indices, all in
-/// `lo..lo + span` with `span` ≤ [`COUNT_SPAN`], by counting; returns how many.
-fn count_runs(indices: &[u16], lo: u16, span: usize, out: &mut [(u16, u32); PENDING_MAX]) -> usize {
-    debug_assert!(indices.len() <= PENDING_MAX && span <= COUNT_SPAN);
-    let mut counts = [0u16; COUNT_SPAN];
-    for &index in indices {
-        if let Some(c) = counts.get_mut(usize::from(index.wrapping_sub(lo))) {
-            *c += 1;
-        }
-    }
-    let mut n = 0;
-    // Four counters per test: most of a range is empty buckets.
-    for (quad, chunk) in counts[..span.next_multiple_of(4).min(COUNT_SPAN)]
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .enumerate()
-    {
-        if *chunk == [0; 4] {
-            continue;
-        }
-        for (k, &count) in chunk.iter().enumerate() {
-            if count != 0
-                && let Some(slot) = out.get_mut(n)
-            {
-                *slot = (lo + (4 * quad + k) as u16, u32::from(count));
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-/// Equal indices of a sorted list as `(index, count)` runs, into `out`; returns how many.
-fn runs_of(sorted: &[u16], out: &mut [(u16, u32); PENDING_MAX]) -> usize {
-    let mut n = 0;
-    for &index in sorted.iter().take(PENDING_MAX) {
-        if n > 0 && out[n - 1].0 == index {
-            out[n - 1].1 += 1;
-        } else {
-            out[n] = (index, 1);
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Merges sorted `theirs` into sorted `buckets` in place, counts of equal indices added:
-/// from the back into the grown vector (no allocation beyond its growth), then the gap left
-/// by equal indices is closed.
-fn merge_into(buckets: &mut Vec<(u16, u32)>, theirs: &[(u16, u32)]) {
-    let n = buckets.len();
-    buckets.resize(n + theirs.len(), (0, 0));
-    let (mut i, mut j, mut k) = (n, theirs.len(), n + theirs.len());
-    // Invariant: k - i = j + (equal indices merged so far) ≥ j, so writing at k - 1 never
-    // overwrites an unread bucket.
-    while j > 0 {
-        let (index, count) = theirs[j - 1];
-        let mine = if i > 0 { Some(buckets[i - 1]) } else { None };
-        buckets[k - 1] = match mine {
-            Some((mi, mc)) if mi > index => {
-                i -= 1;
-                (mi, mc)
-            }
-            Some((mi, mc)) if mi == index => {
-                i -= 1;
-                j -= 1;
-                (mi, mc.saturating_add(count))
-            }
-            _ => {
-                j -= 1;
-                (index, count)
-            }
-        };
-        k -= 1;
-    }
-    if k > i {
-        buckets.drain(i..k);
     }
 }
 
@@ -548,122 +418,55 @@ mod tests {
     }
 
     #[test]
-    fn in_place_merge_matches_a_map() {
-        let mut x = 0x1234_5678_9ABC_DEF1u64;
+    fn absorbed_lists_read_and_fold_like_eager_merges() {
+        let mut x = 0x6A09_E667_F3BC_C908u64;
         let mut next = |m: u64| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x % m
         };
-        for (n, m, spread) in [
-            (0, 0, 10),
-            (0, 5, 10),
-            (5, 0, 10),
-            (3, 17, 40),
-            (200, 100, 300),
-            (50, 50, 60),
-            (1, 300, 2000),
-            (800, 200, 1200),
-            (40, 40, 2048),
-            (300, 300, 7169),
+        // (windows absorbed, values per window, value range): a narrow range adds up in
+        // dense counters, a wide one by sorting; enough windows pass the absorbed bound.
+        for (windows, per_window, range) in [
+            (10usize, 300usize, 100_000u64),
+            (60, 250, 100_000),
+            (10, 40, 1 << 40),
+            (3, 1, 10),
+            (12, 0, 10),
         ] {
-            let mut want = std::collections::BTreeMap::<u16, u32>::new();
-            let mut list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
-                let mut l = std::collections::BTreeMap::<u16, u32>::new();
-                for _ in 0..len {
-                    let (i, c) = (next(spread) as u16, 1 + next(9) as u32);
-                    *l.entry(i).or_default() += c;
-                    *want.entry(i).or_default() += c;
+            let mut lazy = LogHistogram::new();
+            let mut eager = LogHistogram::new();
+            for w in 0..windows {
+                let mut one = LogHistogram::new();
+                for _ in 0..per_window {
+                    one.record(next(range));
                 }
-                l.into_iter().collect::<Vec<_>>()
-            };
-            let mut mine = list(n, &mut want);
-            let theirs = list(m, &mut want);
-            merge_into(&mut mine, &theirs);
-            let want = want.into_iter().collect::<Vec<_>>();
-            assert_eq!(mine, want, "{n} + {m} over {spread}");
-        }
-    }
-
-    #[test]
-    fn folds_by_counting_and_by_sorting_match_a_map() {
-        let mut x = 0x3C6E_F372_FE94_F82Bu64;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
-        // (pending values, index range): narrow ranges are counted, wide or sparse ones
-        // sorted; more than one buffer's worth is folded a buffer at a time.
-        for (len, lo, range, existing) in [
-            (0usize, 0u16, 1u16, 0usize),
-            (33, 0, 1, 0),
-            (256, 300, 1, 10),
-            (256, 200, 1200, 0),
-            (256, 200, 1200, 300),
-            (256, 0, 2048, 5),
-            (256, 0, 2049, 5),
-            (40, 100, 2000, 0),
-            (700, 7000, 168, 50),
-            (31, 5, 3, 0),
-        ] {
-            let mut want = std::collections::BTreeMap::<u16, u32>::new();
-            let mut buckets: Vec<(u16, u32)> = Vec::new();
-            for _ in 0..existing {
-                let i = next(u64::from(MAX_BUCKET_INDEX) + 1) as u16;
-                *want.entry(i).or_default() += 3;
+                one.fold();
+                lazy.absorb(&one);
+                eager.merge(&one);
+                if w % 4 == 1 {
+                    // Reads see the absorbed lists without folding them.
+                    assert_eq!(lazy, eager);
+                    assert_eq!(lazy.count(), eager.count());
+                    assert_eq!(lazy.value_at_quantile(0.99), eager.value_at_quantile(0.99));
+                    assert_eq!(lazy.max(), eager.max());
+                }
             }
-            buckets.extend(want.iter().map(|(&i, &c)| (i, c)));
-            let mut pending: Vec<u16> = (0..len)
-                .map(|k| {
-                    // Both ends of the range always occur, so the span is exactly `range`.
-                    let i = match k {
-                        0 => lo,
-                        1 => lo + range - 1,
-                        _ => lo + next(u64::from(range)) as u16,
-                    };
-                    *want.entry(i).or_default() += 1;
-                    i
-                })
-                .collect();
-            fold_into(&mut buckets, &mut pending);
-            assert_eq!(
-                buckets,
-                want.into_iter().collect::<Vec<_>>(),
-                "{len} over {lo}+{range}, {existing} existing"
+            assert!(
+                lazy.absorbed.len() <= ABSORBED_MAX.max(2 * lazy.buckets.len()) + 2 * per_window
             );
-        }
-    }
-
-    #[test]
-    fn radix_sort_sorts() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        for len in [
-            0usize,
-            1,
-            2,
-            7,
-            SMALL_SORT,
-            SMALL_SORT + 1,
-            100,
-            PENDING_MAX,
-        ] {
-            for spread in [1u64, 200, 7000, 65_536] {
-                let mut v: Vec<u16> = (0..len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        (x % spread) as u16
-                    })
-                    .collect();
-                let mut want = v.clone();
-                want.sort_unstable();
-                radix_sort(&mut v);
-                assert_eq!(v, want, "len {len} spread {spread}");
-            }
+            assert_eq!(
+                serde_json::to_string(&lazy).expect("json"),
+                serde_json::to_string(&eager).expect("json")
+            );
+            lazy.fold();
+            assert!(lazy.absorbed.is_empty());
+            assert_eq!(
+                lazy.buckets, eager.buckets,
+                "{windows} x {per_window} over {range}"
+            );
+            assert!(lazy.validate().is_ok());
         }
     }
 

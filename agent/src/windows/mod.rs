@@ -196,8 +196,9 @@ impl WindowAcc {
         for (a, b) in self.status.iter_mut().zip(other.status) {
             *a += b;
         }
-        self.request_size.merge(&other.request_size);
-        self.latency_us.merge(&other.latency_us);
+        // Added up once when the longer window is folded (it is read only when it closes).
+        self.request_size.absorb(&other.request_size);
+        self.latency_us.absorb(&other.latency_us);
         self.endpoints.merge(&other.endpoints, endpoint_counters);
     }
 
@@ -336,6 +337,7 @@ impl EntityWindows {
             self.close_ten(endpoint_counters, emit);
         }
         if self.minute.used && self.minute.start + Level::Minute.secs() <= closed_until {
+            self.minute.acc.fold();
             emit(Level::Minute, self.minute.start, &self.minute.acc);
             self.minute.acc.reset();
             self.minute.used = false;
@@ -350,10 +352,12 @@ impl EntityWindows {
     ) {
         let minute_start = self.ten.start - self.ten.start % 60;
         if self.minute.used && self.minute.start != minute_start {
+            self.minute.acc.fold();
             emit(Level::Minute, self.minute.start, &self.minute.acc);
             self.minute.acc.reset();
             self.minute.used = false;
         }
+        self.ten.acc.fold();
         emit(Level::TenSeconds, self.ten.start, &self.ten.acc);
         self.minute.acc.absorb(&self.ten.acc, endpoint_counters);
         self.minute.used = true;
