@@ -54,12 +54,14 @@ pub const fn bucket_high(index: u16) -> u64 {
 }
 
 /// Sparse counts per bucket, sorted by bucket index, plus a short buffer of recently
-/// recorded bucket indices.
+/// recorded bucket indices and the bucket lists of absorbed roll-ups.
 ///
 /// Recording appends the bucket index to the buffer (no search, no shifting of a sorted
-/// vector); every [`PENDING_MAX`] records, and whenever the histogram is read or closed,
-/// the buffer is sorted and folded into the buckets. Every method sees both, so the buffer is
-/// invisible from outside: equality, serialisation and reads are those of the folded form.
+/// vector); every [`PENDING_MAX`] records and at [`LogHistogram::fold`] the buffer is sorted
+/// and folded into the buckets, and absorbed lists are added in. A read while values are
+/// pending or lists absorbed folds a copy (the histogram itself is unchanged), so the
+/// buffers are invisible from outside: equality, serialisation and reads are those of the
+/// folded form.
 #[derive(Clone, Debug, Default)]
 pub struct LogHistogram {
     buckets: Vec<(u16, u32)>,
@@ -118,14 +120,18 @@ impl LogHistogram {
         self.pending.push(bucket_index(value));
     }
 
-    /// Counts `n` occurrences of `value` (straight into the sorted buckets).
+    /// Counts `n` occurrences of `value` (straight into the sorted buckets; none when `n`
+    /// is 0, so no bucket holds a zero count).
     #[inline]
     pub fn record_n(&mut self, value: u64, n: u32) {
-        insert_count(&mut self.buckets, bucket_index(value), n);
+        if n > 0 {
+            insert_count(&mut self.buckets, bucket_index(value), n);
+        }
     }
 
-    /// Folds the recorded-but-pending values into the sorted buckets (a sort of at most
-    /// [`PENDING_MAX`] indices and one linear merge).
+    /// Folds the recorded-but-pending values into the sorted buckets (a count or sort of at
+    /// most [`PENDING_MAX`] indices and one linear merge) and adds the absorbed lists in
+    /// (see [`Self::absorb`]).
     pub fn fold(&mut self) {
         if !self.pending.is_empty() {
             fold_into(&mut self.buckets, &mut self.pending);
@@ -149,10 +155,10 @@ impl LogHistogram {
         }
     }
 
-    /// Total count (saturating).
+    /// Total count, of the folded form: each bucket's count saturates at `u32::MAX`, so
+    /// pending values or absorbed lists that would pass it are not counted twice.
     pub fn count(&self) -> u64 {
-        let sum = |b: &[(u16, u32)]| b.iter().map(|&(_, c)| u64::from(c)).sum::<u64>();
-        sum(&self.buckets) + self.pending.len() as u64 + sum(&self.absorbed)
+        total(&self.folded_buckets())
     }
 
     /// Total count, as `HdrHistogram::len` names it.
@@ -174,6 +180,9 @@ impl LogHistogram {
         self.buckets.clear();
         self.pending.clear();
         self.absorbed.clear();
+        // A busy minute's lists can grow it several times past the buckets; the next
+        // window starts from the bound's worth.
+        self.absorbed.shrink_to(ABSORBED_MAX);
     }
 
     /// Heap bytes held.
@@ -189,11 +198,12 @@ impl LogHistogram {
         merge_into(&mut self.buckets, &theirs);
     }
 
-    /// Adds `other`'s counts later: its sorted buckets are appended and added up with the
-    /// others at the next [`Self::fold`] or read. For roll-ups, where a longer window takes
-    /// many shorter ones before anyone reads it: each fold writes the buckets once instead
-    /// of once per merge. The appended lists are bounded (folded in when they outgrow
-    /// [`ABSORBED_MAX`] entries or twice the buckets).
+    /// Adds `other`'s counts later: its sorted buckets are appended, and added up with the
+    /// others at the next [`Self::fold`] (a read before that folds a copy). For roll-ups,
+    /// where a longer window takes many shorter ones and is folded when it closes: each
+    /// fold writes the buckets once instead of once per merge. The appended lists are
+    /// bounded: they are added in once they hold more than both [`ABSORBED_MAX`] entries
+    /// and twice the buckets.
     pub fn absorb(&mut self, other: &LogHistogram) {
         let theirs = other.folded_buckets();
         if theirs.is_empty() {
@@ -280,13 +290,13 @@ impl LogHistogram {
     /// The value at quantile `q` (0..=1, the highest value of its bucket, as
     /// `HdrHistogram::value_at_quantile` reports it), 0 when empty.
     pub fn value_at_quantile(&self, q: f64) -> u64 {
-        let total = self.count();
+        let buckets = self.folded_buckets();
+        let total = total(&buckets);
         if total == 0 {
             return 0;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
-        let buckets = self.folded_buckets();
         for &(i, c) in buckets.iter() {
             seen += u64::from(c);
             if seen >= rank {
@@ -295,6 +305,11 @@ impl LogHistogram {
         }
         buckets.last().map_or(0, |&(i, _)| bucket_high(i))
     }
+}
+
+/// Sum of a bucket list's counts.
+fn total(buckets: &[(u16, u32)]) -> u64 {
+    buckets.iter().map(|&(_, c)| u64::from(c)).sum()
 }
 
 /// An empty export histogram: 2 significant digits, auto-resizing.
@@ -418,14 +433,35 @@ mod tests {
     }
 
     #[test]
+    fn absorbed_counts_saturate_like_eager_merges() {
+        let mut lazy = LogHistogram::new();
+        lazy.record_n(5, u32::MAX);
+        lazy.record_n(9, 1);
+        let mut eager = lazy.clone();
+        let mut big = LogHistogram::new();
+        big.record_n(5, u32::MAX);
+        lazy.absorb(&big);
+        eager.merge(&big);
+        assert!(
+            !lazy.absorbed.is_empty(),
+            "the test must read with lists absorbed"
+        );
+        assert_eq!(lazy.count(), u64::from(u32::MAX) + 1);
+        assert_eq!(lazy.count(), eager.count());
+        assert_eq!(
+            lazy.value_at_quantile(0.999_999_9),
+            eager.value_at_quantile(0.999_999_9)
+        );
+        // A zero count is no occurrence: no bucket for it.
+        lazy.record_n(3, 0);
+        assert_eq!(lazy.min(), 5);
+        assert_eq!(lazy, eager);
+    }
+
+    #[test]
     fn absorbed_lists_read_and_fold_like_eager_merges() {
         let mut x = 0x6A09_E667_F3BC_C908u64;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
         // (windows absorbed, values per window, value range): a narrow range adds up in
         // dense counters, a wide one by sorting; enough windows pass the absorbed bound.
         for (windows, per_window, range) in [

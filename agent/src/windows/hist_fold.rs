@@ -59,7 +59,8 @@ fn radix_sort(v: &mut [u16]) {
     }
 }
 
-/// Widest index range [`count_runs`] counts over (4 KiB of counters on the stack).
+/// Widest index range counted densely: 4 KiB of `u16` counters on the stack in
+/// [`count_runs`], 8 KiB of `u32` in [`add_lists`].
 const COUNT_SPAN: usize = 2048;
 
 /// Sorts `pending` bucket indices and adds them into the sorted `buckets`.
@@ -90,12 +91,7 @@ pub(super) fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
 
 /// The sorted `(index, count)` runs of at most [`PENDING_MAX`] indices, all in
 /// `lo..lo + span` with `span` ≤ [`COUNT_SPAN`], by counting; returns how many.
-fn count_runs(
-    indices: &[u16],
-    lo: u16,
-    span: usize,
-    out: &mut [(u16, u32); PENDING_MAX],
-) -> usize {
+fn count_runs(indices: &[u16], lo: u16, span: usize, out: &mut [(u16, u32); PENDING_MAX]) -> usize {
     debug_assert!(indices.len() <= PENDING_MAX && span <= COUNT_SPAN);
     let mut counts = [0u16; COUNT_SPAN];
     for &index in indices {
@@ -104,25 +100,16 @@ fn count_runs(
         }
     }
     let mut n = 0;
-    // Four counters per test: most of a range is empty buckets.
-    for (quad, chunk) in counts[..span.next_multiple_of(4).min(COUNT_SPAN)]
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .enumerate()
-    {
-        if *chunk == [0; 4] {
-            continue;
-        }
-        for (k, &count) in chunk.iter().enumerate() {
-            if count != 0
-                && let Some(slot) = out.get_mut(n)
-            {
-                *slot = (lo + (4 * quad + k) as u16, u32::from(count));
+    each_nonzero(
+        &counts[..span.next_multiple_of(4).min(COUNT_SPAN)],
+        lo,
+        |index, count| {
+            if let Some(slot) = out.get_mut(n) {
+                *slot = (index, count);
                 n += 1;
             }
-        }
-    }
+        },
+    );
     n
 }
 
@@ -174,6 +161,33 @@ pub(super) fn merge_into(buckets: &mut Vec<(u16, u32)>, theirs: &[(u16, u32)]) {
     }
 }
 
+/// Calls `emit(lo + i, count)` for every non-zero `counts[i]`, in order, testing four
+/// counters at a time: most of a range is empty buckets.
+#[inline]
+fn each_nonzero<C: Copy + Default + PartialEq + Into<u32>>(
+    counts: &[C],
+    lo: u16,
+    mut emit: impl FnMut(u16, u32),
+) {
+    let zero = C::default();
+    let (quads, rest) = counts.as_chunks::<4>();
+    for (quad, chunk) in quads.iter().enumerate() {
+        if *chunk == [zero; 4] {
+            continue;
+        }
+        for (k, &count) in chunk.iter().enumerate() {
+            if count != zero {
+                emit(lo + (4 * quad + k) as u16, count.into());
+            }
+        }
+    }
+    for (k, &count) in rest.iter().enumerate() {
+        if count != zero {
+            emit(lo + (4 * quads.len() + k) as u16, count.into());
+        }
+    }
+}
+
 /// Absorbed lists past this many entries (and past twice the buckets) are added up at once.
 pub(super) const ABSORBED_MAX: usize = 1024;
 
@@ -199,21 +213,13 @@ pub(super) fn add_lists(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)])
             }
         }
         buckets.clear();
-        for (quad, chunk) in counts[..span.next_multiple_of(4).min(COUNT_SPAN)]
-            .as_chunks::<4>()
-            .0
-            .iter()
-            .enumerate()
-        {
-            if *chunk == [0; 4] {
-                continue;
-            }
-            for (k, &count) in chunk.iter().enumerate() {
-                if count != 0 {
-                    buckets.push((lo + (4 * quad + k) as u16, count));
-                }
-            }
-        }
+        each_nonzero(
+            &counts[..span.next_multiple_of(4).min(COUNT_SPAN)],
+            lo,
+            |index, count| {
+                buckets.push((index, count));
+            },
+        );
         return;
     }
     lists.sort_unstable_by_key(|&(i, _)| i);
@@ -238,12 +244,7 @@ mod tests {
     #[test]
     fn in_place_merge_matches_a_map() {
         let mut x = 0x1234_5678_9ABC_DEF1u64;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
         for (n, m, spread) in [
             (0, 0, 10),
             (0, 5, 10),
@@ -277,12 +278,7 @@ mod tests {
     #[test]
     fn folds_by_counting_and_by_sorting_match_a_map() {
         let mut x = 0x3C6E_F372_FE94_F82Bu64;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
         // (pending values, index range): narrow ranges are counted, wide or sparse ones
         // sorted; more than one buffer's worth is folded a buffer at a time.
         for (len, lo, range, existing) in [

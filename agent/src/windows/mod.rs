@@ -196,7 +196,7 @@ impl WindowAcc {
         for (a, b) in self.status.iter_mut().zip(other.status) {
             *a += b;
         }
-        // Added up once when the longer window is folded (it is read only when it closes).
+        // Added up once, when the longer window is folded as it closes.
         self.request_size.absorb(&other.request_size);
         self.latency_us.absorb(&other.latency_us);
         self.endpoints.merge(&other.endpoints, endpoint_counters);
