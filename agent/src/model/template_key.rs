@@ -198,16 +198,33 @@ impl Segment {
         self.any_digit |= part & digit != 0;
     }
 
-    /// Whether the segment `source` (these flags describe it) is an identifier: see
-    /// [`super::is_id_segment`].
+    /// Whether the segment `source` (these flags describe it) is an identifier.
     #[inline]
     fn is_id(&self, source: &[u8]) -> bool {
-        let n = source.len();
-        n > 0
-            && (self.all_digits
-                || (self.all_hex && n >= 8 && (n >= 16 || self.any_digit))
-                || (n == 36 && is_id_bytes(source)))
+        is_id_rule(
+            source.len(),
+            self.all_digits,
+            self.all_hex,
+            self.any_digit,
+            || is_id_bytes(source),
+        )
     }
+}
+
+/// The identifier rule of [`super::is_id_segment`] on a segment's length and byte classes,
+/// shared by both renderers; `is_uuid` is asked only of 36-byte segments.
+#[inline]
+fn is_id_rule(
+    len: usize,
+    all_digits: bool,
+    all_hex: bool,
+    any_digit: bool,
+    is_uuid: impl FnOnce() -> bool,
+) -> bool {
+    len > 0
+        && (all_digits
+            || (all_hex && len >= 8 && (len >= 16 || any_digit))
+            || (len == 36 && is_uuid()))
 }
 
 /// A rendered `METHOD /template/{id}` key on the stack: the hot path renders once, then
@@ -319,12 +336,16 @@ impl TemplateKey {
             };
             let seg_len = stop - start;
             let seg = below_stop & from_start;
-            let is_id = seg_len > 0
-                && (not_digit & seg == 0
-                    || (not_hex & seg == 0 && seg_len >= 8 && (seg_len >= 16 || digit & seg != 0))
-                    || (seg_len == 36
-                        && not_hex & seg == UUID_DASHES << start
-                        && [8, 13, 18, 23].iter().all(|&d| src[start + d] == b'-')));
+            let is_id = is_id_rule(
+                seg_len,
+                not_digit & seg == 0,
+                not_hex & seg == 0,
+                digit & seg != 0,
+                || {
+                    not_hex & seg == UUID_DASHES << start
+                        && [8, 13, 18, 23].iter().all(|&d| src[start + d] == b'-')
+                },
+            );
             if is_id {
                 let placeholder = ID_PLACEHOLDER.as_bytes();
                 if out + placeholder.len() > MAX_TEMPLATE_LEN {

@@ -337,12 +337,18 @@ impl EntityWindows {
             self.close_ten(endpoint_counters, emit);
         }
         if self.minute.used && self.minute.start + Level::Minute.secs() <= closed_until {
-            self.minute.acc.fold();
-            emit(Level::Minute, self.minute.start, &self.minute.acc);
-            self.minute.acc.reset();
-            self.minute.used = false;
+            self.close_minute(emit);
         }
         self.is_open()
+    }
+
+    /// Emits the open 1 min window (folded: its roll-up histograms are added up first) and
+    /// empties it.
+    fn close_minute(&mut self, emit: &mut impl FnMut(Level, u64, &WindowAcc)) {
+        self.minute.acc.fold();
+        emit(Level::Minute, self.minute.start, &self.minute.acc);
+        self.minute.acc.reset();
+        self.minute.used = false;
     }
 
     fn close_ten(
@@ -352,10 +358,7 @@ impl EntityWindows {
     ) {
         let minute_start = self.ten.start - self.ten.start % 60;
         if self.minute.used && self.minute.start != minute_start {
-            self.minute.acc.fold();
-            emit(Level::Minute, self.minute.start, &self.minute.acc);
-            self.minute.acc.reset();
-            self.minute.used = false;
+            self.close_minute(emit);
         }
         self.ten.acc.fold();
         emit(Level::TenSeconds, self.ten.start, &self.ten.acc);
