@@ -4,7 +4,7 @@
 //! resource, the client and the endpoint template (done here before timing).
 //!
 //! This mirrors what `ModelStore` does per event after identification, with the same
-//! `crate::windows` types: resources keep histograms, top-k and roll-ups; clients count only
+//! `crate::windows` types and the same `WindowAcc::count_*` updates: resources keep histograms, top-k and roll-ups; clients count only
 //! and keep 1 s windows (the default, without per-client summaries). Left out, and so in the
 //! difference to the full model figure: identification (connection table, host
 //! normalisation, bounded entity tables with eviction), templating, and what the model does
@@ -314,14 +314,10 @@ impl WindowStage {
             Observation::Request { size, template } => {
                 self.fed_requests += 1;
                 self.resources.touch(k.resource, index, ring, |acc, _| {
-                    acc.requests += 1;
-                    acc.bytes_in = acc.bytes_in.saturating_add(size);
-                    acc.request_size.record(size);
-                    acc.endpoints.observe(template, counters);
+                    acc.count_request(size, template, counters, true);
                 });
                 self.clients.touch(k.client, index, ring, |acc, _| {
-                    acc.requests += 1;
-                    acc.bytes_in = acc.bytes_in.saturating_add(size);
+                    acc.count_request(size, template, counters, false);
                 });
             }
             Observation::Response {
@@ -330,43 +326,29 @@ impl WindowStage {
                 latency_us,
             } => {
                 self.resources.touch(k.resource, index, ring, |acc, _| {
-                    acc.responses += 1;
-                    acc.bytes_out = acc.bytes_out.saturating_add(bytes);
-                    acc.status[status] += 1;
-                    if let Some(us) = latency_us {
-                        acc.latency_us.record(us);
-                    }
+                    acc.count_response(bytes, status, latency_us, true);
                 });
                 self.clients.touch(k.client, index, ring, |acc, _| {
-                    acc.responses += 1;
-                    acc.bytes_out = acc.bytes_out.saturating_add(bytes);
-                    acc.status[status] += 1;
+                    acc.count_response(bytes, status, latency_us, false);
                 });
             }
             Observation::Hello { bytes } => {
-                let update = |acc: &mut WindowAcc, _: &mut u64| {
-                    acc.tls_handshakes += 1;
-                    acc.bytes_in = acc.bytes_in.saturating_add(bytes);
-                };
+                let update = |acc: &mut WindowAcc, _: &mut u64| acc.count_handshake(bytes);
                 self.resources.touch(k.resource, index, ring, update);
                 self.clients.touch(k.client, index, ring, update);
             }
             Observation::Open => {
-                let opened = |acc: &mut WindowAcc, open: &mut u64| {
-                    acc.conns_opened += 1;
-                    *open += 1;
-                };
-                self.resources.touch(k.resource, index, ring, opened);
-                self.clients.touch(k.client, index, ring, opened);
+                self.resources
+                    .touch(k.resource, index, ring, WindowAcc::count_conn_opened);
+                self.clients
+                    .touch(k.client, index, ring, WindowAcc::count_conn_opened);
             }
             Observation::Ignored => {}
             Observation::Close => {
-                let closed = |acc: &mut WindowAcc, open: &mut u64| {
-                    acc.conns_closed += 1;
-                    *open = open.saturating_sub(1);
-                };
-                self.resources.touch(k.resource, index, ring, closed);
-                self.clients.touch(k.client, index, ring, closed);
+                self.resources
+                    .touch(k.resource, index, ring, WindowAcc::count_conn_closed);
+                self.clients
+                    .touch(k.client, index, ring, WindowAcc::count_conn_closed);
             }
         }
     }

@@ -72,10 +72,7 @@ impl ModelStore {
             return;
         };
         self.conns.attribute(key, Attribution { resource, client });
-        let opened = |acc: &mut WindowAcc, open: &mut u64| {
-            acc.conns_opened += 1;
-            *open += 1;
-        };
+        let opened = WindowAcc::count_conn_opened;
         touch(&mut self.resources, rs, open_index, self.ring_len, opened);
         touch(&mut self.clients, cs, open_index, self.ring_len, opened);
     }
@@ -143,10 +140,7 @@ impl ModelStore {
             self.forget_conn(&conn);
             return;
         };
-        let closed = |acc: &mut WindowAcc, open: &mut u64| {
-            acc.conns_closed += 1;
-            *open = open.saturating_sub(1);
-        };
+        let closed = WindowAcc::count_conn_closed;
         if let Some(att) = conn.attributed {
             if self.resources.resolve(att.resource).is_some() {
                 touch(
@@ -171,10 +165,7 @@ impl ModelStore {
             let rs = self.resource_slot(key.server, None);
             let cs = self.client_slot(key.client.ip());
             let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
-            let opened = |acc: &mut WindowAcc, open: &mut u64| {
-                acc.conns_opened += 1;
-                *open += 1;
-            };
+            let opened = WindowAcc::count_conn_opened;
             touch(&mut self.resources, rs, open_index, self.ring_len, opened);
             touch(&mut self.clients, cs, open_index, self.ring_len, opened);
             touch(&mut self.resources, rs, index, self.ring_len, closed);

@@ -377,22 +377,14 @@ impl ModelStore {
         let template = self.templates.intern(&r.method, &r.path);
         let size = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
         let counters = self.config.endpoint_counters;
-        let update = |acc: &mut WindowAcc, _: &mut u64| {
-            acc.requests += 1;
-            acc.bytes_in = acc.bytes_in.saturating_add(size);
-            acc.request_size.record(size);
-            acc.endpoints.observe(template, counters);
-        };
-        touch(&mut self.resources, rs, index, self.ring_len, update);
-        if self.config.emit.clients {
-            touch(&mut self.clients, cs, index, self.ring_len, update);
-        } else {
-            // Nobody reads client histograms or endpoint mixes: count only.
-            touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
-                acc.requests += 1;
-                acc.bytes_in = acc.bytes_in.saturating_add(size);
-            });
-        }
+        // Nobody reads client histograms or endpoint mixes without client summaries.
+        let client_detail = self.config.emit.clients;
+        touch(&mut self.resources, rs, index, self.ring_len, |acc, _| {
+            acc.count_request(size, template, counters, true);
+        });
+        touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
+            acc.count_request(size, template, counters, client_detail);
+        });
         if known.is_none() {
             self.attribute(&key, rs, cs, index);
         }
@@ -425,24 +417,13 @@ impl ModelStore {
         let bytes = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
         let status = status_slot(r.status);
         let latency = r.latency_us;
-        let update = |acc: &mut WindowAcc, _: &mut u64| {
-            acc.responses += 1;
-            acc.bytes_out = acc.bytes_out.saturating_add(bytes);
-            acc.status[status] += 1;
-            if let Some(us) = latency {
-                acc.latency_us.record(us);
-            }
-        };
-        touch(&mut self.resources, rs, index, self.ring_len, update);
-        if self.config.emit.clients {
-            touch(&mut self.clients, cs, index, self.ring_len, update);
-        } else {
-            touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
-                acc.responses += 1;
-                acc.bytes_out = acc.bytes_out.saturating_add(bytes);
-                acc.status[status] += 1;
-            });
-        }
+        let client_detail = self.config.emit.clients;
+        touch(&mut self.resources, rs, index, self.ring_len, |acc, _| {
+            acc.count_response(bytes, status, latency, true);
+        });
+        touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
+            acc.count_response(bytes, status, latency, client_detail);
+        });
     }
 
     fn on_client_hello(&mut self, t: &TlsClientHelloEvent, index: u64) {
@@ -452,10 +433,7 @@ impl ModelStore {
         let rs = self.resource_slot(server, host);
         let cs = self.client_slot(c.src);
         let bytes = u64::from(t.bytes);
-        let update = |acc: &mut WindowAcc, _: &mut u64| {
-            acc.tls_handshakes += 1;
-            acc.bytes_in = acc.bytes_in.saturating_add(bytes);
-        };
+        let update = |acc: &mut WindowAcc, _: &mut u64| acc.count_handshake(bytes);
         touch(&mut self.resources, rs, index, self.ring_len, update);
         touch(&mut self.clients, cs, index, self.ring_len, update);
         let key = ConnKey {

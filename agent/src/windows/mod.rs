@@ -202,6 +202,57 @@ impl WindowAcc {
         self.endpoints.merge(&other.endpoints, endpoint_counters);
     }
 
+    /// Counts a request of `size` bytes to endpoint `template`. With `detail`, also its size
+    /// histogram and endpoint mix (off for entities whose distributions nobody reads).
+    #[inline]
+    pub fn count_request(&mut self, size: u64, template: u32, counters: usize, detail: bool) {
+        self.requests += 1;
+        self.bytes_in = self.bytes_in.saturating_add(size);
+        if detail {
+            self.request_size.record(size);
+            self.endpoints.observe(template, counters);
+        }
+    }
+
+    /// Counts a response of `bytes` in status slot `status` (see [`status_slot`]). With
+    /// `detail`, also its latency.
+    #[inline]
+    pub fn count_response(
+        &mut self,
+        bytes: u64,
+        status: usize,
+        latency_us: Option<u64>,
+        detail: bool,
+    ) {
+        self.responses += 1;
+        self.bytes_out = self.bytes_out.saturating_add(bytes);
+        self.status[status] += 1;
+        if detail && let Some(us) = latency_us {
+            self.latency_us.record(us);
+        }
+    }
+
+    /// Counts a connection opened; `open_conns` is the entity's gauge of open connections.
+    #[inline]
+    pub fn count_conn_opened(&mut self, open_conns: &mut u64) {
+        self.conns_opened += 1;
+        *open_conns += 1;
+    }
+
+    /// Counts a connection closed; `open_conns` is the entity's gauge of open connections.
+    #[inline]
+    pub fn count_conn_closed(&mut self, open_conns: &mut u64) {
+        self.conns_closed += 1;
+        *open_conns = open_conns.saturating_sub(1);
+    }
+
+    /// Counts a TLS handshake (`ClientHello` of `bytes`).
+    #[inline]
+    pub fn count_handshake(&mut self, bytes: u64) {
+        self.tls_handshakes += 1;
+        self.bytes_in = self.bytes_in.saturating_add(bytes);
+    }
+
     /// Folds the histograms' recently recorded values into their buckets (before the window
     /// is read: summaries, roll-ups).
     pub fn fold(&mut self) {
