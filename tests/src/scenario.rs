@@ -408,10 +408,11 @@ pub fn stats_number(stats: &Value, key: &str) -> u64 {
 
 /// Every record the kernel could not queue is counted, and userspace received every record the
 /// kernel queued. Returns whether nothing was lost (then exact per-kind counts are owed).
-#[track_caller]
+///
 /// `expected_records`: the records the traffic warrants and how many more TCP retransmissions
 /// may add (a retransmitted SYN, FIN or request head is a real segment the kernel sees again;
 /// zero on an idle machine, so the count is exact there).
+#[track_caller]
 pub fn assert_loss_accounted(log: &EventLog, expected_records: Option<(u64, u64)>) -> bool {
     let stats = log.last_stats().expect("no stats line in the agent output");
     assert_eq!(
