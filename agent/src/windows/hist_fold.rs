@@ -89,11 +89,30 @@ pub(super) fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
     }
 }
 
+/// Narrow spans are counted in this many counters: clearing the full [`COUNT_SPAN`] on every
+/// fold would cost more than the counting for the narrow ranges most windows see.
+const NARROW_SPAN: usize = 256;
+
 /// The sorted `(index, count)` runs of at most [`PENDING_MAX`] indices, all in
 /// `lo..lo + span` with `span` ≤ [`COUNT_SPAN`], by counting; returns how many.
 fn count_runs(indices: &[u16], lo: u16, span: usize, out: &mut [(u16, u32); PENDING_MAX]) -> usize {
-    debug_assert!(indices.len() <= PENDING_MAX && span <= COUNT_SPAN);
-    let mut counts = [0u16; COUNT_SPAN];
+    if span <= NARROW_SPAN {
+        count_runs_in::<NARROW_SPAN>(indices, lo, span, out)
+    } else {
+        count_runs_in::<COUNT_SPAN>(indices, lo, span, out)
+    }
+}
+
+/// [`count_runs`] with `N` ≥ `span` counters on the stack.
+#[inline]
+fn count_runs_in<const N: usize>(
+    indices: &[u16],
+    lo: u16,
+    span: usize,
+    out: &mut [(u16, u32); PENDING_MAX],
+) -> usize {
+    debug_assert!(indices.len() <= PENDING_MAX && span <= N);
+    let mut counts = [0u16; N];
     for &index in indices {
         if let Some(c) = counts.get_mut(usize::from(index.wrapping_sub(lo))) {
             *c += 1;
@@ -101,7 +120,7 @@ fn count_runs(indices: &[u16], lo: u16, span: usize, out: &mut [(u16, u32); PEND
     }
     let mut n = 0;
     each_nonzero(
-        &counts[..span.next_multiple_of(4).min(COUNT_SPAN)],
+        &counts[..span.next_multiple_of(4).min(N)],
         lo,
         |index, count| {
             if let Some(slot) = out.get_mut(n) {
@@ -205,21 +224,15 @@ pub(super) fn add_lists(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)])
         return;
     };
     let span = usize::from(hi - lo) + 1;
-    if span <= COUNT_SPAN {
-        let mut counts = [0u32; COUNT_SPAN];
-        for &(index, count) in buckets.iter().chain(lists.iter()) {
-            if let Some(c) = counts.get_mut(usize::from(index - lo)) {
-                *c = c.saturating_add(count);
-            }
-        }
-        buckets.clear();
-        each_nonzero(
-            &counts[..span.next_multiple_of(4).min(COUNT_SPAN)],
-            lo,
-            |index, count| {
-                buckets.push((index, count));
-            },
-        );
+    // Dense counting pays for clearing its counters: worth it when the entries cover a good
+    // part of the range (a busy window), not for a few entries spread wide (a quiet one).
+    let entries = buckets.len() + lists.len();
+    if span <= NARROW_SPAN {
+        add_dense::<NARROW_SPAN>(buckets, lists, lo, span);
+        return;
+    }
+    if span <= COUNT_SPAN && span <= 8 * entries {
+        add_dense::<COUNT_SPAN>(buckets, lists, lo, span);
         return;
     }
     lists.sort_unstable_by_key(|&(i, _)| i);
@@ -234,6 +247,31 @@ pub(super) fn add_lists(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)])
         }
     }
     merge_into(buckets, &lists[..n]);
+}
+
+/// [`add_lists`] by `N` ≥ `span` dense counters over `lo..lo + span`.
+#[inline]
+fn add_dense<const N: usize>(
+    buckets: &mut Vec<(u16, u32)>,
+    lists: &[(u16, u32)],
+    lo: u16,
+    span: usize,
+) {
+    debug_assert!(span <= N);
+    let mut counts = [0u32; N];
+    for &(index, count) in buckets.iter().chain(lists.iter()) {
+        if let Some(c) = counts.get_mut(usize::from(index - lo)) {
+            *c = c.saturating_add(count);
+        }
+    }
+    buckets.clear();
+    each_nonzero(
+        &counts[..span.next_multiple_of(4).min(N)],
+        lo,
+        |index, count| {
+            buckets.push((index, count));
+        },
+    );
 }
 
 #[cfg(test)]
@@ -317,6 +355,56 @@ mod tests {
                 buckets,
                 want.into_iter().collect::<Vec<_>>(),
                 "{len} over {lo}+{range}, {existing} existing"
+            );
+        }
+    }
+
+    #[test]
+    fn added_lists_match_a_map_on_every_path() {
+        let mut x = 0x6A09_E667_F3BC_C908u64;
+        let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
+        // (buckets, lists, entries per list, index range from 40): a narrow range is counted
+        // in the small counters; a wide one in the large counters when the entries fill it
+        // enough, else sorted; wider than the counters is sorted.
+        for (existing, lists, per_list, range) in [
+            (0usize, 0usize, 0usize, 1u16),
+            (0, 3, 1, 1),
+            (5, 10, 3, 200),
+            (0, 10, 20, 256),
+            (3, 10, 3, 257),
+            (100, 10, 40, 1500),
+            (2, 10, 2, 1500),
+            (50, 6, 50, 2048),
+            (50, 6, 50, 2049),
+            (10, 60, 30, 7000),
+        ] {
+            let mut want = std::collections::BTreeMap::<u16, u32>::new();
+            let mut sorted_list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
+                let mut l = std::collections::BTreeMap::<u16, u32>::new();
+                for k in 0..len {
+                    // Both ends of the range occur, so the span is exactly `range`.
+                    let i = 40
+                        + match k {
+                            0 => 0,
+                            1 => range - 1,
+                            _ => next(u64::from(range)) as u16,
+                        };
+                    let c = 1 + next(5) as u32;
+                    *l.entry(i).or_default() += c;
+                    *want.entry(i).or_default() += c;
+                }
+                l.into_iter().collect::<Vec<_>>()
+            };
+            let mut buckets = sorted_list(existing, &mut want);
+            let mut appended = Vec::new();
+            for _ in 0..lists {
+                appended.extend(sorted_list(per_list, &mut want));
+            }
+            add_lists(&mut buckets, &mut appended);
+            assert_eq!(
+                buckets,
+                want.into_iter().collect::<Vec<_>>(),
+                "{existing} + {lists}×{per_list} over {range}"
             );
         }
     }
