@@ -448,11 +448,15 @@ fn run(name: &str, config: &ModelConfig, events: &mut [Event], min: Duration) {
 }
 
 fn main() {
-    // SHADOWTAP_BENCH_WORKLOAD=NAME[,NAME…] runs only the workloads named.
+    // SHADOWTAP_BENCH_WORKLOAD=NAME[,NAME…] runs only the workloads named; `windows-stage`
+    // names both of its workloads, `windows-stage/synthetic` or `windows-stage/shared-pcaps`
+    // one.
     let only = std::env::var("SHADOWTAP_BENCH_WORKLOAD").ok();
     let wanted = |name: &str| {
-        only.as_deref()
-            .is_none_or(|w| w.split(',').any(|w| w == name))
+        only.as_deref().is_none_or(|w| {
+            w.split(',')
+                .any(|w| w == name || name.split_once('/').is_some_and(|(stage, _)| w == stage))
+        })
     };
     let min = Duration::from_millis(
         std::env::var("SHADOWTAP_BENCH_MS")
@@ -464,7 +468,7 @@ fn main() {
     if wanted("synthetic") {
         run("synthetic", &ModelConfig::default(), &mut synthetic, min);
     }
-    if wanted("windows-stage") {
+    if wanted("windows-stage/synthetic") {
         window_stage::run("synthetic", &ModelConfig::default(), &synthetic, min);
     }
     // Full per-client models too: client histograms, endpoint mixes, roll-ups, summaries.
@@ -478,12 +482,12 @@ fn main() {
     if wanted("synthetic+client-summaries") {
         run("synthetic+client-summaries", &clients, &mut synthetic, min);
     }
-    if wanted("shared-pcaps") || wanted("windows-stage") {
+    if wanted("shared-pcaps") || wanted("windows-stage/shared-pcaps") {
         let mut pcap = pcap_events();
         if wanted("shared-pcaps") {
             run("shared-pcaps", &ModelConfig::default(), &mut pcap, min);
         }
-        if wanted("windows-stage") {
+        if wanted("windows-stage/shared-pcaps") {
             window_stage::run("shared-pcaps", &ModelConfig::default(), &pcap, min);
         }
     }

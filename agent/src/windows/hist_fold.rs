@@ -69,6 +69,15 @@ const COUNT_SPAN: usize = 2048;
 /// counting over that range gives the sorted runs in one pass, several times cheaper than
 /// the two radix passes plus a run scan. Few indices over a wide range are sorted instead.
 pub(super) fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
+    if pending.len() <= SMALL_SORT {
+        // A quiet window's handful of values (most windows): a table of a few runs, not the
+        // 2 KiB one a full buffer needs.
+        pending.sort_unstable();
+        let mut runs = [(0u16, 0u32); SMALL_SORT];
+        let n = runs_of(pending, &mut runs);
+        add_runs(buckets, &runs[..n]);
+        return;
+    }
     let mut runs = [(0u16, 0u32); PENDING_MAX];
     for chunk in pending.chunks_mut(PENDING_MAX) {
         let (lo, hi) = chunk
@@ -81,11 +90,17 @@ pub(super) fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
             radix_sort(chunk);
             runs_of(chunk, &mut runs)
         };
-        if buckets.is_empty() {
-            buckets.extend_from_slice(&runs[..n]);
-        } else {
-            merge_into(buckets, &runs[..n]);
-        }
+        add_runs(buckets, &runs[..n]);
+    }
+}
+
+/// Adds sorted `runs` into the sorted `buckets`.
+#[inline]
+fn add_runs(buckets: &mut Vec<(u16, u32)>, runs: &[(u16, u32)]) {
+    if buckets.is_empty() {
+        buckets.extend_from_slice(runs);
+    } else {
+        merge_into(buckets, runs);
     }
 }
 
@@ -132,10 +147,11 @@ fn count_runs_in<const N: usize>(
     n
 }
 
-/// Equal indices of a sorted list as `(index, count)` runs, into `out`; returns how many.
-fn runs_of(sorted: &[u16], out: &mut [(u16, u32); PENDING_MAX]) -> usize {
+/// Equal indices of a sorted list as `(index, count)` runs, into `out` (at most its length of
+/// indices are read); returns how many.
+fn runs_of(sorted: &[u16], out: &mut [(u16, u32)]) -> usize {
     let mut n = 0;
-    for &index in sorted.iter().take(PENDING_MAX) {
+    for &index in sorted.iter().take(out.len()) {
         if n > 0 && out[n - 1].0 == index {
             out[n - 1].1 += 1;
         } else {
@@ -330,6 +346,8 @@ mod tests {
             (40, 100, 2000, 0),
             (700, 7000, 168, 50),
             (31, 5, 3, 0),
+            (32, 400, 900, 12),
+            (1, 3, 1, 5),
         ] {
             let mut want = std::collections::BTreeMap::<u16, u32>::new();
             let mut buckets: Vec<(u16, u32)> = Vec::new();
