@@ -309,6 +309,22 @@ pub struct Slot {
     pub acc: WindowAcc,
 }
 
+/// Adds the closed, folded window `closed` to the longer window `into` starting at `start`;
+/// `closed` is reset by the caller afterwards. The first window of a longer one is swapped
+/// in rather than copied: a quiet entity's roll-ups are then a swap each, not a copy of its
+/// histograms and endpoint counters and an empty-out of the shorter window.
+#[inline]
+fn roll_up(into: &mut Slot, closed: &mut WindowAcc, start: u64, endpoint_counters: usize) {
+    if into.used {
+        into.acc.absorb(closed, endpoint_counters);
+    } else {
+        // An unused window is empty (every close resets it), so the swap is the absorb.
+        std::mem::swap(&mut into.acc, closed);
+        into.used = true;
+    }
+    into.start = start;
+}
+
 /// The open windows of one entity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntityWindows {
@@ -377,9 +393,7 @@ impl EntityWindows {
             slot.acc.fold();
             emit(Level::Second, start, &slot.acc);
             if rollup {
-                self.ten.acc.absorb(&slot.acc, endpoint_counters);
-                self.ten.used = true;
-                self.ten.start = ten_start;
+                roll_up(&mut self.ten, &mut slot.acc, ten_start, endpoint_counters);
             }
             slot.acc.reset();
             slot.used = false;
@@ -413,9 +427,12 @@ impl EntityWindows {
         }
         self.ten.acc.fold();
         emit(Level::TenSeconds, self.ten.start, &self.ten.acc);
-        self.minute.acc.absorb(&self.ten.acc, endpoint_counters);
-        self.minute.used = true;
-        self.minute.start = minute_start;
+        roll_up(
+            &mut self.minute,
+            &mut self.ten.acc,
+            minute_start,
+            endpoint_counters,
+        );
         self.ten.acc.reset();
         self.ten.used = false;
     }

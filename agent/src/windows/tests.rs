@@ -56,9 +56,14 @@ fn rollups_are_exact_sums_of_seconds() {
     let mut counted = 0u64;
     let mut late = 0u64;
     for _ in 0..20_000 {
-        // Mostly forward, sometimes up to 3 s back (some within lateness, some beyond).
+        // Mostly forward, sometimes up to 3 s back (some within lateness, some beyond), and
+        // now and then a quiet gap of 15..90 s, after which the roll-ups start afresh.
         let r = xorshift(&mut rng);
-        ts += r % (S / 50);
+        ts += if r % 300 == 7 {
+            (15 + r % 75) * S
+        } else {
+            r % (S / 50)
+        };
         let event_ts = if r.is_multiple_of(10) {
             ts.saturating_sub(r % (3 * S))
         } else {
