@@ -21,22 +21,27 @@ pub(crate) trait EntityKey {
 }
 
 /// One modelled entity (a resource or a client).
+///
+/// In declaration order (`repr(C)`, cache-line aligned): what every event on the entity
+/// reads or writes (the serial a connection's reference checks, the CLOCK bit, the gauge,
+/// the 1 s ring's pointer) comes first and shares one cache line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C, align(64))]
 pub(crate) struct Entity<K> {
-    pub key: K,
     /// Unique per table over its lifetime: references from the connection table check it, so
     /// a slot reused by another entity is never mistaken for the old one.
     #[serde(skip)]
     pub serial: u64,
+    /// Connections currently open (a gauge; not restored from snapshots).
     #[serde(skip)]
-    pub hash: u64,
+    pub open_conns: u64,
     /// Used since the clock hand last passed (CLOCK's second chance).
     #[serde(skip)]
     pub referenced: bool,
     pub windows: EntityWindows,
-    /// Connections currently open (a gauge; not restored from snapshots).
     #[serde(skip)]
-    pub open_conns: u64,
+    pub hash: u64,
+    pub key: K,
     /// Requests per hour of week; empty until the first window closes.
     pub hour_of_week: Vec<u64>,
     /// Requests per demand step (resources only).

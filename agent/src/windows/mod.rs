@@ -160,19 +160,24 @@ pub fn status_slot(status: Option<u16>) -> usize {
 }
 
 /// What one entity did in one window.
+///
+/// In declaration order (`repr(C)`): the counters every request or response updates come
+/// first, so that with [`Slot`]'s header they share one cache line. Entities are many and
+/// touched at random, so each line an update needs is a likely cache miss.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct WindowAcc {
     pub requests: u64,
     pub responses: u64,
-    pub conns_opened: u64,
-    pub conns_closed: u64,
-    pub tls_handshakes: u64,
-    /// Highest number of concurrently open connections seen in the window.
-    pub concurrent_max: u64,
     /// Client → service bytes (request heads and declared bodies).
     pub bytes_in: u64,
     /// Service → client bytes (response heads and declared bodies).
     pub bytes_out: u64,
+    /// Highest number of concurrently open connections seen in the window.
+    pub concurrent_max: u64,
+    pub conns_opened: u64,
+    pub conns_closed: u64,
+    pub tls_handshakes: u64,
     /// Responses per status class, see [`status_slot`].
     pub status: [u64; 6],
     pub request_size: LogHistogram,
@@ -299,8 +304,9 @@ impl WindowAcc {
     }
 }
 
-/// One open window of an entity.
+/// One open window of an entity, header first (see [`WindowAcc`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Slot {
     /// Start, in seconds since the epoch.
     pub start: u64,
@@ -325,12 +331,33 @@ fn roll_up(into: &mut Slot, closed: &mut WindowAcc, start: u64, endpoint_counter
     into.start = start;
 }
 
-/// The open windows of one entity.
+/// A 1 s ring slot on a cache line of its own: recording a request then reads and writes
+/// one line (the slot's header and the counters that follow it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+#[repr(C, align(64))]
+struct RingSlot(Slot);
+
+impl std::ops::Deref for RingSlot {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RingSlot {
+    fn deref_mut(&mut self) -> &mut Slot {
+        &mut self.0
+    }
+}
+
+/// The open windows of one entity; the ring's pointer first, in the entity's first cache line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct EntityWindows {
     /// Ring of 1 s windows, indexed by window index modulo the ring length (empty until the
     /// entity records something).
-    seconds: Vec<Slot>,
+    seconds: Vec<RingSlot>,
     ten: Slot,
     minute: Slot,
 }
@@ -340,7 +367,7 @@ impl EntityWindows {
     #[inline]
     pub fn record(&mut self, index: u64, ring_len: usize) -> &mut WindowAcc {
         if self.seconds.len() != ring_len {
-            self.seconds.resize_with(ring_len, Slot::default);
+            self.seconds.resize_with(ring_len, RingSlot::default);
         }
         // `ring_len` is a power of two (see `Clock::ring_len`).
         let slot = &mut self.seconds[(index as usize) & (ring_len - 1)];
@@ -447,7 +474,7 @@ impl EntityWindows {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.seconds.capacity() * std::mem::size_of::<Slot>()
+        self.seconds.capacity() * std::mem::size_of::<RingSlot>()
             + self
                 .seconds
                 .iter()
@@ -461,6 +488,7 @@ impl EntityWindows {
     pub fn accs(&self) -> impl Iterator<Item = &WindowAcc> {
         self.seconds
             .iter()
+            .map(|s| &s.0)
             .chain([&self.ten, &self.minute])
             .map(|s| &s.acc)
     }
