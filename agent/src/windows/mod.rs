@@ -352,15 +352,29 @@ impl std::ops::DerefMut for RingSlot {
 }
 
 /// The open windows of one entity; the ring's pointer first, in the entity's first cache line.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[repr(C)]
 pub struct EntityWindows {
     /// Ring of 1 s windows, indexed by window index modulo the ring length (empty until the
     /// entity records something).
     seconds: Vec<RingSlot>,
+    /// No window closes before the clock's `closed_until` reaches this (0: not known, look).
+    /// Every time the clock moves, every entity with open windows is asked to close; in
+    /// sparse traffic most have nothing due, and this answers that without a scan.
+    #[serde(skip)]
+    next_due: u64,
     ten: Slot,
     minute: Slot,
 }
+
+/// Equality of the windows' contents (`next_due` is a cache of them).
+impl PartialEq for EntityWindows {
+    fn eq(&self, other: &Self) -> bool {
+        self.seconds == other.seconds && self.ten == other.ten && self.minute == other.minute
+    }
+}
+
+impl Eq for EntityWindows {}
 
 impl EntityWindows {
     /// The accumulator of the 1 s window `index` (an index the [`Clock`] admitted).
@@ -383,7 +397,27 @@ impl EntityWindows {
         }
         slot.used = true;
         slot.start = index;
+        self.next_due = self.next_due.min(index + 1);
         &mut slot.acc
+    }
+
+    /// The least `closed_until` at which [`Self::close`] has a window to close (`u64::MAX`
+    /// when none is open): a 1 s window once its second has passed, the 10 s and 1 min
+    /// windows at their ends (or earlier, when a later second of theirs closes).
+    fn due(&self) -> u64 {
+        let mut due = u64::MAX;
+        for s in &self.seconds {
+            if s.used {
+                due = due.min(s.start + 1);
+            }
+        }
+        if self.ten.used {
+            due = due.min(self.ten.start + Level::TenSeconds.secs());
+        }
+        if self.minute.used {
+            due = due.min(self.minute.start + Level::Minute.secs());
+        }
+        due
     }
 
     /// Whether any window (any level) holds data.
@@ -402,6 +436,10 @@ impl EntityWindows {
         rollup: bool,
         emit: &mut impl FnMut(Level, u64, &WindowAcc),
     ) -> bool {
+        if closed_until < self.next_due {
+            // Nothing due yet, and `next_due` is finite only while a window is open.
+            return self.next_due != u64::MAX;
+        }
         loop {
             let next = self
                 .seconds
@@ -431,7 +469,8 @@ impl EntityWindows {
         if self.minute.used && self.minute.start + Level::Minute.secs() <= closed_until {
             self.close_minute(emit);
         }
-        self.is_open()
+        self.next_due = self.due();
+        self.next_due != u64::MAX
     }
 
     /// Emits the open 1 min window (folded: its roll-up histograms are added up first) and
