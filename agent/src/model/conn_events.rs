@@ -79,22 +79,9 @@ impl ModelStore {
 
     pub(super) fn on_conn_open(&mut self, o: &ConnOpenEvent) {
         let c = &o.common;
-        let (src, dst) = (
-            SocketAddr::new(c.src, c.src_port),
-            SocketAddr::new(c.dst, c.dst_port),
-        );
+        let key = ConnKey::new(c.src, c.src_port, c.dst, c.dst_port);
         // A SYN-ACK opens a connection whose SYN was not seen (the server answers).
-        let key = if o.syn_ack {
-            ConnKey {
-                client: dst,
-                server: src,
-            }
-        } else {
-            ConnKey {
-                client: src,
-                server: dst,
-            }
-        };
+        let key = if o.syn_ack { key.reversed() } else { key };
         if let Some(evicted) = self.conns.open(key, c.ts_ns) {
             self.forget_conn(&evicted);
         }
@@ -114,23 +101,14 @@ impl ModelStore {
 
     pub(super) fn on_conn_close(&mut self, c: &ConnCloseEvent, index: Option<u64>) {
         let e = &c.common;
-        let (a, b) = (
-            SocketAddr::new(e.src, e.src_port),
-            SocketAddr::new(e.dst, e.dst_port),
-        );
-        let forward = ConnKey {
-            client: a,
-            server: b,
-        };
-        let backward = ConnKey {
-            client: b,
-            server: a,
-        };
-        let Some((key, conn)) = self
+        let forward = ConnKey::new(e.src, e.src_port, e.dst, e.dst_port);
+        let backward = forward.reversed();
+        // Which end is the client: the sender if the connection is known that way round.
+        let Some((sender_is_client, conn)) = self
             .conns
             .remove(&forward)
-            .map(|conn| (forward, conn))
-            .or_else(|| self.conns.remove(&backward).map(|conn| (backward, conn)))
+            .map(|conn| (true, conn))
+            .or_else(|| self.conns.remove(&backward).map(|conn| (false, conn)))
         else {
             self.stats.closes_untracked += 1;
             return;
@@ -162,8 +140,13 @@ impl ModelStore {
             }
         } else {
             // No request or ClientHello named the service: count it on the address.
-            let rs = self.resource_slot(key.server, None);
-            let cs = self.client_slot(key.client.ip());
+            let (client, server) = if sender_is_client {
+                (e.src, SocketAddr::new(e.dst, e.dst_port))
+            } else {
+                (e.dst, SocketAddr::new(e.src, e.src_port))
+            };
+            let rs = self.resource_slot(server, None);
+            let cs = self.client_slot(client);
             let open_index = self.clock.admit(conn.opened_ts_ns).unwrap_or(index);
             let opened = WindowAcc::count_conn_opened;
             touch(&mut self.resources, rs, open_index, self.ring_len, opened);

@@ -3,20 +3,19 @@
 //! when it closes. Bounded: beyond the capacity the longest-open connection is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use rustc_hash::FxBuildHasher;
 
 use super::table::EntityRef;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnKey {
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-}
+/// A connection's endpoints, client first, packed for the table: compared and hashed as two
+/// or three words (every request and response probes the table). Built straight from the
+/// event's addresses and ports, in registers: composing `SocketAddr`s on the stack and
+/// reading them back whole stalls on store forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConnKey(PackedKey);
 
-/// A connection's endpoints packed for the table: compared and hashed as two or three words
-/// (every request and response probes the table; `SocketAddr` pairs compare field by field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum PackedKey {
     V4 {
@@ -30,12 +29,13 @@ enum PackedKey {
     },
 }
 
-impl From<&ConnKey> for PackedKey {
+impl ConnKey {
+    /// The connection from `client`:`client_port` to `server`:`server_port`.
     #[inline]
-    fn from(k: &ConnKey) -> Self {
-        let ports = u32::from(k.client.port()) << 16 | u32::from(k.server.port());
-        match (k.client.ip(), k.server.ip()) {
-            (IpAddr::V4(c), IpAddr::V4(s)) => Self::V4 {
+    pub fn new(client: IpAddr, client_port: u16, server: IpAddr, server_port: u16) -> Self {
+        let ports = u32::from(client_port) << 16 | u32::from(server_port);
+        Self(match (client, server) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => PackedKey::V4 {
                 addrs: u64::from(u32::from(c)) << 32 | u64::from(u32::from(s)),
                 ports,
             },
@@ -44,13 +44,33 @@ impl From<&ConnKey> for PackedKey {
                     IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
                     IpAddr::V6(a) => u128::from(a),
                 };
-                Self::V6 {
+                PackedKey::V6 {
                     client: v6(c),
                     server: v6(s),
                     ports,
                 }
             }
-        }
+        })
+    }
+
+    /// The same connection seen from the other end (server as client).
+    #[inline]
+    pub fn reversed(self) -> Self {
+        Self(match self.0 {
+            PackedKey::V4 { addrs, ports } => PackedKey::V4 {
+                addrs: addrs.rotate_left(32),
+                ports: ports.rotate_left(16),
+            },
+            PackedKey::V6 {
+                client,
+                server,
+                ports,
+            } => PackedKey::V6 {
+                client: server,
+                server: client,
+                ports: ports.rotate_left(16),
+            },
+        })
     }
 }
 
@@ -69,9 +89,9 @@ pub(crate) struct Conn {
 }
 
 pub(crate) struct ConnTable {
-    map: HashMap<PackedKey, Conn, FxBuildHasher>,
+    map: HashMap<ConnKey, Conn, FxBuildHasher>,
     /// Open order, for eviction; entries whose serial no longer matches are stale.
-    order: VecDeque<(PackedKey, u64)>,
+    order: VecDeque<(ConnKey, u64)>,
     next_serial: u64,
     capacity: usize,
     /// Connections not yet counted on a resource: while zero, requests skip the lookup.
@@ -98,7 +118,6 @@ impl ConnTable {
     /// Starts tracking a connection (no-op if it is tracked). Returns a connection evicted to
     /// make room, whose counts the caller must undo.
     pub fn open(&mut self, key: ConnKey, ts_ns: u64) -> Option<Conn> {
-        let key = PackedKey::from(&key);
         if self.map.contains_key(&key) {
             return None;
         }
@@ -106,7 +125,7 @@ impl ConnTable {
         if self.map.len() >= self.capacity {
             while let Some((old_key, serial)) = self.order.pop_front() {
                 if self.map.get(&old_key).is_some_and(|c| c.serial == serial) {
-                    evicted = self.remove_packed(&old_key);
+                    evicted = self.remove(&old_key);
                     self.evicted += 1;
                     break;
                 }
@@ -139,14 +158,12 @@ impl ConnTable {
         if self.unattributed == 0 {
             return None;
         }
-        self.map
-            .get_mut(&PackedKey::from(key))
-            .filter(|c| c.attributed.is_none())
+        self.map.get_mut(key).filter(|c| c.attributed.is_none())
     }
 
     /// Records who the connection is counted on (after [`Self::unattributed_mut`]).
     pub fn attribute(&mut self, key: &ConnKey, attribution: Attribution) {
-        if let Some(c) = self.map.get_mut(&PackedKey::from(key))
+        if let Some(c) = self.map.get_mut(key)
             && c.attributed.is_none()
         {
             c.attributed = Some(attribution);
@@ -156,14 +173,10 @@ impl ConnTable {
 
     /// Who the connection is counted on, if it is.
     pub fn attribution(&self, key: &ConnKey) -> Option<Attribution> {
-        self.map.get(&PackedKey::from(key))?.attributed
+        self.map.get(key)?.attributed
     }
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Conn> {
-        self.remove_packed(&PackedKey::from(key))
-    }
-
-    fn remove_packed(&mut self, key: &PackedKey) -> Option<Conn> {
         let conn = self.map.remove(key)?;
         if conn.attributed.is_none() {
             self.unattributed -= 1;
@@ -172,8 +185,8 @@ impl ConnTable {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.map.capacity() * (std::mem::size_of::<(PackedKey, Conn)>() + 1)
-            + self.order.capacity() * std::mem::size_of::<(PackedKey, u64)>()
+        self.map.capacity() * (std::mem::size_of::<(ConnKey, Conn)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<(ConnKey, u64)>()
     }
 }
 
@@ -182,10 +195,9 @@ mod tests {
     use super::*;
 
     fn key(client: &str, server: &str) -> ConnKey {
-        ConnKey {
-            client: client.parse().expect("client"),
-            server: server.parse().expect("server"),
-        }
+        let c: std::net::SocketAddr = client.parse().expect("client");
+        let s: std::net::SocketAddr = server.parse().expect("server");
+        ConnKey::new(c.ip(), c.port(), s.ip(), s.port())
     }
 
     #[test]
@@ -202,13 +214,21 @@ mod tests {
         ];
         for (i, a) in keys.iter().enumerate() {
             for (j, b) in keys.iter().enumerate() {
-                assert_eq!(
-                    PackedKey::from(a) == PackedKey::from(b),
-                    i == j,
-                    "{a:?} {b:?}"
-                );
+                assert_eq!(a == b, i == j, "{a:?} {b:?}");
             }
         }
+        // Reversing swaps the ends: the pairs above that are each other's reverse match.
+        assert_eq!(keys[0].reversed(), keys[1]);
+        assert_eq!(keys[5].reversed(), keys[6]);
+        for k in &keys {
+            assert_eq!(k.reversed().reversed(), *k);
+            assert_ne!(k.reversed(), *k);
+        }
+        // A mapped IPv4 address and its IPv4 form name the same endpoint.
+        assert_eq!(
+            key("10.0.0.1:1000", "[::ffff:10.0.0.2]:80"),
+            key("[::ffff:10.0.0.1]:1000", "[::ffff:10.0.0.2]:80")
+        );
         let mut table = ConnTable::new(4);
         for k in &keys[..4] {
             assert!(table.open(*k, 1).is_none());

@@ -362,16 +362,13 @@ impl ModelStore {
 
     fn on_request(&mut self, r: &HttpRequestEvent, index: u64) {
         let c = &r.common;
-        let server = SocketAddr::new(c.dst, c.dst_port);
-        let key = ConnKey {
-            client: SocketAddr::new(c.src, c.src_port),
-            server,
-        };
+        let key = ConnKey::new(c.src, c.src_port, c.dst, c.dst_port);
         let known = self.conn_resource(&key, HostMatch::Exactly(r.host.as_deref()));
         let (rs, cs) = if let Some((rs, client)) = known {
             (rs, self.conn_client(client, c.src))
         } else {
             let host = self.refine(r.host.as_deref());
+            let server = SocketAddr::new(c.dst, c.dst_port);
             (self.resource_slot(server, host), self.client_slot(c.src))
         };
         let template = self.templates.intern(&r.method, &r.path);
@@ -393,10 +390,7 @@ impl ModelStore {
     fn on_response(&mut self, r: &HttpResponseEvent, index: u64) {
         let c = &r.common;
         let server = SocketAddr::new(c.src, c.src_port);
-        let key = ConnKey {
-            client: SocketAddr::new(c.dst, c.dst_port),
-            server,
-        };
+        let key = ConnKey::new(c.dst, c.dst_port, c.src, c.src_port);
         let known = match r.host.as_deref() {
             Some(raw) => self.conn_resource(&key, HostMatch::Exactly(Some(raw))),
             None => None,
@@ -436,10 +430,7 @@ impl ModelStore {
         let update = |acc: &mut WindowAcc, _: &mut u64| acc.count_handshake(bytes);
         touch(&mut self.resources, rs, index, self.ring_len, update);
         touch(&mut self.clients, cs, index, self.ring_len, update);
-        let key = ConnKey {
-            client: SocketAddr::new(c.src, c.src_port),
-            server,
-        };
+        let key = ConnKey::new(c.src, c.src_port, c.dst, c.dst_port);
         self.attribute(&key, rs, cs, index);
     }
 }

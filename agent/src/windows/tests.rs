@@ -166,7 +166,7 @@ fn closing_skips_entities_with_nothing_due_and_nothing_else() {
     // before every close (as a restored snapshot does) and so looks at every window: both
     // must close the same windows at the same times and agree on what is still open.
     let lateness = S;
-    let ring = Clock::ring_len(lateness);
+    let ring_len = Clock::ring_len(lateness);
     let mut clock = Clock::new(lateness);
     let (mut cached, mut scanned) = (EntityWindows::default(), EntityWindows::default());
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -202,7 +202,7 @@ fn closing_skips_entities_with_nothing_due_and_nothing_else() {
         }
         if let Some(index) = clock.admit(ts) {
             for w in [&mut cached, &mut scanned] {
-                let acc = w.record(index, ring);
+                let acc = w.record(index, ring_len);
                 acc.requests += 1;
                 acc.request_size.record(r % 5000);
                 acc.endpoints.observe((r % 7) as u32, 4);
