@@ -331,8 +331,9 @@ fn roll_up(into: &mut Slot, closed: &mut WindowAcc, start: u64, endpoint_counter
     into.start = start;
 }
 
-/// A 1 s ring slot on a cache line of its own: recording a request then reads and writes
-/// one line (the slot's header and the counters that follow it).
+/// A 1 s ring slot starting on a cache line: recording a request then reads and writes one
+/// line (the slot's header and the counters that follow it; a response's status counters are
+/// on the next).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 #[repr(C, align(64))]
