@@ -389,7 +389,6 @@ impl ModelStore {
 
     fn on_response(&mut self, r: &HttpResponseEvent, index: u64) {
         let c = &r.common;
-        let server = SocketAddr::new(c.src, c.src_port);
         let key = ConnKey::new(c.dst, c.dst_port, c.src, c.src_port);
         let known = match r.host.as_deref() {
             Some(raw) => self.conn_resource(&key, HostMatch::Exactly(Some(raw))),
@@ -398,6 +397,7 @@ impl ModelStore {
         let (rs, cs) = if let Some((rs, client)) = known {
             (rs, self.conn_client(client, c.dst))
         } else {
+            let server = SocketAddr::new(c.src, c.src_port);
             let rs = match self.refine(r.host.as_deref()) {
                 Some(host) => self.resource_slot(server, Some(host)),
                 // Unpaired, or its request had no Host: the resource the connection counts on.
