@@ -292,8 +292,20 @@ fn add_dense<const N: usize>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::super::MAX_BUCKET_INDEX;
     use super::*;
+
+    /// `entries` as a sorted bucket list (equal indices added), each also added to `want`.
+    fn sorted_list(entries: Vec<(u16, u32)>, want: &mut BTreeMap<u16, u32>) -> Vec<(u16, u32)> {
+        let mut list = BTreeMap::<u16, u32>::new();
+        for (index, count) in entries {
+            *list.entry(index).or_default() += count;
+            *want.entry(index).or_default() += count;
+        }
+        list.into_iter().collect()
+    }
 
     #[test]
     fn in_place_merge_matches_a_map() {
@@ -311,15 +323,12 @@ mod tests {
             (40, 40, 2048),
             (300, 300, 7169),
         ] {
-            let mut want = std::collections::BTreeMap::<u16, u32>::new();
-            let mut list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
-                let mut l = std::collections::BTreeMap::<u16, u32>::new();
-                for _ in 0..len {
-                    let (i, c) = (next(spread) as u16, 1 + next(9) as u32);
-                    *l.entry(i).or_default() += c;
-                    *want.entry(i).or_default() += c;
-                }
-                l.into_iter().collect::<Vec<_>>()
+            let mut want = BTreeMap::new();
+            let mut list = |len: usize, want: &mut BTreeMap<u16, u32>| {
+                let entries: Vec<_> = (0..len)
+                    .map(|_| (next(spread) as u16, 1 + next(9) as u32))
+                    .collect();
+                sorted_list(entries, want)
             };
             let mut mine = list(n, &mut want);
             let theirs = list(m, &mut want);
@@ -349,7 +358,7 @@ mod tests {
             (32, 400, 900, 12),
             (1, 3, 1, 5),
         ] {
-            let mut want = std::collections::BTreeMap::<u16, u32>::new();
+            let mut want = BTreeMap::<u16, u32>::new();
             let mut buckets: Vec<(u16, u32)> = Vec::new();
             for _ in 0..existing {
                 let i = next(u64::from(MAX_BUCKET_INDEX) + 1) as u16;
@@ -396,27 +405,26 @@ mod tests {
             (50, 6, 50, 2049),
             (10, 60, 30, 7000),
         ] {
-            let mut want = std::collections::BTreeMap::<u16, u32>::new();
-            let mut sorted_list = |len: usize, want: &mut std::collections::BTreeMap<u16, u32>| {
-                let mut l = std::collections::BTreeMap::<u16, u32>::new();
-                for k in 0..len {
-                    // Both ends of the range occur, so the span is exactly `range`.
-                    let i = 40
-                        + match k {
-                            0 => 0,
-                            1 => range - 1,
-                            _ => next(u64::from(range)) as u16,
-                        };
-                    let c = 1 + next(5) as u32;
-                    *l.entry(i).or_default() += c;
-                    *want.entry(i).or_default() += c;
-                }
-                l.into_iter().collect::<Vec<_>>()
+            let mut want = BTreeMap::new();
+            let mut list = |len: usize, want: &mut BTreeMap<u16, u32>| {
+                let entries: Vec<_> = (0..len)
+                    .map(|k| {
+                        // Both ends of the range occur, so the span is exactly `range`.
+                        let i = 40
+                            + match k {
+                                0 => 0,
+                                1 => range - 1,
+                                _ => next(u64::from(range)) as u16,
+                            };
+                        (i, 1 + next(5) as u32)
+                    })
+                    .collect();
+                sorted_list(entries, want)
             };
-            let mut buckets = sorted_list(existing, &mut want);
+            let mut buckets = list(existing, &mut want);
             let mut appended = Vec::new();
             for _ in 0..lists {
-                appended.extend(sorted_list(per_list, &mut want));
+                appended.extend(list(per_list, &mut want));
             }
             add_lists(&mut buckets, &mut appended);
             assert_eq!(
