@@ -222,11 +222,9 @@ impl Entities {
             self.open_conns.resize(i + 1, 0);
             self.is_active.resize(i + 1, false);
         }
-        let open = &mut self.open_conns[i];
-        let acc = self.windows[i].record(index, ring_len);
-        acc.concurrent_max = acc.concurrent_max.max(*open);
-        update(acc, open);
-        acc.concurrent_max = acc.concurrent_max.max(*open);
+        self.windows[i]
+            .record(index, ring_len)
+            .count_with_gauge(&mut self.open_conns[i], update);
         if !self.is_active[i] {
             self.is_active[i] = true;
             self.active.push(slot);

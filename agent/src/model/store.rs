@@ -60,8 +60,8 @@ pub(super) fn hour_of_week(secs: u64) -> usize {
     ((secs / 3600 + 72) % HOURS_PER_WEEK as u64) as usize
 }
 
-/// Records into entity `slot`'s window `index` and lists it as active; the window's
-/// concurrency maximum sees the gauge before and after `update`.
+/// Records into entity `slot`'s window `index` with its connection gauge
+/// ([`WindowAcc::count_with_gauge`]) and lists it as active.
 #[inline]
 pub(super) fn touch<K>(
     table: &mut EntityTable<K>,
@@ -71,10 +71,9 @@ pub(super) fn touch<K>(
     update: impl FnOnce(&mut WindowAcc, &mut u64),
 ) {
     if let Some(e) = table.get_mut(slot) {
-        let acc = e.windows.record(index, ring_len);
-        acc.concurrent_max = acc.concurrent_max.max(e.open_conns);
-        update(acc, &mut e.open_conns);
-        acc.concurrent_max = acc.concurrent_max.max(e.open_conns);
+        e.windows
+            .record(index, ring_len)
+            .count_with_gauge(&mut e.open_conns, update);
         table.mark_active(slot);
     }
 }

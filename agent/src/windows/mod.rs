@@ -207,6 +207,19 @@ impl WindowAcc {
         self.endpoints.merge(&other.endpoints, endpoint_counters);
     }
 
+    /// Applies `update` (one of the `count_*` updates) with the entity's gauge of open
+    /// connections: the window's concurrency maximum sees the gauge before and after it.
+    #[inline]
+    pub fn count_with_gauge(
+        &mut self,
+        open_conns: &mut u64,
+        update: impl FnOnce(&mut WindowAcc, &mut u64),
+    ) {
+        self.concurrent_max = self.concurrent_max.max(*open_conns);
+        update(self, open_conns);
+        self.concurrent_max = self.concurrent_max.max(*open_conns);
+    }
+
     /// Counts a request of `size` bytes to endpoint `template`. With `detail`, also its size
     /// histogram and endpoint mix (off for entities whose distributions nobody reads).
     #[inline]
