@@ -126,3 +126,31 @@ fn corrupt_snapshots_are_errors_not_panics() {
     assert!(matches!(err, ModelError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/model.json"));
 }
+
+#[test]
+fn restored_windows_past_their_end_close_at_the_next_move() {
+    // A snapshot whose clock is ahead of an open 1 s window (written by hand, or by a build
+    // that closed differently): the window is not lost, it closes when time next moves.
+    let mut model = ModelStore::new(ModelConfig::default()).expect("config");
+    model.observe(&request(
+        MONDAY + S / 2,
+        "192.0.2.1",
+        Some("a.example"),
+        "/x",
+    ));
+    let mut bytes = Vec::new();
+    model.write_snapshot(&mut bytes).expect("snapshot");
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let closed_until = v["clock"]["closed_until"].as_u64().expect("closed_until");
+    assert_eq!(closed_until, MONDAY / S - 1, "the window of MONDAY is open");
+    // Two seconds on, the window ended a second ago.
+    v["clock"]["closed_until"] = (closed_until + 3).into();
+    let mut restored = ModelStore::read_snapshot(v.to_string().as_bytes()).expect("restore");
+    restored.advance_to(MONDAY + 4 * S + S / 2);
+    let seconds: Vec<_> = restored
+        .drain_summaries()
+        .filter(|s| s.level() == Some(Level::Second))
+        .map(|s| (s.window_start_ns, s.requests))
+        .collect();
+    assert_eq!(seconds, vec![(MONDAY, 1)]);
+}

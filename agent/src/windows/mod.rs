@@ -163,16 +163,18 @@ pub struct Slot {
     pub acc: WindowAcc,
 }
 
-/// Adds the closed, folded window `closed` to the longer window `into` starting at `start`;
-/// `closed` is reset by the caller afterwards. The first window of a longer one is swapped
-/// in rather than copied: a quiet entity's roll-ups are then a swap each, not a copy of its
-/// histograms and endpoint counters and an empty-out of the shorter window.
+/// Adds the closed, folded window `closed` to the longer window `into` starting at `start`,
+/// and leaves `closed` empty. The first window of a longer one is swapped in rather than
+/// copied: a quiet entity's roll-ups are then a swap each, not a copy of its histograms and
+/// endpoint counters and an empty-out of the shorter window.
 #[inline]
 fn roll_up(into: &mut Slot, closed: &mut WindowAcc, start: u64, endpoint_counters: usize) {
     if into.used {
         into.acc.absorb(closed, endpoint_counters);
+        closed.reset();
     } else {
-        // An unused window is empty (every close resets it), so the swap is the absorb.
+        // An unused window is empty (every close empties it, and a restored one is emptied),
+        // so the swap is the absorb and leaves `closed` empty.
         std::mem::swap(&mut into.acc, closed);
         into.used = true;
     }
@@ -201,22 +203,68 @@ impl std::ops::DerefMut for RingSlot {
 }
 
 /// The open windows of one entity; the ring's pointer first, in the entity's first cache line.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "StoredWindows")]
 #[repr(C)]
 pub struct EntityWindows {
     /// Ring of 1 s windows, indexed by window index modulo the ring length (empty until the
     /// entity records something).
     seconds: Vec<RingSlot>,
-    /// No window closes before the clock's `closed_until` reaches this (0: not known, look).
+    /// The least `closed_until` at which a window closes (`u64::MAX`: none open), kept exact.
     /// Every time the clock moves, every entity with open windows is asked to close; in
-    /// sparse traffic most have nothing due, and this answers that without a scan.
-    #[serde(skip)]
+    /// sparse traffic most have nothing due, and this answers that with a compare instead of
+    /// a scan. Derived from the windows, so not stored.
+    #[serde(skip_serializing)]
     next_due: u64,
     ten: Slot,
     minute: Slot,
 }
 
-/// Equality of the windows' contents (`next_due` is a cache of them).
+/// [`EntityWindows`] as stored: its windows, from which `next_due` is derived on restore.
+#[derive(Deserialize)]
+struct StoredWindows {
+    seconds: Vec<RingSlot>,
+    ten: Slot,
+    minute: Slot,
+}
+
+impl From<StoredWindows> for EntityWindows {
+    fn from(mut s: StoredWindows) -> Self {
+        // A window not in use holds nothing (opening or rolling into it assumes so), whatever
+        // the snapshot says.
+        for slot in s
+            .seconds
+            .iter_mut()
+            .map(|s| &mut s.0)
+            .chain([&mut s.ten, &mut s.minute])
+        {
+            if !slot.used {
+                slot.acc.reset();
+            }
+        }
+        let mut w = EntityWindows {
+            seconds: s.seconds,
+            next_due: u64::MAX,
+            ten: s.ten,
+            minute: s.minute,
+        };
+        w.next_due = w.due();
+        w
+    }
+}
+
+impl Default for EntityWindows {
+    fn default() -> Self {
+        Self {
+            seconds: Vec::new(),
+            next_due: u64::MAX,
+            ten: Slot::default(),
+            minute: Slot::default(),
+        }
+    }
+}
+
+/// Equality of the windows' contents (`next_due` is derived from them).
 impl PartialEq for EntityWindows {
     fn eq(&self, other: &Self) -> bool {
         self.seconds == other.seconds && self.ten == other.ten && self.minute == other.minute
@@ -256,6 +304,12 @@ impl EntityWindows {
     /// The least `closed_until` at which [`Self::close`] has a window to close (`u64::MAX`
     /// when none is open): a 1 s window once its second has passed, the 10 s and 1 min
     /// windows at their ends (or earlier, when a later second of theirs closes).
+    #[inline]
+    pub fn next_due(&self) -> u64 {
+        self.next_due
+    }
+
+    /// [`Self::next_due`] computed from the windows.
     fn due(&self) -> u64 {
         let mut due = u64::MAX;
         for s in &self.seconds {
@@ -325,8 +379,9 @@ impl EntityWindows {
             emit(Level::Second, start, &slot.acc);
             if rollup {
                 roll_up(&mut self.ten, &mut slot.acc, ten_start, endpoint_counters);
+            } else {
+                slot.acc.reset();
             }
-            slot.acc.reset();
             slot.used = false;
         }
         if self.ten.used && self.ten.start + Level::TenSeconds.secs() <= closed_until {
@@ -365,7 +420,6 @@ impl EntityWindows {
             minute_start,
             endpoint_counters,
         );
-        self.ten.acc.reset();
         self.ten.used = false;
     }
 
