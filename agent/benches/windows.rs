@@ -37,7 +37,8 @@ use shadowtap_agent::events::{
     CloseReason, ConnCloseEvent, ConnOpenEvent, Direction, Event, EventCommon, HttpRequestEvent,
     HttpResponseEvent, PacketContext, TlsClientHelloEvent, Tracker, TrackerConfig,
 };
-use shadowtap_agent::model::{EmitConfig, ModelConfig, ModelStore};
+use shadowtap_agent::model::{EmitConfig, EntityId, ModelConfig, ModelStore};
+use shadowtap_agent::windows::Level;
 
 const EVENTS_PER_SEC: u64 = 40_000;
 
@@ -386,22 +387,45 @@ fn rate(events: &mut [Event], min: Duration, hot: bool, mut f: impl FnMut(&[Even
     n as f64 / timed.as_secs_f64()
 }
 
-fn model_pass(model: &mut ModelStore, events: &[Event]) -> usize {
-    let mut summaries = 0;
+/// What a model pass emitted: summaries, and the requests of the resources' 1 s windows
+/// among them (so the run can check that every request was counted once).
+#[derive(Clone, Copy, Default)]
+struct Emitted {
+    summaries: usize,
+    resource_second_requests: u64,
+}
+
+impl std::ops::AddAssign for Emitted {
+    fn add_assign(&mut self, other: Emitted) {
+        self.summaries += other.summaries;
+        self.resource_second_requests += other.resource_second_requests;
+    }
+}
+
+fn drain(model: &mut ModelStore) -> Emitted {
+    let mut out = Emitted::default();
+    for s in model.drain_summaries() {
+        out.summaries += 1;
+        if matches!(s.entity, EntityId::Resource(_)) && s.level() == Some(Level::Second) {
+            out.resource_second_requests += s.requests;
+        }
+    }
+    out
+}
+
+fn model_pass(model: &mut ModelStore, events: &[Event]) -> Emitted {
     for e in events {
         model.observe(e);
     }
-    summaries += model.drain_summaries().count();
-    summaries
+    drain(model)
 }
 
 /// Best-of-three events/s of the model and of the baseline over `events`.
 fn measure(config: &ModelConfig, events: &mut [Event], min: Duration, hot: bool) -> Measured {
     let mut model = ModelStore::new(config.clone()).expect("valid config");
     let mut baseline = Baseline::new();
-    let mut summaries = 0usize;
     // Warm up both (tables, template interning), then interleave measurements.
-    model_pass(&mut model, events);
+    let mut emitted = model_pass(&mut model, events);
     baseline.pass(events);
     next_pass(events);
     let mut model_rates = Vec::new();
@@ -413,15 +437,27 @@ fn measure(config: &ModelConfig, events: &mut [Event], min: Duration, hot: bool)
             base_rates.push(rate(events, min, hot, |ev| baseline.pass(ev)));
         }
         model_rates.push(rate(events, min, hot, |ev| {
-            summaries += model_pass(&mut model, ev);
+            emitted += model_pass(&mut model, ev);
         }));
     }
     black_box(baseline.total());
+    // Every request admitted is in exactly one resource's 1 s window, once all are closed
+    // (untimed, as at the end of a replay).
+    let timed_summaries = emitted.summaries;
+    model.flush();
+    emitted += drain(&mut model);
+    let stats = model.stats();
+    assert_eq!(stats.late_dropped, 0, "the workloads' events are in time");
+    assert_eq!(
+        emitted.resource_second_requests, stats.http_requests,
+        "requests in resources' 1 s windows and requests observed"
+    );
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     Measured {
         model: best(&model_rates),
         baseline: best(&base_rates),
-        summaries,
+        summaries: timed_summaries,
+        requests_windowed: emitted.resource_second_requests,
         model_store: model,
     }
 }
@@ -430,6 +466,8 @@ struct Measured {
     model: f64,
     baseline: f64,
     summaries: usize,
+    /// Requests in the resources' 1 s windows (all of them, checked against those observed).
+    requests_windowed: u64,
     model_store: ModelStore,
 }
 
@@ -470,6 +508,10 @@ fn run(name: &str, config: &ModelConfig, events: &mut [Event], min: Duration) {
             m.summaries,
             stats.late_dropped,
             m.model_store.approx_memory_bytes() as f64 / (1 << 20) as f64
+        );
+        println!(
+            "    requests in resources' 1 s windows: {} of {} observed",
+            m.requests_windowed, stats.http_requests
         );
     }
 }
