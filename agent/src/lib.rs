@@ -25,3 +25,13 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The allocator of every process that links this library (the agent, the collector, their
+/// tests and benches), so that what is measured is what runs. mimalloc rather than glibc's:
+/// closing windows builds and later drops many small summaries (histogram buckets, endpoint
+/// names), where glibc's malloc spends a third of the model's time with per-client summaries
+/// on (`cargo xtask bench windows`). Built without the `mimalloc` feature, the system
+/// allocator is used.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
