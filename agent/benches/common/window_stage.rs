@@ -231,9 +231,10 @@ impl Entities {
         }
     }
 
-    /// Closes the active entities' windows up to `closed_until`; returns requests closed.
-    fn close(&mut self, closed_until: u64, counters: usize, rollup: bool) -> u64 {
-        let mut requests = 0;
+    /// Closes the active entities' windows up to `closed_until`; returns the requests of the
+    /// windows closed, per level.
+    fn close(&mut self, closed_until: u64, counters: usize, rollup: bool) -> [u64; 3] {
+        let mut requests = [0; 3];
         let Self {
             windows,
             active,
@@ -246,9 +247,7 @@ impl Entities {
                 counters,
                 rollup,
                 &mut |level, _, acc| {
-                    if level == Level::Second {
-                        requests += acc.requests;
-                    }
+                    requests[level_index(level)] += acc.requests;
                     black_box(acc);
                 },
             );
@@ -259,6 +258,17 @@ impl Entities {
     }
 }
 
+fn level_index(level: Level) -> usize {
+    Level::ALL.iter().position(|&l| l == level).unwrap_or(0)
+}
+
+/// Adds per-level request counts.
+fn add(into: &mut [u64; 3], more: [u64; 3]) {
+    for (a, b) in into.iter_mut().zip(more) {
+        *a += b;
+    }
+}
+
 /// The windows stage over keyed events.
 pub struct WindowStage {
     clock: Clock,
@@ -266,8 +276,9 @@ pub struct WindowStage {
     counters: usize,
     resources: Entities,
     clients: Entities,
-    /// Requests of the 1 s windows closed so far (so the work cannot be optimised away).
-    pub closed_requests: u64,
+    /// Requests of the resources' windows closed so far, per level (so the work cannot be
+    /// optimised away, and can be checked).
+    pub closed_requests: [u64; 3],
     /// Requests fed so far.
     pub fed_requests: u64,
     /// `flow` and `stats` events.
@@ -282,7 +293,7 @@ impl WindowStage {
             counters: config.endpoint_counters,
             resources: Entities::new(),
             clients: Entities::new(),
-            closed_requests: 0,
+            closed_requests: [0; 3],
             fed_requests: 0,
             ignored: 0,
         }
@@ -291,7 +302,10 @@ impl WindowStage {
     /// Closes every open window (end of stream).
     pub fn flush(&mut self) {
         if let Some(step) = self.clock.close_all() {
-            self.closed_requests += self.resources.close(step.to, self.counters, true);
+            add(
+                &mut self.closed_requests,
+                self.resources.close(step.to, self.counters, true),
+            );
             self.clients.close(step.to, self.counters, false);
         }
     }
@@ -309,7 +323,10 @@ impl WindowStage {
             return;
         }
         if let Some(step) = self.clock.advance(k.ts_ns) {
-            self.closed_requests += self.resources.close(step.to, self.counters, true);
+            add(
+                &mut self.closed_requests,
+                self.resources.close(step.to, self.counters, true),
+            );
             self.clients.close(step.to, self.counters, false);
         }
         let Some(index) = self.clock.admit(k.ts_ns) else {
@@ -472,11 +489,13 @@ pub fn run(name: &str, config: &ModelConfig, events: &[Event], min: std::time::D
     // (untimed, as at the end of a replay), the closed windows hold every request.
     stage.flush();
     println!(
-        "    requests in closed 1 s windows: {} of {} fed",
-        stage.closed_requests, stage.fed_requests
+        "    requests in resources' closed 1 s windows: {} of {} fed",
+        stage.closed_requests[0], stage.fed_requests
     );
-    assert_eq!(
-        stage.closed_requests, stage.fed_requests,
-        "the windows stage lost requests"
-    );
+    for (level, closed) in Level::ALL.iter().zip(stage.closed_requests) {
+        assert_eq!(
+            closed, stage.fed_requests,
+            "the windows stage lost requests in {level:?} windows"
+        );
+    }
 }

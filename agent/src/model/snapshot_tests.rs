@@ -127,10 +127,15 @@ fn corrupt_snapshots_are_errors_not_panics() {
     assert!(err.to_string().contains("/nonexistent/model.json"));
 }
 
+/// An edit of a snapshot's JSON.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
-fn restored_windows_past_their_end_close_at_the_next_move() {
-    // A snapshot whose clock is ahead of an open 1 s window (written by hand, or by a build
-    // that closed differently): the window is not lost, it closes when time next moves.
+fn snapshots_with_windows_that_cannot_be_open_are_errors() {
+    // A snapshot this build writes holds only windows that have not ended yet and none past
+    // what the clock can have open. Anything else (edited by hand, or damaged) is reported as
+    // corrupt, never a panic: a window that already ended would meet the next event in its
+    // ring slot, and starts near the top of the range would overflow window arithmetic.
     let mut model = ModelStore::new(ModelConfig::default()).expect("config");
     model.observe(&request(
         MONDAY + S / 2,
@@ -140,17 +145,55 @@ fn restored_windows_past_their_end_close_at_the_next_move() {
     ));
     let mut bytes = Vec::new();
     model.write_snapshot(&mut bytes).expect("snapshot");
-    let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     let closed_until = v["clock"]["closed_until"].as_u64().expect("closed_until");
     assert_eq!(closed_until, MONDAY / S - 1, "the window of MONDAY is open");
-    // Two seconds on, the window ended a second ago.
-    v["clock"]["closed_until"] = (closed_until + 3).into();
-    let mut restored = ModelStore::read_snapshot(v.to_string().as_bytes()).expect("restore");
-    restored.advance_to(MONDAY + 4 * S + S / 2);
-    let seconds: Vec<_> = restored
-        .drain_summaries()
-        .filter(|s| s.level() == Some(Level::Second))
-        .map(|s| (s.window_start_ns, s.requests))
-        .collect();
-    assert_eq!(seconds, vec![(MONDAY, 1)]);
+    assert!(ModelStore::read_snapshot(v.to_string().as_bytes()).is_ok());
+    let second = |v: &serde_json::Value| {
+        let seconds = v["resources"][0]["windows"]["seconds"]
+            .as_array()
+            .expect("ring");
+        seconds
+            .iter()
+            .position(|s| s["used"] == true)
+            .expect("a used 1 s window")
+    };
+    let used = second(&v);
+    let edits: [(&str, Edit); 4] = [
+        (
+            "the clock moved past the window's end",
+            Box::new(move |v| v["clock"]["closed_until"] = (closed_until + 3).into()),
+        ),
+        (
+            "a 1 s window at the top of the range",
+            Box::new(move |v| {
+                v["resources"][0]["windows"]["seconds"][used]["start"] = u64::MAX.into();
+            }),
+        ),
+        (
+            "a 10 s window at the top of the range",
+            Box::new(|v| {
+                let ten = &mut v["resources"][0]["windows"]["ten"];
+                ten["used"] = true.into();
+                ten["start"] = (u64::MAX - 5).into();
+            }),
+        ),
+        (
+            "a 1 min window that ended",
+            Box::new(move |v| {
+                let minute = &mut v["resources"][0]["windows"]["minute"];
+                minute["used"] = true.into();
+                minute["start"] = (closed_until / 60 * 60 - 120).into();
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut bad = v.clone();
+        edit(&mut bad);
+        let err = ModelStore::read_snapshot(bad.to_string().as_bytes())
+            .err()
+            .expect(what);
+        assert!(matches!(err, ModelError::Snapshot(_)), "{what}: {err}");
+        assert!(err.to_string().contains("window"), "{what}: {err}");
+    }
 }

@@ -314,14 +314,14 @@ impl EntityWindows {
         let mut due = u64::MAX;
         for s in &self.seconds {
             if s.used {
-                due = due.min(s.start + 1);
+                due = due.min(s.start.saturating_add(1));
             }
         }
         if self.ten.used {
-            due = due.min(self.ten.start + Level::TenSeconds.secs());
+            due = due.min(self.ten.start.saturating_add(Level::TenSeconds.secs()));
         }
         if self.minute.used {
-            due = due.min(self.minute.start + Level::Minute.secs());
+            due = due.min(self.minute.start.saturating_add(Level::Minute.secs()));
         }
         due
     }
@@ -384,10 +384,13 @@ impl EntityWindows {
             }
             slot.used = false;
         }
-        if self.ten.used && self.ten.start + Level::TenSeconds.secs() <= closed_until {
+        if self.ten.used && self.ten.start.saturating_add(Level::TenSeconds.secs()) <= closed_until
+        {
             self.close_ten(endpoint_counters, emit);
         }
-        if self.minute.used && self.minute.start + Level::Minute.secs() <= closed_until {
+        if self.minute.used
+            && self.minute.start.saturating_add(Level::Minute.secs()) <= closed_until
+        {
             self.close_minute(emit);
         }
         self.next_due = self.due();
@@ -468,19 +471,33 @@ impl EntityWindows {
                 self.seconds.len()
             ));
         }
+        // Every window open in a snapshot this build writes has not ended yet (each move of
+        // the clock closes what ended), and none starts past what the clock can have open.
+        let horizon = closed_until.saturating_add(ring_len as u64);
         for (pos, slot) in self.seconds.iter().enumerate() {
             if slot.used
                 && ((slot.start as usize) & (ring_len - 1) != pos
-                    || slot.start >= closed_until.saturating_add(ring_len as u64))
+                    || slot.start < closed_until
+                    || slot.start >= horizon)
             {
                 return Err(format!("1 s window {} in ring slot {pos}", slot.start));
             }
         }
-        if self.ten.used && !self.ten.start.is_multiple_of(10) {
-            return Err(format!("10 s window starts at {}", self.ten.start));
-        }
-        if self.minute.used && !self.minute.start.is_multiple_of(60) {
-            return Err(format!("1 min window starts at {}", self.minute.start));
+        for (slot, level) in [
+            (&self.ten, Level::TenSeconds),
+            (&self.minute, Level::Minute),
+        ] {
+            if slot.used
+                && (!slot.start.is_multiple_of(level.secs())
+                    || slot.start.saturating_add(level.secs()) <= closed_until
+                    || slot.start >= horizon)
+            {
+                return Err(format!(
+                    "{} s window starts at {} (clock at {closed_until})",
+                    level.secs(),
+                    slot.start
+                ));
+            }
         }
         for acc in self.accs() {
             acc.request_size.validate()?;

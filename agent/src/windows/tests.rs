@@ -170,6 +170,10 @@ fn closing_skips_entities_with_nothing_due_and_nothing_else() {
     let ring_len = Clock::ring_len(lateness);
     let mut clock = Clock::new(lateness);
     let (mut cached, mut scanned) = (EntityWindows::default(), EntityWindows::default());
+    // And a copy restored from JSON before every close, so that it closes on a derived
+    // `next_due`.
+    let mut restored = EntityWindows::default();
+    let mut c = Vec::new();
     assert_eq!(cached.next_due(), u64::MAX, "nothing open, nothing due");
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
@@ -193,9 +197,17 @@ fn closing_skips_entities_with_nothing_due_and_nothing_else() {
             let open_too = scanned.close_due(adv.to, 4, true, &mut |l, s, acc| {
                 b.push((l, s, acc.clone()));
             });
+            restored = serde_json::from_str(&serde_json::to_string(&restored).expect("to json"))
+                .expect("from json");
+            let open_restored = restored.close(adv.to, 4, true, &mut |l, s, acc| {
+                c.push((l, s, acc.clone()));
+            });
             assert_eq!(open, open_too, "at {}", adv.to);
+            assert_eq!(open, open_restored, "at {}", adv.to);
             assert_eq!(open, cached.is_open());
             assert_eq!(a, b, "at {}", adv.to);
+            assert_eq!(a, c, "at {}", adv.to);
+            c.clear();
             assert!(
                 cached.next_due() > adv.to,
                 "a window left due at {}",
@@ -206,7 +218,7 @@ fn closing_skips_entities_with_nothing_due_and_nothing_else() {
             b.clear();
         }
         if let Some(index) = clock.admit(ts) {
-            for w in [&mut cached, &mut scanned] {
+            for w in [&mut cached, &mut scanned, &mut restored] {
                 let acc = w.record(index, ring_len);
                 acc.requests += 1;
                 acc.request_size.record(r % 5000);
