@@ -395,16 +395,17 @@ struct Emitted {
     resource_requests: [u64; 3],
 }
 
+/// Adds per-level counts (indexed by [`Level::index`]).
+fn add_per_level(into: &mut [u64; 3], more: [u64; 3]) {
+    for (a, b) in into.iter_mut().zip(more) {
+        *a += b;
+    }
+}
+
 impl std::ops::AddAssign for Emitted {
     fn add_assign(&mut self, other: Emitted) {
         self.summaries += other.summaries;
-        for (a, b) in self
-            .resource_requests
-            .iter_mut()
-            .zip(other.resource_requests)
-        {
-            *a += b;
-        }
+        add_per_level(&mut self.resource_requests, other.resource_requests);
     }
 }
 
@@ -413,8 +414,7 @@ fn drain(model: &mut ModelStore) -> Emitted {
     for s in model.drain_summaries() {
         out.summaries += 1;
         if let (EntityId::Resource(_), Some(level)) = (&s.entity, s.level()) {
-            let i = Level::ALL.iter().position(|&l| l == level).unwrap_or(0);
-            out.resource_requests[i] += s.requests;
+            out.resource_requests[level.index()] += s.requests;
         }
     }
     out

@@ -247,7 +247,7 @@ impl Entities {
                 counters,
                 rollup,
                 &mut |level, _, acc| {
-                    requests[level_index(level)] += acc.requests;
+                    requests[level.index()] += acc.requests;
                     black_box(acc);
                 },
             );
@@ -255,17 +255,6 @@ impl Entities {
             open
         });
         requests
-    }
-}
-
-fn level_index(level: Level) -> usize {
-    Level::ALL.iter().position(|&l| l == level).unwrap_or(0)
-}
-
-/// Adds per-level request counts.
-fn add(into: &mut [u64; 3], more: [u64; 3]) {
-    for (a, b) in into.iter_mut().zip(more) {
-        *a += b;
     }
 }
 
@@ -302,7 +291,7 @@ impl WindowStage {
     /// Closes every open window (end of stream).
     pub fn flush(&mut self) {
         if let Some(step) = self.clock.close_all() {
-            add(
+            crate::add_per_level(
                 &mut self.closed_requests,
                 self.resources.close(step.to, self.counters, true),
             );
@@ -323,7 +312,7 @@ impl WindowStage {
             return;
         }
         if let Some(step) = self.clock.advance(k.ts_ns) {
-            add(
+            crate::add_per_level(
                 &mut self.closed_requests,
                 self.resources.close(step.to, self.counters, true),
             );

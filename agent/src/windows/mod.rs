@@ -49,6 +49,15 @@ impl Level {
         }
     }
 
+    /// Position in [`Level::ALL`] (for per-level arrays).
+    pub const fn index(self) -> usize {
+        match self {
+            Level::Second => 0,
+            Level::TenSeconds => 1,
+            Level::Minute => 2,
+        }
+    }
+
     pub const fn len_ns(self) -> u64 {
         self.secs() * BASE_NS
     }
@@ -161,6 +170,14 @@ pub struct Slot {
     /// Holds data for the window starting at `start`.
     pub used: bool,
     pub acc: WindowAcc,
+}
+
+impl Slot {
+    /// The second this window ends at, for windows `len_secs` long (saturating, so that a
+    /// damaged snapshot's start cannot overflow before validation rejects it).
+    fn end(&self, len_secs: u64) -> u64 {
+        self.start.saturating_add(len_secs)
+    }
 }
 
 /// Adds the closed, folded window `closed` to the longer window `into` starting at `start`,
@@ -314,14 +331,14 @@ impl EntityWindows {
         let mut due = u64::MAX;
         for s in &self.seconds {
             if s.used {
-                due = due.min(s.start.saturating_add(1));
+                due = due.min(s.end(1));
             }
         }
         if self.ten.used {
-            due = due.min(self.ten.start.saturating_add(Level::TenSeconds.secs()));
+            due = due.min(self.ten.end(Level::TenSeconds.secs()));
         }
         if self.minute.used {
-            due = due.min(self.minute.start.saturating_add(Level::Minute.secs()));
+            due = due.min(self.minute.end(Level::Minute.secs()));
         }
         due
     }
@@ -384,13 +401,10 @@ impl EntityWindows {
             }
             slot.used = false;
         }
-        if self.ten.used && self.ten.start.saturating_add(Level::TenSeconds.secs()) <= closed_until
-        {
+        if self.ten.used && self.ten.end(Level::TenSeconds.secs()) <= closed_until {
             self.close_ten(endpoint_counters, emit);
         }
-        if self.minute.used
-            && self.minute.start.saturating_add(Level::Minute.secs()) <= closed_until
-        {
+        if self.minute.used && self.minute.end(Level::Minute.secs()) <= closed_until {
             self.close_minute(emit);
         }
         self.next_due = self.due();
@@ -489,7 +503,7 @@ impl EntityWindows {
         ] {
             if slot.used
                 && (!slot.start.is_multiple_of(level.secs())
-                    || slot.start.saturating_add(level.secs()) <= closed_until
+                    || slot.end(level.secs()) <= closed_until
                     || slot.start >= horizon)
             {
                 return Err(format!(

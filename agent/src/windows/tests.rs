@@ -291,3 +291,10 @@ fn restored_windows_not_in_use_hold_nothing() {
         ]
     );
 }
+
+#[test]
+fn level_index_is_the_position_in_all() {
+    for (i, level) in Level::ALL.into_iter().enumerate() {
+        assert_eq!(level.index(), i, "{level:?}");
+    }
+}
