@@ -377,29 +377,33 @@ impl EntityWindows {
         rollup: bool,
         emit: &mut impl FnMut(Level, u64, &WindowAcc),
     ) -> bool {
-        loop {
-            let next = self
-                .seconds
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.used && s.start < closed_until)
-                .min_by_key(|(_, s)| s.start)
-                .map(|(i, _)| i);
-            let Some(i) = next else { break };
-            let start = self.seconds[i].start;
-            let ten_start = start - start % 10;
-            if self.ten.used && self.ten.start != ten_start {
-                self.close_ten(endpoint_counters, emit);
+        // The open 1 s windows all start in `closed_until..closed_until + ring_len` (the
+        // clock admits no more, and closes each before it moves past it), so walking the ring
+        // once from the oldest visits them oldest first: one pass, not a search per window,
+        // and the first window still open gives the 1 s part of `next_due`.
+        let mut second_due = u64::MAX;
+        let len = self.seconds.len();
+        if let Some(oldest) = self
+            .seconds
+            .iter()
+            .filter(|s| s.used)
+            .map(|s| s.start)
+            .min()
+        {
+            // `len` is a power of two (see `Clock::ring_len`).
+            let first = (oldest as usize) & len.wrapping_sub(1);
+            for k in 0..len {
+                let i = (first + k) & (len - 1);
+                if !self.seconds[i].used {
+                    continue;
+                }
+                let start = self.seconds[i].start;
+                if start >= closed_until {
+                    second_due = self.seconds[i].end(1);
+                    break;
+                }
+                self.close_second(i, endpoint_counters, rollup, emit);
             }
-            let slot = &mut self.seconds[i];
-            slot.acc.fold();
-            emit(Level::Second, start, &slot.acc);
-            if rollup {
-                roll_up(&mut self.ten, &mut slot.acc, ten_start, endpoint_counters);
-            } else {
-                slot.acc.reset();
-            }
-            slot.used = false;
         }
         if self.ten.used && self.ten.end(Level::TenSeconds.secs()) <= closed_until {
             self.close_ten(endpoint_counters, emit);
@@ -407,8 +411,42 @@ impl EntityWindows {
         if self.minute.used && self.minute.end(Level::Minute.secs()) <= closed_until {
             self.close_minute(emit);
         }
-        self.next_due = self.due();
-        self.next_due != u64::MAX
+        let mut due = second_due;
+        if self.ten.used {
+            due = due.min(self.ten.end(Level::TenSeconds.secs()));
+        }
+        if self.minute.used {
+            due = due.min(self.minute.end(Level::Minute.secs()));
+        }
+        self.next_due = due;
+        debug_assert_eq!(due, self.due());
+        due != u64::MAX
+    }
+
+    /// Emits the closed 1 s window in ring slot `i` (folded) and rolls it up into its 10 s
+    /// window (closing that first if it is an earlier one), or empties it.
+    #[inline]
+    fn close_second(
+        &mut self,
+        i: usize,
+        endpoint_counters: usize,
+        rollup: bool,
+        emit: &mut impl FnMut(Level, u64, &WindowAcc),
+    ) {
+        let start = self.seconds[i].start;
+        let ten_start = start - start % 10;
+        if self.ten.used && self.ten.start != ten_start {
+            self.close_ten(endpoint_counters, emit);
+        }
+        let slot = &mut self.seconds[i];
+        slot.acc.fold();
+        emit(Level::Second, start, &slot.acc);
+        if rollup {
+            roll_up(&mut self.ten, &mut slot.acc, ten_start, endpoint_counters);
+        } else {
+            slot.acc.reset();
+        }
+        slot.used = false;
     }
 
     /// Emits the open 1 min window (folded: its roll-up histograms are added up first) and

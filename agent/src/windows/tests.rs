@@ -298,3 +298,101 @@ fn level_index_is_the_position_in_all() {
         assert_eq!(level.index(), i, "{level:?}");
     }
 }
+
+/// The closing rule as first written: the oldest due 1 s window found by a search of the
+/// ring, again and again, and `next_due` by a scan of every window.
+fn close_by_search(
+    w: &mut EntityWindows,
+    closed_until: u64,
+    counters: usize,
+    rollup: bool,
+    emit: &mut impl FnMut(Level, u64, &WindowAcc),
+) -> bool {
+    loop {
+        let next = w
+            .seconds
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.used && s.start < closed_until)
+            .min_by_key(|(_, s)| s.start)
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        w.close_second(i, counters, rollup, emit);
+    }
+    if w.ten.used && w.ten.end(Level::TenSeconds.secs()) <= closed_until {
+        w.close_ten(counters, emit);
+    }
+    if w.minute.used && w.minute.end(Level::Minute.secs()) <= closed_until {
+        w.close_minute(emit);
+    }
+    w.next_due = w.due();
+    w.next_due != u64::MAX
+}
+
+#[test]
+fn walking_the_ring_closes_like_searching_it() {
+    // Every lateness up to 7 s (rings of 1 to 8 windows), with and without roll-ups: events
+    // mostly close together, some late (within the lateness and beyond), now and then a
+    // jump of seconds or minutes, which leaves several 1 s windows due at once.
+    let mut several_due = 0;
+    for lateness_s in 0..8u64 {
+        for rollup in [true, false] {
+            let lateness = lateness_s * S;
+            let ring_len = Clock::ring_len(lateness);
+            let mut clock = Clock::new(lateness);
+            let (mut walked, mut searched) = (EntityWindows::default(), EntityWindows::default());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (lateness_s << 1 | u64::from(rollup));
+            let mut ts = 5_000 * S;
+            for _ in 0..5_000 {
+                let r = xorshift(&mut rng);
+                ts += match r % 50 {
+                    0 => (r >> 8) % (150 * S),
+                    1..=6 => (r >> 8) % (lateness + 3 * S),
+                    _ => (r >> 8) % (S / 4),
+                };
+                let event_ts = if r % 7 == 3 {
+                    ts.saturating_sub((r >> 16) % (lateness + 2 * S))
+                } else {
+                    ts
+                };
+                if let Some(adv) = clock.advance(ts) {
+                    let open = walked.close(adv.to, 3, rollup, &mut |l, s, acc| {
+                        a.push((l, s, acc.clone()));
+                    });
+                    let open_too =
+                        close_by_search(&mut searched, adv.to, 3, rollup, &mut |l, s, acc| {
+                            b.push((l, s, acc.clone()));
+                        });
+                    several_due +=
+                        usize::from(a.iter().filter(|w| w.0 == Level::Second).count() > 1);
+                    assert_eq!(
+                        a, b,
+                        "lateness {lateness_s} s, roll-ups {rollup}, at {}",
+                        adv.to
+                    );
+                    assert_eq!(open, open_too);
+                    assert_eq!(walked.next_due(), searched.next_due());
+                    a.clear();
+                    b.clear();
+                }
+                if let Some(index) = clock.admit(event_ts) {
+                    for w in [&mut walked, &mut searched] {
+                        let acc = w.record(index, ring_len);
+                        acc.count_request(r % 9000, (r % 5) as u32, 3, true);
+                        acc.count_response(r % 700, (r % 6) as usize, Some(r % 40_000), true);
+                    }
+                }
+            }
+            walked.close_all(3, &mut |l, s, acc| a.push((l, s, acc.clone())));
+            close_by_search(&mut searched, u64::MAX, 3, true, &mut |l, s, acc| {
+                b.push((l, s, acc.clone()));
+            });
+            assert_eq!(a, b, "close_all, lateness {lateness_s} s");
+        }
+    }
+    assert!(
+        several_due > 100,
+        "steps that close several 1 s windows at once: {several_due}"
+    );
+}
