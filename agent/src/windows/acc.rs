@@ -127,6 +127,7 @@ impl WindowAcc {
 
     /// Folds the histograms' recently recorded values into their buckets (before the window
     /// is read: summaries, roll-ups).
+    #[inline]
     pub fn fold(&mut self) {
         self.request_size.fold();
         self.latency_us.fold();

@@ -48,6 +48,10 @@ pub const fn bucket_low(index: u16) -> u64 {
 /// Values recorded but not yet folded into the sorted buckets, at most.
 const PENDING_MAX: usize = 256;
 
+/// [`LogHistogram::absorb`] merges at once while the two lists hold at most this many
+/// buckets together (and none are waiting to be added).
+const SMALL_MERGE: usize = 32;
+
 /// The highest value that falls in bucket `index`.
 pub const fn bucket_high(index: u16) -> u64 {
     bucket_low(index + 1) - 1
@@ -132,7 +136,17 @@ impl LogHistogram {
     /// Folds the recorded-but-pending values into the sorted buckets (a count or sort of at
     /// most [`PENDING_MAX`] indices and one linear merge) and adds the absorbed lists in
     /// (see [`Self::absorb`]).
+    #[inline]
     pub fn fold(&mut self) {
+        // Most folds find nothing to do (a window's histogram that saw no value, or one
+        // already folded): that check is inlined, the work is not.
+        if !self.pending.is_empty() || !self.absorbed.is_empty() {
+            self.fold_pending();
+        }
+    }
+
+    #[inline(never)]
+    fn fold_pending(&mut self) {
         if !self.pending.is_empty() {
             fold_into(&mut self.buckets, &mut self.pending);
             self.pending.clear();
@@ -145,6 +159,7 @@ impl LogHistogram {
 
     /// The sorted buckets with the pending values and absorbed lists folded in (borrowed
     /// when nothing is pending).
+    #[inline]
     fn folded_buckets(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
         if self.pending.is_empty() && self.absorbed.is_empty() {
             std::borrow::Cow::Borrowed(&self.buckets)
@@ -203,15 +218,22 @@ impl LogHistogram {
     /// where a longer window takes many shorter ones and is folded when it closes: each
     /// fold writes the buckets once instead of once per merge. The appended lists are
     /// bounded: they are added in once they hold more than both [`ABSORBED_MAX`] entries
-    /// and twice the buckets.
+    /// and twice the buckets. Short lists are merged at once (see [`SMALL_MERGE`]).
     pub fn absorb(&mut self, other: &LogHistogram) {
         let theirs = other.folded_buckets();
         if theirs.is_empty() {
             return;
         }
-        if self.buckets.is_empty() && self.absorbed.is_empty() {
-            self.buckets.extend_from_slice(&theirs);
-            return;
+        if self.absorbed.is_empty() {
+            if self.buckets.is_empty() {
+                self.buckets.extend_from_slice(&theirs);
+                return;
+            }
+            if self.buckets.len() + theirs.len() <= SMALL_MERGE {
+                // A quiet window's short lists: merged now for less than sorting them later.
+                merge_into(&mut self.buckets, &theirs);
+                return;
+            }
         }
         self.absorbed.extend_from_slice(&theirs);
         if self.absorbed.len() > ABSORBED_MAX.max(2 * self.buckets.len()) {
@@ -440,13 +462,18 @@ mod tests {
         let mut eager = lazy.clone();
         let mut big = LogHistogram::new();
         big.record_n(5, u32::MAX);
+        // Enough other buckets that the list is absorbed, not merged at once.
+        let others = SMALL_MERGE as u64;
+        for k in 0..others {
+            big.record_n(1_000 + 1_000 * k, 1);
+        }
         lazy.absorb(&big);
         eager.merge(&big);
         assert!(
             !lazy.absorbed.is_empty(),
             "the test must read with lists absorbed"
         );
-        assert_eq!(lazy.count(), u64::from(u32::MAX) + 1);
+        assert_eq!(lazy.count(), u64::from(u32::MAX) + 1 + others);
         assert_eq!(lazy.count(), eager.count());
         assert_eq!(
             lazy.value_at_quantile(0.999_999_9),
@@ -463,9 +490,11 @@ mod tests {
         let mut x = 0x6A09_E667_F3BC_C908u64;
         let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
         // (windows absorbed, values per window, value range): a narrow range adds up in
-        // dense counters, a wide one by sorting; enough windows pass the absorbed bound.
+        // dense counters, a wide one by sorting; enough windows pass the absorbed bound; a
+        // few values per window are merged at once until the buckets outgrow that.
         for (windows, per_window, range) in [
             (10usize, 300usize, 100_000u64),
+            (20, 3, 5_000),
             (60, 250, 100_000),
             (10, 40, 1 << 40),
             (3, 1, 10),

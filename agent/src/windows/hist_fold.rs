@@ -16,6 +16,10 @@ pub(super) fn insert_count(buckets: &mut Vec<(u16, u32)>, index: u16, count: u32
     }
 }
 
+/// Up to this many indices are inserted one by one (a binary search each, into a list that
+/// is short in the windows that see so few values).
+pub(super) const FEW: usize = 4;
+
 /// Below this many indices a comparison sort is cheaper than the counting passes.
 const SMALL_SORT: usize = 32;
 
@@ -69,6 +73,13 @@ const COUNT_SPAN: usize = 2048;
 /// counting over that range gives the sorted runs in one pass, several times cheaper than
 /// the two radix passes plus a run scan. Few indices over a wide range are sorted instead.
 pub(super) fn fold_into(buckets: &mut Vec<(u16, u32)>, pending: &mut [u16]) {
+    if pending.len() <= FEW {
+        // A few values (a sparse entity's window): no table, no sort.
+        for &index in pending.iter() {
+            insert_count(buckets, index, 1);
+        }
+        return;
+    }
     if pending.len() <= SMALL_SORT {
         // A quiet window's handful of values (most windows): a table of a few runs, not the
         // 2 KiB one a full buffer needs.
@@ -227,10 +238,17 @@ fn each_nonzero<C: Copy + Default + PartialEq + Into<u32>>(
 pub(super) const ABSORBED_MAX: usize = 1024;
 
 /// Adds `lists` — sorted `(index, count)` lists one after another, as
-/// [`super::LogHistogram::absorb`] appends them — into the sorted `buckets`. Over a narrow
-/// index range by dense counters (each entry added once, the buckets rewritten once);
-/// otherwise by sorting the entries and one in-place merge. `lists` is left unspecified.
+/// [`super::LogHistogram::absorb`] appends them — into the sorted `buckets`. Many entries
+/// over a narrow index range by dense counters (each entry added once, the buckets rewritten
+/// once); a few, or many spread wide, by sorting the entries and one in-place merge. `lists`
+/// is left unspecified.
 pub(super) fn add_lists(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)]) {
+    if lists.len() <= SMALL_SORT {
+        // A quiet window's few absorbed entries: sorting them and one merge costs less than
+        // clearing and scanning even the small counters.
+        sort_and_merge(buckets, lists);
+        return;
+    }
     let Some((lo, hi)) = buckets.iter().chain(lists.iter()).map(|&(i, _)| i).fold(
         None,
         |range: Option<(u16, u16)>, i| {
@@ -251,8 +269,12 @@ pub(super) fn add_lists(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)])
         add_dense::<COUNT_SPAN>(buckets, lists, lo, span);
         return;
     }
+    sort_and_merge(buckets, lists);
+}
+
+/// [`add_lists`] by sorting the entries: equal indices added up in place, then one merge.
+fn sort_and_merge(buckets: &mut Vec<(u16, u32)>, lists: &mut [(u16, u32)]) {
     lists.sort_unstable_by_key(|&(i, _)| i);
-    // Equal indices of the sorted entries added up in place, then one merge.
     let mut n = 0;
     for k in 0..lists.len() {
         if n > 0 && lists[n - 1].0 == lists[k].0 {
@@ -357,6 +379,7 @@ mod tests {
             (31, 5, 3, 0),
             (32, 400, 900, 12),
             (1, 3, 1, 5),
+            (1, 900, 1, 0),
         ] {
             let mut want = BTreeMap::<u16, u32>::new();
             let mut buckets: Vec<(u16, u32)> = Vec::new();
@@ -390,13 +413,15 @@ mod tests {
     fn added_lists_match_a_map_on_every_path() {
         let mut x = 0x6A09_E667_F3BC_C908u64;
         let mut next = |m: u64| crate::windows::tests::xorshift(&mut x) % m;
-        // (buckets, lists, entries per list, index range from 40): a narrow range is counted
-        // in the small counters; a wide one in the large counters when the entries fill it
-        // enough, else sorted; wider than the counters is sorted.
+        // (buckets, lists, entries per list, index range from 40): a few entries (up to 32)
+        // are sorted; more over a narrow range are counted in the small counters; over a
+        // wide one in the large counters when the entries fill it enough, else sorted; wider
+        // than the counters is sorted.
         for (existing, lists, per_list, range) in [
             (0usize, 0usize, 0usize, 1u16),
             (0, 3, 1, 1),
             (5, 10, 3, 200),
+            (5, 11, 3, 200),
             (0, 10, 20, 256),
             (3, 10, 3, 257),
             (100, 10, 40, 1500),
