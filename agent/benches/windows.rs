@@ -420,6 +420,8 @@ fn drain(model: &mut ModelStore) -> Emitted {
     out
 }
 
+// Not inlined, so that a profiler can be pointed at it (one call per pass).
+#[inline(never)]
 fn model_pass(model: &mut ModelStore, events: &[Event]) -> Emitted {
     for e in events {
         model.observe(e);
