@@ -70,6 +70,15 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Both processes also build with the system allocator (feature `mimalloc` off).
+    util::cargo(&[
+        "check",
+        "-p",
+        "shadowtap-agent",
+        "-p",
+        "shadowtap-collector",
+        "--no-default-features",
+    ])?;
     // Build the binaries the integration tests start (agent, HTTP peer) before running them.
     util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
