@@ -110,6 +110,7 @@ impl ModelStore {
         if snap.clock.lateness_ns() != store.config.allowed_lateness_ns {
             return Err("clock lateness differs from the configured lateness".into());
         }
+        snap.clock.validate()?;
         store.clock = snap.clock;
         store.templates = Templates::from_names(snap.templates, store.config.max_templates)?;
         store.templates.other = snap.stats.templates_other;

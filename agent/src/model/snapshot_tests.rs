@@ -197,3 +197,49 @@ fn snapshots_with_windows_that_cannot_be_open_are_errors() {
         assert!(err.to_string().contains("window"), "{what}: {err}");
     }
 }
+
+#[test]
+fn snapshots_with_an_impossible_clock_are_errors() {
+    // A clock this build writes has closed up to its watermark, and at most to the end of
+    // the latest event's minute (end of stream). One behind its watermark would admit
+    // windows further apart than an entity's ring holds, and closing them would lose data.
+    let mut model = ModelStore::new(ModelConfig::default()).expect("config");
+    model.observe(&request(
+        MONDAY + S / 2,
+        "192.0.2.1",
+        Some("a.example"),
+        "/x",
+    ));
+    let mut bytes = Vec::new();
+    model.write_snapshot(&mut bytes).expect("snapshot");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let closed_until = v["clock"]["closed_until"].as_u64().expect("closed_until");
+    let edits: [(&str, Edit); 3] = [
+        (
+            "closed far behind the watermark",
+            Box::new(move |v| v["clock"]["closed_until"] = (closed_until - 1_000).into()),
+        ),
+        (
+            "closed far past the latest event",
+            Box::new(move |v| v["clock"]["closed_until"] = (closed_until + 1_000).into()),
+        ),
+        (
+            "closed without any event",
+            Box::new(|v| v["clock"]["max_ts_ns"] = serde_json::Value::Null),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut bad = v.clone();
+        edit(&mut bad);
+        let err = ModelStore::read_snapshot(bad.to_string().as_bytes())
+            .err()
+            .expect(what);
+        assert!(matches!(err, ModelError::Snapshot(_)), "{what}: {err}");
+        assert!(err.to_string().contains("clock closed"), "{what}: {err}");
+    }
+    // The end of stream's clock (closed to the end of the minute) is one this build writes.
+    model.flush();
+    let mut bytes = Vec::new();
+    model.write_snapshot(&mut bytes).expect("snapshot");
+    assert!(ModelStore::read_snapshot(&bytes[..]).is_ok());
+}

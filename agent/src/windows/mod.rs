@@ -153,6 +153,34 @@ impl Clock {
         })
     }
 
+    /// Checks a deserialised clock: it is one this build can have written. Every clock step
+    /// closes up to the watermark, and only the end of stream closes past it, to the end of
+    /// the latest event's minute. Entities' windows rely on the first: with a clock behind
+    /// its watermark, windows more than a ring apart could be admitted together.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(max) = self.max_ts_ns else {
+            return if self.closed_until == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "clock closed up to {} s without any event",
+                    self.closed_until
+                ))
+            };
+        };
+        let watermark = max.saturating_sub(self.lateness_ns) / BASE_NS;
+        let minute = Level::Minute.secs();
+        let end_of_stream = (max / BASE_NS).saturating_add(1).div_ceil(minute) * minute;
+        if self.closed_until < watermark || self.closed_until > end_of_stream {
+            return Err(format!(
+                "clock closed up to {} s, latest event at {} s: expected {watermark}..={end_of_stream}",
+                self.closed_until,
+                max / BASE_NS
+            ));
+        }
+        Ok(())
+    }
+
     /// The 1 s window index `ts_ns` falls in, or `None` when that window has closed (late).
     #[inline]
     pub fn admit(&self, ts_ns: u64) -> Option<u64> {
@@ -377,33 +405,53 @@ impl EntityWindows {
         rollup: bool,
         emit: &mut impl FnMut(Level, u64, &WindowAcc),
     ) -> bool {
-        // The open 1 s windows all start in `closed_until..closed_until + ring_len` (the
-        // clock admits no more, and closes each before it moves past it), so walking the ring
-        // once from the oldest visits them oldest first: one pass, not a search per window,
-        // and the first window still open gives the 1 s part of `next_due`.
+        // The open 1 s windows all start within one turn of the ring from where the clock
+        // was when they were admitted (it admits no further ahead, and closes each before
+        // moving past it; a restored clock is checked for the same, see `Clock::validate`),
+        // so walking the ring once from the oldest visits them oldest first: one pass, not a
+        // search per window, and the first window still open gives the 1 s part of
+        // `next_due`. Should they ever span more (a bug), they are searched instead, so
+        // windows still close in order and none is left behind.
         let mut second_due = u64::MAX;
         let len = self.seconds.len();
-        if let Some(oldest) = self
-            .seconds
-            .iter()
-            .filter(|s| s.used)
-            .map(|s| s.start)
-            .min()
-        {
-            // `len` is a power of two (see `Clock::ring_len`).
-            let first = (oldest as usize) & len.wrapping_sub(1);
-            for k in 0..len {
-                let i = (first + k) & (len - 1);
-                if !self.seconds[i].used {
-                    continue;
+        let span =
+            self.seconds
+                .iter()
+                .filter(|s| s.used)
+                .fold(None, |span: Option<(u64, u64)>, s| {
+                    Some(span.map_or((s.start, s.start), |(lo, hi)| {
+                        (lo.min(s.start), hi.max(s.start))
+                    }))
+                });
+        match span {
+            Some((oldest, newest)) if newest - oldest < len as u64 => {
+                // `len` is a power of two (see `Clock::ring_len`).
+                let first = (oldest as usize) & (len - 1);
+                for k in 0..len {
+                    let i = (first + k) & (len - 1);
+                    if !self.seconds[i].used {
+                        continue;
+                    }
+                    if self.seconds[i].start >= closed_until {
+                        second_due = self.seconds[i].end(1);
+                        break;
+                    }
+                    self.close_second(i, endpoint_counters, rollup, emit);
                 }
-                let start = self.seconds[i].start;
-                if start >= closed_until {
-                    second_due = self.seconds[i].end(1);
-                    break;
-                }
-                self.close_second(i, endpoint_counters, rollup, emit);
             }
+            Some(_) => {
+                while let Some(i) = self.oldest_second_before(closed_until) {
+                    self.close_second(i, endpoint_counters, rollup, emit);
+                }
+                second_due = self
+                    .seconds
+                    .iter()
+                    .filter(|s| s.used)
+                    .map(|s| s.end(1))
+                    .min()
+                    .unwrap_or(u64::MAX);
+            }
+            None => {}
         }
         if self.ten.used && self.ten.end(Level::TenSeconds.secs()) <= closed_until {
             self.close_ten(endpoint_counters, emit);
@@ -421,6 +469,16 @@ impl EntityWindows {
         self.next_due = due;
         debug_assert_eq!(due, self.due());
         due != u64::MAX
+    }
+
+    /// The ring slot of the oldest open 1 s window that starts before `closed_until`.
+    fn oldest_second_before(&self, closed_until: u64) -> Option<usize> {
+        self.seconds
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.used && s.start < closed_until)
+            .min_by_key(|(_, s)| s.start)
+            .map(|(i, _)| i)
     }
 
     /// Emits the closed 1 s window in ring slot `i` (folded) and rolls it up into its 10 s

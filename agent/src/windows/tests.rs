@@ -396,3 +396,41 @@ fn walking_the_ring_closes_like_searching_it() {
         "steps that close several 1 s windows at once: {several_due}"
     );
 }
+
+#[test]
+fn windows_spanning_more_than_the_ring_still_close_in_order() {
+    // Not reachable through a checked clock (see `Clock::validate`); should a bug admit 1 s
+    // windows more than a ring apart, closing falls back to searching the ring, so they still
+    // close oldest first and none that is due stays open. Ring of 4: 5, 10 and 7 sit in
+    // slots 1, 2 and 3, so a walk from the oldest would meet 10 before 7.
+    let (mut w, mut reference) = (EntityWindows::default(), EntityWindows::default());
+    for index in [5, 10, 7] {
+        for w in [&mut w, &mut reference] {
+            w.record(index, 4).count_request(100 + index, 1, 4, true);
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for closed_until in [9, 12, 100] {
+        let open = w.close(closed_until, 4, true, &mut |l, s, acc| {
+            a.push((l, s, acc.requests));
+        });
+        let open_too = close_by_search(&mut reference, closed_until, 4, true, &mut |l, s, acc| {
+            b.push((l, s, acc.requests));
+        });
+        assert_eq!(a, b, "closed to {closed_until}");
+        assert_eq!(open, open_too);
+        assert_eq!(w.next_due(), reference.next_due());
+        assert!(w.next_due() > closed_until);
+    }
+    assert_eq!(
+        a,
+        vec![
+            (Level::Second, 5, 1),
+            (Level::Second, 7, 1),
+            (Level::TenSeconds, 0, 2),
+            (Level::Second, 10, 1),
+            (Level::TenSeconds, 10, 1),
+            (Level::Minute, 0, 3),
+        ]
+    );
+}
