@@ -501,20 +501,22 @@ fn run(name: &str, config: &ModelConfig, events: &mut [Event], min: Duration) {
         let m = measure(config, events, min, hot);
         println!("  {label}");
         println!(
-            "    model (windows + roll-ups + summaries): {:>7.2} M events/s/core ({:.1} ns/event)",
+            "    whole model path (identification, templating, windows, summaries): {:>7.2} M events/s/core ({:.1} ns/event)",
             m.model / 1e6,
             1e9 / m.model
         );
         println!(
-            "    baseline hash-table counter:            {:>7.2} M events/s/core ({:.1} ns/event)",
+            "    baseline hash-table counter:                                         {:>7.2} M events/s/core ({:.1} ns/event)",
             m.baseline / 1e6,
             1e9 / m.baseline
         );
         println!("    ratio model/baseline: {:.2}", m.model / m.baseline);
         if hot {
+            // The goal is the windows stage's (the `windows-stage/…` lines); the
+            // whole path is held to the same figure here for reference.
             println!(
-                "    goal >= 10 M events/s/core: {}",
-                if m.model >= 10e6 { "met" } else { "NOT met" }
+                "    whole path (identification, templating, windows, summaries) >= 10 M events/s/core: {} (the goal is the windows stage's: windows-stage/…)",
+                if m.model >= 10e6 { "yes" } else { "no" }
             );
         }
         let stats = m.model_store.stats();

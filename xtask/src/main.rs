@@ -70,14 +70,19 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    // Both processes also build with the system allocator (feature `mimalloc` off).
+    // Both processes also build, warning-free, with the system allocator (feature
+    // `mimalloc` off).
     util::cargo(&[
-        "check",
+        "clippy",
         "-p",
         "shadowtap-agent",
         "-p",
         "shadowtap-collector",
         "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ])?;
     // Build the binaries the integration tests start (agent, HTTP peer) before running them.
     util::cargo(&["build", "--workspace", "--bins"])?;

@@ -233,7 +233,8 @@ impl Entities {
 
     /// Closes the active entities' windows up to `closed_until`; returns the requests of the
     /// windows closed, per level. An entity with nothing due stays listed at the cost of a
-    /// compare, as in the model's `EntityTable::close_active`.
+    /// compare, as in the model's `EntityTable::for_each_active` (which keeps the listed
+    /// slots in a second vector; here they are compacted in place).
     fn close(&mut self, closed_until: u64, counters: usize, rollup: bool) -> [u64; 3] {
         let mut requests = [0; 3];
         let Self {
