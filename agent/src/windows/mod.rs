@@ -414,44 +414,33 @@ impl EntityWindows {
         // windows still close in order and none is left behind.
         let mut second_due = u64::MAX;
         let len = self.seconds.len();
-        let span =
-            self.seconds
-                .iter()
-                .filter(|s| s.used)
-                .fold(None, |span: Option<(u64, u64)>, s| {
-                    Some(span.map_or((s.start, s.start), |(lo, hi)| {
-                        (lo.min(s.start), hi.max(s.start))
-                    }))
-                });
-        match span {
-            Some((oldest, newest)) if newest - oldest < len as u64 => {
-                // `len` is a power of two (see `Clock::ring_len`).
-                let first = (oldest as usize) & (len - 1);
-                for k in 0..len {
-                    let i = (first + k) & (len - 1);
-                    if !self.seconds[i].used {
-                        continue;
-                    }
-                    if self.seconds[i].start >= closed_until {
-                        second_due = self.seconds[i].end(1);
-                        break;
-                    }
-                    self.close_second(i, endpoint_counters, rollup, emit);
+        if let Some(oldest) = self
+            .seconds
+            .iter()
+            .filter(|s| s.used)
+            .map(|s| s.start)
+            .min()
+        {
+            // `len` is a power of two (see `Clock::ring_len`).
+            let first = (oldest as usize) & (len - 1);
+            for k in 0..len {
+                let i = (first + k) & (len - 1);
+                if !self.seconds[i].used {
+                    continue;
                 }
-            }
-            Some(_) => {
-                while let Some(i) = self.oldest_second_before(closed_until) {
-                    self.close_second(i, endpoint_counters, rollup, emit);
+                let start = self.seconds[i].start;
+                if start - oldest >= len as u64 {
+                    // Past one turn of the ring (a bug): what is left is searched.
+                    second_due =
+                        self.close_seconds_by_search(closed_until, endpoint_counters, rollup, emit);
+                    break;
                 }
-                second_due = self
-                    .seconds
-                    .iter()
-                    .filter(|s| s.used)
-                    .map(|s| s.end(1))
-                    .min()
-                    .unwrap_or(u64::MAX);
+                if start >= closed_until {
+                    second_due = self.seconds[i].end(1);
+                    break;
+                }
+                self.close_second(i, endpoint_counters, rollup, emit);
             }
-            None => {}
         }
         if self.ten.used && self.ten.end(Level::TenSeconds.secs()) <= closed_until {
             self.close_ten(endpoint_counters, emit);
@@ -471,19 +460,43 @@ impl EntityWindows {
         due != u64::MAX
     }
 
-    /// The ring slot of the oldest open 1 s window that starts before `closed_until`.
-    fn oldest_second_before(&self, closed_until: u64) -> Option<usize> {
+    /// Closes the 1 s windows due by `closed_until` oldest first, each found by a search of
+    /// the ring; returns the 1 s part of `next_due`. Only for open windows that span more
+    /// than the ring, which a checked clock never admits.
+    #[cold]
+    #[inline(never)]
+    fn close_seconds_by_search(
+        &mut self,
+        closed_until: u64,
+        endpoint_counters: usize,
+        rollup: bool,
+        emit: &mut impl FnMut(Level, u64, &WindowAcc),
+    ) -> u64 {
+        loop {
+            let oldest_due = self
+                .seconds
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.used && s.start < closed_until)
+                .min_by_key(|(_, s)| s.start)
+                .map(|(i, _)| i);
+            let Some(i) = oldest_due else { break };
+            self.close_second(i, endpoint_counters, rollup, emit);
+        }
         self.seconds
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.used && s.start < closed_until)
-            .min_by_key(|(_, s)| s.start)
-            .map(|(i, _)| i)
+            .filter(|s| s.used)
+            .map(|s| s.end(1))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Emits the closed 1 s window in ring slot `i` (folded) and rolls it up into its 10 s
     /// window (closing that first if it is an earlier one), or empties it.
-    #[inline]
+    // Always: `close_due` must not pay a call per window closed (with a second, cold caller
+    // the compiler would otherwise keep it out of line).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn close_second(
         &mut self,
         i: usize,
