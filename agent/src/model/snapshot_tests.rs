@@ -130,12 +130,25 @@ fn corrupt_snapshots_are_errors_not_panics() {
 /// An edit of a snapshot's JSON.
 type Edit = Box<dyn Fn(&mut serde_json::Value)>;
 
-#[test]
-fn snapshots_with_windows_that_cannot_be_open_are_errors() {
-    // A snapshot this build writes holds only windows that have not ended yet and none past
-    // what the clock can have open. Anything else (edited by hand, or damaged) is reported as
-    // corrupt, never a panic: a window that already ended would meet the next event in its
-    // ring slot, and starts near the top of the range would overflow window arithmetic.
+/// Each edit of snapshot `v` must make it a snapshot error whose message contains `names`.
+fn assert_edits_are_errors<const N: usize>(
+    v: &serde_json::Value,
+    edits: [(&str, Edit); N],
+    names: &str,
+) {
+    for (what, edit) in edits {
+        let mut bad = v.clone();
+        edit(&mut bad);
+        let err = ModelStore::read_snapshot(bad.to_string().as_bytes())
+            .err()
+            .expect(what);
+        assert!(matches!(err, ModelError::Snapshot(_)), "{what}: {err}");
+        assert!(err.to_string().contains(names), "{what}: {err}");
+    }
+}
+
+/// A model that saw one request (at MONDAY + 0.5 s), and its snapshot's JSON.
+fn one_request_snapshot() -> (ModelStore, serde_json::Value) {
     let mut model = ModelStore::new(ModelConfig::default()).expect("config");
     model.observe(&request(
         MONDAY + S / 2,
@@ -145,7 +158,17 @@ fn snapshots_with_windows_that_cannot_be_open_are_errors() {
     ));
     let mut bytes = Vec::new();
     model.write_snapshot(&mut bytes).expect("snapshot");
-    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let v = serde_json::from_slice(&bytes).expect("json");
+    (model, v)
+}
+
+#[test]
+fn snapshots_with_windows_that_cannot_be_open_are_errors() {
+    // A snapshot this build writes holds only windows that have not ended yet and none past
+    // what the clock can have open. Anything else (edited by hand, or damaged) is reported as
+    // corrupt, never a panic: a window that already ended would meet the next event in its
+    // ring slot, and starts near the top of the range would overflow window arithmetic.
+    let (_, v) = one_request_snapshot();
     let closed_until = v["clock"]["closed_until"].as_u64().expect("closed_until");
     assert_eq!(closed_until, MONDAY / S - 1, "the window of MONDAY is open");
     assert!(ModelStore::read_snapshot(v.to_string().as_bytes()).is_ok());
@@ -187,15 +210,7 @@ fn snapshots_with_windows_that_cannot_be_open_are_errors() {
             }),
         ),
     ];
-    for (what, edit) in edits {
-        let mut bad = v.clone();
-        edit(&mut bad);
-        let err = ModelStore::read_snapshot(bad.to_string().as_bytes())
-            .err()
-            .expect(what);
-        assert!(matches!(err, ModelError::Snapshot(_)), "{what}: {err}");
-        assert!(err.to_string().contains("window"), "{what}: {err}");
-    }
+    assert_edits_are_errors(&v, edits, "window");
 }
 
 #[test]
@@ -203,16 +218,7 @@ fn snapshots_with_an_impossible_clock_are_errors() {
     // A clock this build writes has closed up to its watermark, and at most to the end of
     // the latest event's minute (end of stream). One behind its watermark would admit
     // windows further apart than an entity's ring holds, and closing them would lose data.
-    let mut model = ModelStore::new(ModelConfig::default()).expect("config");
-    model.observe(&request(
-        MONDAY + S / 2,
-        "192.0.2.1",
-        Some("a.example"),
-        "/x",
-    ));
-    let mut bytes = Vec::new();
-    model.write_snapshot(&mut bytes).expect("snapshot");
-    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let (mut model, v) = one_request_snapshot();
     let closed_until = v["clock"]["closed_until"].as_u64().expect("closed_until");
     let edits: [(&str, Edit); 3] = [
         (
@@ -228,15 +234,7 @@ fn snapshots_with_an_impossible_clock_are_errors() {
             Box::new(|v| v["clock"]["max_ts_ns"] = serde_json::Value::Null),
         ),
     ];
-    for (what, edit) in edits {
-        let mut bad = v.clone();
-        edit(&mut bad);
-        let err = ModelStore::read_snapshot(bad.to_string().as_bytes())
-            .err()
-            .expect(what);
-        assert!(matches!(err, ModelError::Snapshot(_)), "{what}: {err}");
-        assert!(err.to_string().contains("clock closed"), "{what}: {err}");
-    }
+    assert_edits_are_errors(&v, edits, "clock closed");
     // The end of stream's clock (closed to the end of the minute) is one this build writes.
     model.flush();
     let mut bytes = Vec::new();

@@ -300,7 +300,8 @@ fn level_index_is_the_position_in_all() {
 }
 
 /// The closing rule as first written: the oldest due 1 s window found by a search of the
-/// ring, again and again, and `next_due` by a scan of every window.
+/// ring, again and again (kept as the fallback of `close_due`), and `next_due` by a scan of
+/// every window.
 fn close_by_search(
     w: &mut EntityWindows,
     closed_until: u64,
@@ -308,17 +309,7 @@ fn close_by_search(
     rollup: bool,
     emit: &mut impl FnMut(Level, u64, &WindowAcc),
 ) -> bool {
-    loop {
-        let next = w
-            .seconds
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.used && s.start < closed_until)
-            .min_by_key(|(_, s)| s.start)
-            .map(|(i, _)| i);
-        let Some(i) = next else { break };
-        w.close_second(i, counters, rollup, emit);
-    }
+    w.close_seconds_by_search(closed_until, counters, rollup, emit);
     if w.ten.used && w.ten.end(Level::TenSeconds.secs()) <= closed_until {
         w.close_ten(counters, emit);
     }
