@@ -44,21 +44,19 @@ impl TopK {
                 None => self.entries.push((id, count)),
             }
         }
-        if self.entries.len() > capacity.max(1) {
-            self.sort_desc();
-            self.entries.truncate(capacity.max(1));
+        let keep = capacity.max(1);
+        if self.entries.len() > keep {
+            // The `keep` largest (ties by id: a total order, so the same set a sort would
+            // keep), without sorting the rest.
+            self.entries.select_nth_unstable_by(keep - 1, largest_first);
+            self.entries.truncate(keep);
         }
-    }
-
-    fn sort_desc(&mut self) {
-        self.entries
-            .sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     }
 
     /// The counters, largest first (ties by id).
     pub fn ranked(&self) -> Vec<(u32, u32)> {
         let mut out = self.entries.clone();
-        out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.sort_unstable_by(largest_first);
         out
     }
 
@@ -90,6 +88,12 @@ impl TopK {
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u32, u32)>()
     }
+}
+
+/// Larger counts first, ties by smaller id (by reference: a sort's comparator).
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn largest_first(a: &(u32, u32), b: &(u32, u32)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
 }
 
 #[cfg(test)]
@@ -124,5 +128,35 @@ mod tests {
         }
         a.merge(&b, 2);
         assert_eq!(a.ranked(), vec![(2, 3), (3, 3)]);
+    }
+
+    #[test]
+    fn merges_keep_what_a_full_sort_keeps() {
+        // Many ties, so which counters survive depends on the tie order (by id).
+        let mut rng = 0x243F_6A88_85A3_08D3u64;
+        for round in 0..200 {
+            let (cap, n) = (1 + round % 9, 1 + round % 23);
+            let mut a = TopK::default();
+            let mut b = TopK::default();
+            for k in 0..n {
+                let id = (crate::windows::tests::xorshift(&mut rng) % 40) as u32;
+                if k % 2 == 0 {
+                    a.observe(id, 64);
+                } else {
+                    b.observe(id, 64);
+                }
+            }
+            let mut want: Vec<(u32, u32)> = a.entries().to_vec();
+            for &(id, c) in b.entries() {
+                match want.iter_mut().find(|e| e.0 == id) {
+                    Some(e) => e.1 += c,
+                    None => want.push((id, c)),
+                }
+            }
+            want.sort_unstable_by(largest_first);
+            want.truncate(cap);
+            a.merge(&b, cap);
+            assert_eq!(a.ranked(), want, "round {round}");
+        }
     }
 }
