@@ -144,9 +144,7 @@ impl Clock {
     /// to the end of the minute of the latest timestamp, so events before that are late from
     /// now on.
     pub fn close_all(&mut self) -> Option<Advance> {
-        let max = self.max_ts_ns?;
-        let minute = Level::Minute.secs();
-        let to = (max / BASE_NS + 1).div_ceil(minute) * minute;
+        let to = end_of_stream(self.max_ts_ns?);
         (to > self.closed_until).then(|| {
             let from = std::mem::replace(&mut self.closed_until, to);
             Advance { from, to }
@@ -169,11 +167,10 @@ impl Clock {
             };
         };
         let watermark = max.saturating_sub(self.lateness_ns) / BASE_NS;
-        let minute = Level::Minute.secs();
-        let end_of_stream = (max / BASE_NS).saturating_add(1).div_ceil(minute) * minute;
-        if self.closed_until < watermark || self.closed_until > end_of_stream {
+        let end = end_of_stream(max);
+        if self.closed_until < watermark || self.closed_until > end {
             return Err(format!(
-                "clock closed up to {} s, latest event at {} s: expected {watermark}..={end_of_stream}",
+                "clock closed up to {} s, latest event at {} s: expected {watermark}..={end}",
                 self.closed_until,
                 max / BASE_NS
             ));
@@ -187,6 +184,13 @@ impl Clock {
         let index = ts_ns / BASE_NS;
         (index >= self.closed_until).then_some(index)
     }
+}
+
+/// Where the end of stream closes the clock for latest timestamp `max_ts_ns`: the end of its
+/// minute (in seconds), so that every window with data, roll-ups included, has closed.
+fn end_of_stream(max_ts_ns: u64) -> u64 {
+    let minute = Level::Minute.secs();
+    (max_ts_ns / BASE_NS + 1).div_ceil(minute) * minute
 }
 
 /// One open window of an entity, header first (see [`WindowAcc`]).
@@ -356,12 +360,23 @@ impl EntityWindows {
 
     /// [`Self::next_due`] computed from the windows.
     fn due(&self) -> u64 {
+        self.seconds_due().min(self.rollups_due())
+    }
+
+    /// The 1 s part of [`Self::due`], by a scan of the ring.
+    fn seconds_due(&self) -> u64 {
+        self.seconds
+            .iter()
+            .filter(|s| s.used)
+            .map(|s| s.end(1))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The 10 s and 1 min part of [`Self::due`].
+    #[inline]
+    fn rollups_due(&self) -> u64 {
         let mut due = u64::MAX;
-        for s in &self.seconds {
-            if s.used {
-                due = due.min(s.end(1));
-            }
-        }
         if self.ten.used {
             due = due.min(self.ten.end(Level::TenSeconds.secs()));
         }
@@ -448,13 +463,7 @@ impl EntityWindows {
         if self.minute.used && self.minute.end(Level::Minute.secs()) <= closed_until {
             self.close_minute(emit);
         }
-        let mut due = second_due;
-        if self.ten.used {
-            due = due.min(self.ten.end(Level::TenSeconds.secs()));
-        }
-        if self.minute.used {
-            due = due.min(self.minute.end(Level::Minute.secs()));
-        }
+        let due = second_due.min(self.rollups_due());
         self.next_due = due;
         debug_assert_eq!(due, self.due());
         due != u64::MAX
@@ -483,12 +492,7 @@ impl EntityWindows {
             let Some(i) = oldest_due else { break };
             self.close_second(i, endpoint_counters, rollup, emit);
         }
-        self.seconds
-            .iter()
-            .filter(|s| s.used)
-            .map(|s| s.end(1))
-            .min()
-            .unwrap_or(u64::MAX)
+        self.seconds_due()
     }
 
     /// Emits the closed 1 s window in ring slot `i` (folded) and rolls it up into its 10 s
