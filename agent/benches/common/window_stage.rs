@@ -296,12 +296,17 @@ impl WindowStage {
     /// Closes every open window (end of stream).
     pub fn flush(&mut self) {
         if let Some(step) = self.clock.close_all() {
-            crate::add_per_level(
-                &mut self.closed_requests,
-                self.resources.close(step.to, self.counters, true),
-            );
-            self.clients.close(step.to, self.counters, false);
+            self.close_to(step.to);
         }
+    }
+
+    /// Closes the resources' and clients' windows that end by second `closed_until`.
+    fn close_to(&mut self, closed_until: u64) {
+        crate::add_per_level(
+            &mut self.closed_requests,
+            self.resources.close(closed_until, self.counters, true),
+        );
+        self.clients.close(closed_until, self.counters, false);
     }
 
     pub fn pass(&mut self, events: &[Keyed]) {
@@ -317,11 +322,7 @@ impl WindowStage {
             return;
         }
         if let Some(step) = self.clock.advance(k.ts_ns) {
-            crate::add_per_level(
-                &mut self.closed_requests,
-                self.resources.close(step.to, self.counters, true),
-            );
-            self.clients.close(step.to, self.counters, false);
+            self.close_to(step.to);
         }
         let Some(index) = self.clock.admit(k.ts_ns) else {
             return;
