@@ -79,6 +79,20 @@ pub struct Record {
 
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 
+/// Frame bytes a small record carries. Most records (TCP control, HTTP heads with the default
+/// snaplen of 128 behind up to 114 bytes of L2–L4 headers) fit, so the kernel reserves 256
+/// bytes for them instead of a full [`Record`]: a quarter of the ring space and of the cache
+/// lines the consumer touches. Userspace reads `cap_len` bytes either way.
+pub const SMALL_CAPTURE: usize = 256 - RECORD_HEADER_LEN;
+
+/// A [`Record`] for heads of at most [`SMALL_CAPTURE`] bytes (same header, shorter data).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SmallRecord {
+    pub header: RecordHeader,
+    pub data: [u8; SMALL_CAPTURE],
+}
+
 /// Runtime configuration, written by userspace into the single-slot `CONFIG` array before
 /// attaching (and whenever it changes).
 #[repr(C)]
@@ -93,6 +107,11 @@ pub struct Config {
     pub sample_n: u32,
     /// Non-zero: only packets whose source or destination port is in `PORT_FILTER` are tracked.
     pub port_filter: u32,
+    /// Records are submitted without waking the consumer (it polls on a timer), except when the
+    /// unread bytes in the ring cross this mark: then one wakeup brings the consumer early. A
+    /// wakeup is a self-IPI (`irq_work`) per record, the largest cost of the tap on a busy host.
+    /// 0: wake on every record.
+    pub wakeup_bytes: u32,
 }
 
 pub const MODE_HOST: u32 = 0;
@@ -104,6 +123,7 @@ impl Config {
         snaplen: DEFAULT_SNAPLEN as u32,
         sample_n: 1,
         port_filter: 0,
+        wakeup_bytes: 0,
     };
 }
 
@@ -122,9 +142,11 @@ pub enum Counter {
     Filtered = 7,
     FlowInserts = 8,
     FlowUpdateFailed = 9,
+    /// Records submitted with a forced consumer wakeup (the ring crossed `wakeup_bytes`).
+    RingbufWakeups = 10,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 /// The per-CPU value of the `COUNTERS` map: entry 0 is ingress, entry 1 egress.
 pub type Counters = [u64; COUNTER_COUNT as usize];
@@ -141,6 +163,7 @@ impl Counter {
         Counter::Filtered,
         Counter::FlowInserts,
         Counter::FlowUpdateFailed,
+        Counter::RingbufWakeups,
     ];
 
     /// Stable snake_case name used in JSON stats and Prometheus metrics.
@@ -156,6 +179,7 @@ impl Counter {
             Counter::Filtered => "filtered",
             Counter::FlowInserts => "flow_inserts",
             Counter::FlowUpdateFailed => "flow_update_failed",
+            Counter::RingbufWakeups => "ringbuf_wakeups",
         }
     }
 }

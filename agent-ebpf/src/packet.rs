@@ -1,9 +1,11 @@
 //! Byte access to the packet, the same for XDP and tc.
 //!
-//! All reads go through the `bpf_xdp_load_bytes` / `bpf_skb_load_bytes` helpers into
-//! fixed-size stack buffers. That costs a helper call per header but keeps every offset
-//! variable (IPv4 options, IPv6 extension headers, VLAN tags) without fighting the
-//! verifier's packet-pointer range tracking, and it works on non-linear skbs on egress.
+//! Header reads are fixed-size copies at a variable offset (IPv4 options, IPv6 extension
+//! headers, VLAN tags). XDP frames are linear, so they read the packet directly after a bounds
+//! check. An skb's headers are nearly always in its linear part, read directly too; bytes
+//! beyond it (the payload of an egress skb usually sits in page fragments) go through
+//! `bpf_skb_load_bytes`, which handles non-linear skbs. Copies of a record's frame head use the
+//! load-bytes helpers on both hooks.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -19,17 +21,17 @@ pub trait Packet {
     fn ifindex(&self) -> u32;
     /// Reads `N` bytes at `offset`; `None` when the packet is shorter.
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
-    /// Copies the first `len` bytes of the packet to `dst`, which has room for `MAX_CAPTURE`
-    /// bytes. `len` must already be in `1..=MAX_CAPTURE`.
-    fn copy_head(&self, dst: *mut u8, len: u32) -> bool;
+    /// Copies the first `len` bytes of the packet to `dst`, which has room for `ROOM` bytes.
+    /// `len` must already be in `1..=ROOM`.
+    fn copy_head<const ROOM: usize>(&self, dst: *mut u8, len: u32) -> bool;
 }
 
-/// Clamps `len` into `1..=MAX_CAPTURE` in a form the verifier can follow for a helper's
-/// size argument (an explicit compare-and-branch on the register that is passed).
+/// Clamps `len` into `1..=ROOM` in a form the verifier can follow for a helper's size argument
+/// (an explicit compare-and-branch on the register that is passed).
 #[inline(always)]
-fn bounded(len: u32) -> Option<u32> {
+fn bounded<const ROOM: usize>(len: u32) -> Option<u32> {
     let len = core::hint::black_box(len);
-    if len == 0 || len > MAX_CAPTURE as u32 {
+    if len == 0 || len > ROOM as u32 || len > MAX_CAPTURE as u32 {
         return None;
     }
     Some(len)
@@ -86,17 +88,20 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
-    fn copy_head(&self, dst: *mut u8, len: u32) -> bool {
-        let Some(len) = bounded(len) else {
+    fn copy_head<const ROOM: usize>(&self, dst: *mut u8, len: u32) -> bool {
+        let Some(len) = bounded::<ROOM>(len) else {
             return false;
         };
-        // SAFETY: `dst` has MAX_CAPTURE bytes of room and `len <= MAX_CAPTURE`.
+        // SAFETY: `dst` has ROOM bytes of room and `len <= ROOM`.
         unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast(), len) == 0 }
     }
 }
 
 pub struct SkbPacket {
     skb: *mut __sk_buff,
+    /// The linear part of the skb, readable directly.
+    data: usize,
+    data_end: usize,
     len: u32,
     ifindex: u32,
 }
@@ -109,6 +114,8 @@ impl SkbPacket {
         let ifindex = unsafe { (*skb).ifindex };
         Self {
             skb,
+            data: ctx.data(),
+            data_end: ctx.data_end(),
             len: ctx.skb.len(),
             ifindex,
         }
@@ -126,22 +133,36 @@ impl Packet for SkbPacket {
         self.ifindex
     }
 
+    /// Directly from the linear part when the bytes lie in it (headers nearly always do; a
+    /// helper call per header was a measurable share of the egress program), else through
+    /// the helper, which also reads page fragments.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        let mut buf = [0u8; N];
-        // SAFETY: the helper writes at most N bytes into `buf` and fails on short packets.
+        let off = offset as usize;
+        if off <= MAX_HEADER_OFFSET {
+            let start = self.data + off;
+            if start + N <= self.data_end {
+                // SAFETY: [start, start + N) lies inside the linear data, checked just above.
+                return Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) });
+            }
+        }
+        // Uninitialised: the helper takes uninitialised memory and fills all N bytes or fails
+        // (zeroing first compiled to a byte-loop `memset` call per read).
+        let mut buf = core::mem::MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes exactly N bytes into `buf` or fails on short packets.
         let ret = unsafe {
             bpf_skb_load_bytes(self.skb.cast(), offset, buf.as_mut_ptr().cast(), N as u32)
         };
-        (ret == 0).then_some(buf)
+        // SAFETY: on success all N bytes were written.
+        (ret == 0).then(|| unsafe { buf.assume_init() })
     }
 
     #[inline(always)]
-    fn copy_head(&self, dst: *mut u8, len: u32) -> bool {
-        let Some(len) = bounded(len) else {
+    fn copy_head<const ROOM: usize>(&self, dst: *mut u8, len: u32) -> bool {
+        let Some(len) = bounded::<ROOM>(len) else {
             return false;
         };
-        // SAFETY: `dst` has MAX_CAPTURE bytes of room and `len <= MAX_CAPTURE`.
+        // SAFETY: `dst` has ROOM bytes of room and `len <= ROOM`.
         unsafe { bpf_skb_load_bytes(self.skb.cast(), 0, dst.cast(), len) == 0 }
     }
 }

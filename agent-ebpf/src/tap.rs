@@ -2,14 +2,16 @@
 //! account, and emit a ring-buffer record for the few packets userspace needs to see.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::debug;
 use shadowtap_common::{
     AF_V4, AF_V6, Config, Counter, Counters, DEFAULT_FLOW_ENTRIES, FlowKey, FlowStats, MAX_CAPTURE,
-    MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordKind, TLS_HEAD_LEN,
+    MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordHeader, RecordKind, SMALL_CAPTURE, SmallRecord,
+    TLS_HEAD_LEN,
 };
 
 use crate::packet::Packet;
@@ -22,8 +24,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(2, 0);
 
-#[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Runtime configuration, set by userspace at load time in `.rodata`: the verifier sees the
+/// values as constants and drops the branches they rule out (port filter, sampling), and no
+/// map lookup is paid per packet. Changing it means loading the programs again.
+#[unsafe(no_mangle)]
+static SHADOWTAP_CONFIG: Config = Config::DEFAULT;
 
 #[map]
 static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
@@ -60,6 +65,17 @@ fn count(ctrs: Ctrs, counter: Counter, value: u64) {
     unsafe { (*ctrs)[counter as usize] += value };
 }
 
+/// An IPv4 address in a flow key's 16-byte field (first four bytes, the rest zero), built
+/// from two 8-byte words: zeroing the tail bytewise made LLVM emit a call to a byte-loop
+/// `memset` per address on every packet.
+#[inline(always)]
+fn v4_key_addr(addr: [u8; 4]) -> [u8; 16] {
+    let words = [u64::from(u32::from_ne_bytes(addr)).to_le(), 0u64];
+    // SAFETY: [u64; 2] and [u8; 16] have the same size and any bit pattern is valid; on a
+    // little-endian target the first word's low four bytes are `addr` in order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
 #[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -84,10 +100,9 @@ enum Walk {
 /// its verdict.
 #[inline(always)]
 pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::DEFAULT,
-    };
+    // SAFETY: a plain read of a global; volatile so the compiler does not fold in the
+    // default that userspace overrides at load time.
+    let cfg = unsafe { core::ptr::read_volatile(&raw const SHADOWTAP_CONFIG) };
     let frame_len = pkt.len();
     let ctrs: Ctrs = COUNTERS
         .get_ptr_mut(dir as u32)
@@ -116,15 +131,18 @@ pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
         return cfg.mode;
     }
 
+    // Flow timestamps only need tick resolution (idle expiry, first/last seen): the coarse
+    // clock is a plain load, where the precise one reads the clocksource (the TSC through
+    // kvm-clock in a VM). Same CLOCK_MONOTONIC base.
     // SAFETY: reading the kernel's monotonic clock has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    update_flow(&parsed, frame_len, now, ctrs);
+    let coarse_now = unsafe { bpf_ktime_get_coarse_ns() };
+    update_flow(&parsed, frame_len, coarse_now, ctrs);
 
     if let Some(kind) = classify(pkt, &parsed) {
         if kind != RecordKind::TcpControl && !sampled_in(&parsed.key, cfg.sample_n) {
             count(ctrs, Counter::SampledOut, 1);
         } else {
-            emit(pkt, &parsed, kind, &cfg, frame_len, now, dir, ctrs);
+            emit(pkt, &parsed, kind, &cfg, frame_len, dir, ctrs);
         }
     }
     cfg.mode
@@ -199,8 +217,8 @@ fn walk<P: Packet>(pkt: &P, dir: u8) -> Walk {
             has_l4 = frag == 0;
             key.proto = ip[9];
             key.family = AF_V4;
-            key.src[..4].copy_from_slice(&ip[12..16]);
-            key.dst[..4].copy_from_slice(&ip[16..20]);
+            key.src = v4_key_addr([ip[12], ip[13], ip[14], ip[15]]);
+            key.dst = v4_key_addr([ip[16], ip[17], ip[18], ip[19]]);
             l4 = l3 + ihl;
             l3_end = l3 + total;
         }
@@ -417,7 +435,6 @@ fn emit<P: Packet>(
     kind: RecordKind,
     cfg: &Config,
     frame_len: u32,
-    now: u64,
     dir: u8,
     ctrs: Ctrs,
 ) {
@@ -445,27 +462,77 @@ fn emit<P: Packet>(
         cap = MAX_CAPTURE as u32;
     }
 
-    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-        count(ctrs, Counter::RingbufReserveFailed, 1);
-        return;
+    // Records carry request-response latency: they take the precise clock.
+    // SAFETY: reading the kernel's monotonic clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let header = RecordHeader {
+        ts_ns: now,
+        ifindex: pkt.ifindex(),
+        wire_len: frame_len,
+        cap_len: cap as u16,
+        kind: kind as u8,
+        direction: dir,
+        _pad: 0,
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` points to a reserved, writable Record; we initialise the header fully and
-    // the first `cap` bytes of data, which is all userspace reads.
-    unsafe {
-        (*rec).header.ts_ns = now;
-        (*rec).header.ifindex = pkt.ifindex();
-        (*rec).header.wire_len = frame_len;
-        (*rec).header.cap_len = cap as u16;
-        (*rec).header.kind = kind as u8;
-        (*rec).header.direction = dir;
-        (*rec).header._pad = 0;
-        if !pkt.copy_head((*rec).data.as_mut_ptr(), cap) {
-            entry.discard(0);
-            count(ctrs, Counter::Malformed, 1);
+    // Two reservation sizes, each a constant as the verifier requires: most records fit the
+    // small one.
+    let written = if cap <= SMALL_CAPTURE as u32 {
+        let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
+            count(ctrs, Counter::RingbufReserveFailed, 1);
             return;
+        };
+        let rec = entry.as_mut_ptr();
+        // SAFETY: `rec` points to a reserved, writable SmallRecord; the header is written
+        // whole and the first `cap` bytes of data, which is all userspace reads.
+        let copied = unsafe {
+            (*rec).header = header;
+            pkt.copy_head::<SMALL_CAPTURE>((*rec).data.as_mut_ptr(), cap)
+        };
+        if copied {
+            entry.submit(wakeup_flags(cfg, core::mem::size_of::<SmallRecord>(), ctrs));
+        } else {
+            entry.discard(0);
         }
+        copied
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+            count(ctrs, Counter::RingbufReserveFailed, 1);
+            return;
+        };
+        let rec = entry.as_mut_ptr();
+        // SAFETY: as above, for a full Record.
+        let copied = unsafe {
+            (*rec).header = header;
+            pkt.copy_head::<MAX_CAPTURE>((*rec).data.as_mut_ptr(), cap)
+        };
+        if copied {
+            entry.submit(wakeup_flags(cfg, core::mem::size_of::<Record>(), ctrs));
+        } else {
+            entry.discard(0);
+        }
+        copied
+    };
+    if written {
+        count(ctrs, Counter::Events, 1);
+    } else {
+        count(ctrs, Counter::Malformed, 1);
     }
-    entry.submit(0);
-    count(ctrs, Counter::Events, 1);
+}
+
+/// Submit flags for a record of `size` bytes: no wakeup, unless this record takes the unread
+/// bytes across `cfg.wakeup_bytes` (then one forced wakeup, counted). The consumer drains on a
+/// timer; the mark only brings it early when records arrive faster than the timer drains them.
+/// Crossing, not "above", so a consumer that is behind gets one wakeup, not one per record.
+#[inline(always)]
+fn wakeup_flags(cfg: &Config, size: usize, ctrs: Ctrs) -> u64 {
+    let mark = cfg.wakeup_bytes as u64;
+    // Each record also takes an 8-byte ring header.
+    let size = size as u64 + 8;
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if mark == 0 || (unread >= mark && unread < mark + size) {
+        count(ctrs, Counter::RingbufWakeups, 1);
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }

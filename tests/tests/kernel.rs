@@ -9,12 +9,13 @@ use aya::{
 use shadowtap_agent::{
     capture::{
         CounterSnapshot, KernelMaps, Mode, TC_PROGRAM, Tap, TapOptions, XDP_PROGRAM, XdpMode,
+        default_wakeup_bytes,
     },
     decode::{self, LinkType},
 };
 use shadowtap_common::{
-    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, RecordHeader, RecordKind,
-    TLS_HEAD_LEN,
+    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, Record, RecordHeader,
+    RecordKind, SMALL_CAPTURE, SmallRecord, TLS_HEAD_LEN,
 };
 
 const XDP_DROP: u32 = 1;
@@ -37,6 +38,7 @@ fn options(mode: Mode) -> TapOptions {
         sample_n: 1,
         ports: Vec::new(),
         ringbuf_bytes: 1 << 20,
+        wakeup_bytes: default_wakeup_bytes(1 << 20),
         flow_entries: 1024,
         kernel_log_level: 0,
     }
@@ -52,6 +54,8 @@ struct Harness {
 struct Rec {
     header: RecordHeader,
     data: Vec<u8>,
+    /// Bytes the kernel reserved for the record (the ring item's length).
+    reserved: usize,
 }
 
 struct Outcome {
@@ -61,6 +65,40 @@ struct Outcome {
 }
 
 impl Harness {
+    /// Runs the XDP program `repeat` times on `frame` without reading the ring in between;
+    /// returns the counter deltas (the records stay in the ring).
+    fn run_repeated_undrained(&mut self, frame: &[u8], repeat: u32) -> CounterSnapshot {
+        let before = self.maps.counters().expect("counters");
+        let prog: &mut Xdp = self
+            .tap
+            .ebpf_mut()
+            .program_mut(XDP_PROGRAM)
+            .expect("xdp program")
+            .try_into()
+            .expect("xdp type");
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN xdp");
+        let after = self.maps.counters().expect("counters");
+        let mut delta = CounterSnapshot::default();
+        for i in 0..delta.ingress.len() {
+            delta.ingress[i] = after.ingress[i] - before.ingress[i];
+            delta.egress[i] = after.egress[i] - before.egress[i];
+        }
+        delta
+    }
+
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while self.ring.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
     fn new(opts: &TapOptions) -> Self {
         require_root();
         let mut tap = Tap::load(opts).expect("load the eBPF programs (is the object built?)");
@@ -102,7 +140,11 @@ impl Harness {
             let header: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             let data =
                 item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(header.cap_len)].to_vec();
-            records.push(Rec { header, data });
+            records.push(Rec {
+                header,
+                data,
+                reserved: item.len(),
+            });
         }
         let after = self.maps.counters().expect("counters");
         let mut delta = CounterSnapshot::default();
@@ -295,6 +337,83 @@ fn tcp_control_segments_and_tls_client_hello() {
         rec.data.len(),
         (14 + 20 + 20 + usize::from(TLS_HEAD_LEN)).min(MAX_CAPTURE)
     );
+    assert_eq!(
+        rec.reserved,
+        size_of::<Record>(),
+        "a ClientHello head needs the full record"
+    );
+    assert_eq!(
+        only_record(&syn).reserved,
+        size_of::<SmallRecord>(),
+        "control records take the small reservation"
+    );
+}
+
+/// Heads up to `SMALL_CAPTURE` bytes take the small reservation, longer ones the full record,
+/// and the bytes userspace reads are the same either way.
+#[test]
+fn record_size_classes_follow_the_captured_length() {
+    let mut h = Harness::new(&options(Mode::Host));
+    // 54 bytes of headers: payloads up to SMALL_CAPTURE - 54 fit the small record.
+    let fits = SMALL_CAPTURE - 54;
+    let mut o = TapOptions {
+        snaplen: 256,
+        ..options(Mode::Host)
+    };
+    o.ringbuf_bytes = 1 << 20;
+    let mut wide = Harness::new(&o);
+    for (use_wide, payload, small) in [
+        (false, 300, true),
+        (true, fits, true),
+        (true, fits + 1, false),
+        (true, 400, false),
+    ] {
+        let harness = if use_wide { &mut wide } else { &mut h };
+        let mut body = b"GET /x HTTP/1.1\r\n".to_vec();
+        body.resize(payload, b'a');
+        let frame = tcp_v4(&body, false, false);
+        let out = harness.run(&frame, false);
+        let rec = only_record(&out);
+        let expected = if small {
+            size_of::<SmallRecord>()
+        } else {
+            size_of::<Record>()
+        };
+        assert_eq!(rec.reserved, expected, "payload {payload}");
+        assert_eq!(rec.data, frame[..rec.data.len()], "payload {payload}");
+    }
+}
+
+/// Records are submitted without waking the consumer, except once each time the unread bytes
+/// cross the mark: a consumer that is behind gets one wakeup, not one per record. A mark of 0
+/// wakes on every record.
+#[test]
+fn consumer_is_woken_once_per_crossing_of_the_mark() {
+    let frame = tcp_v4(b"GET /wake HTTP/1.1\r\nHost: a\r\n\r\n", false, false);
+    let record = size_of::<SmallRecord>() + 8;
+    let mut o = options(Mode::Host);
+    o.wakeup_bytes = 16 * record as u32;
+    let mut h = Harness::new(&o);
+    for round in 0..3 {
+        let d = h.run_repeated_undrained(&frame, 100);
+        assert_eq!(d.get(DIR_INGRESS, Counter::Events), 100, "round {round}");
+        assert_eq!(
+            d.get(DIR_INGRESS, Counter::RingbufWakeups),
+            1,
+            "round {round}: one wakeup when the 16th record crosses the mark"
+        );
+        assert_eq!(h.drain(), 100, "round {round}");
+    }
+    // Below the mark: no wakeup at all.
+    let d = h.run_repeated_undrained(&frame, 15);
+    assert_eq!(d.get(DIR_INGRESS, Counter::RingbufWakeups), 0);
+    assert_eq!(h.drain(), 15);
+
+    o.wakeup_bytes = 0;
+    let mut every = Harness::new(&o);
+    let d = every.run_repeated_undrained(&frame, 50);
+    assert_eq!(d.get(DIR_INGRESS, Counter::RingbufWakeups), 50);
+    assert_eq!(every.drain(), 50);
 }
 
 #[test]

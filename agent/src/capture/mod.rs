@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
 };
 use shadowtap_common::{
@@ -69,9 +69,19 @@ pub struct TapOptions {
     pub sample_n: u32,
     pub ports: Vec<u16>,
     pub ringbuf_bytes: u32,
+    /// Unread bytes in the ring at which the kernel wakes the consumer early (see
+    /// `Config::wakeup_bytes`; 0 wakes on every record). [`default_wakeup_bytes`] is the
+    /// daemon's choice.
+    pub wakeup_bytes: u32,
     pub flow_entries: u32,
     /// aya-log level forwarded from the kernel (0 = off … 5 = trace).
     pub kernel_log_level: u8,
+}
+
+/// The daemon's early-wakeup mark: a quarter of the ring. Below it the consumer drains on its
+/// timer alone; the rest of the ring absorbs what arrives while the woken consumer gets going.
+pub fn default_wakeup_bytes(ringbuf_bytes: u32) -> u32 {
+    ringbuf_bytes / 4
 }
 
 impl TapOptions {
@@ -110,6 +120,15 @@ impl TapOptions {
                 ),
             });
         }
+        if self.wakeup_bytes >= self.ringbuf_bytes {
+            return Err(CaptureError::InvalidOption {
+                field: "wakeup-bytes",
+                reason: format!(
+                    "the early-wakeup mark ({} bytes) must be below the ring size ({} bytes)",
+                    self.wakeup_bytes, self.ringbuf_bytes
+                ),
+            });
+        }
         if self.flow_entries == 0 {
             return Err(CaptureError::InvalidOption {
                 field: "flow-entries",
@@ -128,6 +147,7 @@ impl TapOptions {
             snaplen: u32::from(self.snaplen),
             sample_n: self.sample_n,
             port_filter: u32::from(!self.ports.is_empty()),
+            wakeup_bytes: self.wakeup_bytes,
         }
     }
 }
@@ -169,6 +189,7 @@ impl Tap {
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
             .map_max_entries("FLOWS", opts.flow_entries)
             .override_global("AYA_LOG_LEVEL", &level, false)
+            .override_global("SHADOWTAP_CONFIG", &opts.kernel_config(), true)
             .load(object)
             .map_err(CaptureError::from_ebpf)?;
         for name in [XDP_PROGRAM, XDP_BASELINE_PROGRAM] {
@@ -189,15 +210,6 @@ impl Tap {
     }
 
     fn configure(&mut self, opts: &TapOptions) -> Result<(), CaptureError> {
-        let mut config: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf
-                .map_mut("CONFIG")
-                .ok_or(CaptureError::MissingMap("CONFIG"))?,
-        )
-        .map_err(|e| CaptureError::Map("CONFIG", e))?;
-        config
-            .set(0, &opts.kernel_config(), 0)
-            .map_err(|e| CaptureError::Map("CONFIG", e))?;
         let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(
             self.ebpf
                 .map_mut("PORT_FILTER")

@@ -1,11 +1,13 @@
-//! `shadowtap-agent run`: capture → decode → events → (JSON lines, models), live.
+//! `shadowtap-agent run`: capture → decode → events → models (→ JSON lines on request), live.
 //!
-//! One tokio task owns everything: it waits on the ring buffer's fd with `AsyncFd`, decodes each
-//! record with the same decoder as the pcap path, feeds the connection tracker, writes JSON
-//! lines and feeds the behavioural models. Timers export per-flow deltas from the kernel's flow
-//! map, stats lines, metrics and API views, and model snapshots. On SIGINT/SIGTERM (or
-//! `--duration`) the programs are detached *first*, then the ring buffer is drained, so the
-//! final stats line can prove that every record the kernel emitted was read.
+//! One tokio task owns everything. It drains the ring buffer on a short timer (the kernel
+//! submits records without waking it, except when the ring fills past a mark), decodes each
+//! record with the same decoder as the pcap path, feeds the connection tracker and the
+//! behavioural models, and — only with `--events` — writes the events as JSON lines. Timers
+//! export per-flow deltas from the kernel's flow map, stats, metrics and API views, and model
+//! snapshots. On SIGINT/SIGTERM (or `--duration`) the programs are detached *first*, then the
+//! ring buffer is drained, so the final stats can prove that every record the kernel emitted
+//! was read.
 
 mod http;
 mod pipeline;
@@ -25,7 +27,7 @@ use tracing::{info, warn};
 
 use self::{
     http::{AbortOnDrop, ApiState},
-    pipeline::{Pipeline, drain, open_output},
+    pipeline::{LineSink, Pipeline, StatsOut, drain, open_output},
     publish::Publisher,
     views::LatestMinute,
 };
@@ -57,12 +59,24 @@ pub struct RunArgs {
     /// Ring buffer size in MiB (power of two).
     #[arg(long = "ringbuf-size", default_value_t = 8)]
     pub ringbuf_mib: u32,
+    /// Milliseconds between ring-buffer drains. The kernel does not wake the agent per record
+    /// (that costs the host an interrupt each); it wakes it early only when a quarter of the
+    /// ring is unread.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub ringbuf_poll_ms: u64,
     /// Capacity of the kernel's per-flow LRU map.
     #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES)]
     pub flow_entries: u32,
-    /// Where to write JSON-lines events ("-" for stdout).
-    #[arg(long, default_value = "-")]
-    pub output: String,
+    /// Write the per-request event stream (JSON lines: connections, requests, responses, TLS,
+    /// flows, stats) to FILE, or "-" for stdout. Off by default: models, metrics, the API and
+    /// scale events run without it, and formatting every event costs CPU on a busy host.
+    #[arg(long = "events", visible_alias = "output", value_name = "FILE|-")]
+    pub events: Option<String>,
+    /// Write stats lines (every --stats-interval, and a final one) to FILE, or "-" for stdout.
+    /// Default: into the event stream when --events is given; otherwise only /metrics and the
+    /// final stats log line carry them.
+    #[arg(long, value_name = "FILE|-")]
+    pub stats: Option<String>,
     /// Seconds between flow exports and stats lines.
     #[arg(long, default_value_t = 10)]
     pub stats_interval: u64,
@@ -115,6 +129,7 @@ impl RunArgs {
             sample_n: self.sample,
             ports: self.ports.clone(),
             ringbuf_bytes,
+            wakeup_bytes: capture::default_wakeup_bytes(ringbuf_bytes),
             flow_entries: self.flow_entries,
             kernel_log_level,
         })
@@ -261,6 +276,23 @@ fn spawn_api(listen: &str, api: &ApiState) -> Result<Option<AbortOnDrop>> {
     }))))
 }
 
+/// The event stream (`--events`, off by default) and where stats lines go (`--stats`; with the
+/// events when not given, or when it names the same output).
+fn outputs(args: &RunArgs) -> Result<(Option<LineSink>, StatsOut)> {
+    let events = args
+        .events
+        .as_deref()
+        .map(|p| open_output(p, "--events"))
+        .transpose()?;
+    let stats_out = match (&args.stats, &events) {
+        (Some(p), _) if args.events.as_deref() == Some(p.as_str()) => StatsOut::WithEvents,
+        (Some(p), _) => StatsOut::Own(open_output(p, "--stats")?),
+        (None, Some(_)) => StatsOut::WithEvents,
+        (None, None) => StatsOut::Off,
+    };
+    Ok((events, stats_out))
+}
+
 async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let (model, _) = state::load_model(args.state_dir.as_deref(), &ModelConfig::default())?;
     // Bad policy or Kafka settings are reported before anything is attached.
@@ -282,11 +314,13 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     }
     info!(attachments = ?tap.attachments, mode = ?opts.mode, "shadowtap agent running");
 
+    let (events, stats_out) = outputs(args)?;
     let mut live = Live {
         pipe: Pipeline::new(
             Tracker::new(TrackerConfig::default()),
             model,
-            open_output(&args.output)?,
+            events,
+            stats_out,
         ),
         maps,
         api: ApiState::default(),
@@ -303,6 +337,9 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing SIGINT handler")?;
     let _api_task = spawn_api(&args.metrics_listen, &live.api)?;
+    // Records arrive without wakeups (see `Config::wakeup_bytes`): drain on a timer.
+    let mut poll = tokio::time::interval(Duration::from_millis(args.ringbuf_poll_ms));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut stats_tick = tokio::time::interval(Duration::from_secs(args.stats_interval));
     stats_tick.tick().await;
@@ -327,6 +364,10 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
             }
         };
         tokio::select! {
+            _ = poll.tick() => {
+                drain(ring.get_mut(), &mut live.pipe)?;
+            }
+            // The kernel's early wakeup: the ring is filling faster than the timer drains it.
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 drain(guard.get_inner_mut(), &mut live.pipe)?;

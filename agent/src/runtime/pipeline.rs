@@ -1,13 +1,7 @@
 //! The live pipeline's state: decode → events → sink (JSON lines) and → model (windows),
 //! plus the exports that run on the stats tick (flow deltas, stats lines, metrics, API views).
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{BufWriter, Write},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{collections::HashMap, fs::File, io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -34,9 +28,64 @@ pub struct AgentCounters {
     pub flows_without_ports: u64,
 }
 
+/// A JSON-lines output that writes whole lines in batches: events are serialised into a
+/// buffer and written when it holds [`LineSink::BATCH_BYTES`] or at the end of each ring-buffer
+/// drain, so a busy agent makes a write per batch, not per event (stdout is line-buffered and
+/// would write every line). Whole lines only, so other writers of the same stdout (scale
+/// events) interleave by line.
+pub(crate) struct LineSink {
+    buf: Vec<u8>,
+    out: Box<dyn Write>,
+}
+
+impl LineSink {
+    const BATCH_BYTES: usize = 64 * 1024;
+
+    pub(crate) fn new(out: Box<dyn Write>) -> Self {
+        Self {
+            buf: Vec::with_capacity(Self::BATCH_BYTES + 4096),
+            out,
+        }
+    }
+
+    fn line<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        serde_json::to_writer(&mut self.buf, value).context("serialising a JSON line")?;
+        self.buf.push(b'\n');
+        if self.buf.len() >= Self::BATCH_BYTES {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out
+                .write_all(&self.buf)
+                .context("writing JSON lines")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        self.write_out()?;
+        self.out.flush().context("flushing JSON lines")
+    }
+}
+
+/// Where stats lines go: with the events, to their own output, or nowhere (metrics and the
+/// final log line still carry them).
+pub(crate) enum StatsOut {
+    WithEvents,
+    Own(LineSink),
+    Off,
+}
+
 pub(crate) struct Pipeline {
     tracker: Tracker,
-    out: Box<dyn Write>,
+    /// The per-request event stream (`--events`); off by default, the models do not need it.
+    events: Option<LineSink>,
+    stats_out: StatsOut,
     pub(crate) counters: AgentCounters,
     ifnames: HashMap<u32, Arc<str>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
@@ -63,10 +112,16 @@ pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Pipeline {
-    pub(crate) fn new(tracker: Tracker, model: ModelStore, out: Box<dyn Write>) -> Self {
+    pub(crate) fn new(
+        tracker: Tracker,
+        model: ModelStore,
+        events: Option<LineSink>,
+        stats_out: StatsOut,
+    ) -> Self {
         Self {
             tracker,
-            out,
+            events,
+            stats_out,
             counters: AgentCounters::default(),
             ifnames: HashMap::new(),
             realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
@@ -99,10 +154,12 @@ impl Pipeline {
         u64::try_from(i128::from(mono_ns) + self.realtime_offset_ns).unwrap_or(0)
     }
 
-    fn write(&mut self, event: &Event) -> Result<()> {
-        serde_json::to_writer(&mut self.out, event).context("writing event")?;
-        self.out.write_all(b"\n").context("writing event")?;
-        Ok(())
+    /// Ends a batch of records: whatever events are buffered go out.
+    pub(crate) fn flush_events(&mut self) -> Result<()> {
+        match &mut self.events {
+            Some(sink) => sink.flush(),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn on_record(&mut self, bytes: &[u8]) -> Result<()> {
@@ -137,8 +194,10 @@ impl Pipeline {
         self.tracker.on_packet(&ctx, &meta, &mut events);
         for event in events.drain(..) {
             self.model.observe(&event);
-            self.write(&event)?;
-            self.counters.events_written += 1;
+            if let Some(sink) = &mut self.events {
+                sink.line(&event)?;
+                self.counters.events_written += 1;
+            }
         }
         self.scratch = events;
         Ok(())
@@ -186,11 +245,14 @@ impl Pipeline {
             };
             if delta.packets > 0 {
                 let iface = self.ifname(entry.key.ifindex);
-                if let Some(flow) = flow_event(&entry.key, &delta, iface, self) {
-                    self.write(&Event::Flow(flow))?;
-                    self.counters.flow_events_written += 1;
-                } else {
-                    self.counters.flows_without_ports += 1;
+                match flow_event(&entry.key, &delta, iface, self) {
+                    Some(flow) => {
+                        if let Some(sink) = &mut self.events {
+                            sink.line(&Event::Flow(flow))?;
+                            self.counters.flow_events_written += 1;
+                        }
+                    }
+                    None => self.counters.flows_without_ports += 1,
                 }
                 self.exported.insert(entry.key, entry.stats);
             }
@@ -281,9 +343,22 @@ impl Pipeline {
             "flows": { "live": live_flows, "removed_idle": self.flows_removed, "evicted": evicted },
             "unread_records": kernel.total(Counter::Events).saturating_sub(self.counters.records_received),
         });
-        serde_json::to_writer(&mut self.out, &line).context("writing stats")?;
-        self.out.write_all(b"\n").context("writing stats")?;
-        self.out.flush().context("flushing output")?;
+        if final_line {
+            tracing::info!(stats = %line, "final stats");
+        }
+        let sink = match &mut self.stats_out {
+            StatsOut::WithEvents => self.events.as_mut(),
+            StatsOut::Own(sink) => Some(sink),
+            StatsOut::Off => None,
+        };
+        if let Some(sink) = sink {
+            sink.line(&line).context("writing stats")?;
+        }
+        // Events buffered since the last drain go out with (before) the stats line.
+        self.flush_events()?;
+        if let StatsOut::Own(sink) = &mut self.stats_out {
+            sink.flush().context("writing stats")?;
+        }
         Ok(())
     }
 }
@@ -312,21 +387,27 @@ fn flow_event(key: &FlowKey, s: &FlowStats, iface: Arc<str>, p: &Pipeline) -> Op
     })
 }
 
-pub(crate) fn open_output(path: &str) -> Result<Box<dyn Write>> {
+/// A JSON-lines output: `-` for stdout, else a file (created or truncated). `what` names the
+/// option in errors.
+pub(crate) fn open_output(path: &str, what: &str) -> Result<LineSink> {
     if path == "-" {
-        // Whole lines only: scale events may share stdout (see `publish`).
-        return Ok(Box::new(std::io::LineWriter::new(std::io::stdout())));
+        // `LineSink` writes whole lines; stdout's own line buffering passes them straight on.
+        return Ok(LineSink::new(Box::new(std::io::stdout())));
     }
     let p = PathBuf::from(path);
-    let f = File::create(&p).with_context(|| format!("creating output file {}", p.display()))?;
-    Ok(Box::new(BufWriter::new(f)))
+    let f = File::create(&p).with_context(|| format!("{what}: creating {}", p.display()))?;
+    Ok(LineSink::new(Box::new(f)))
 }
 
+/// Reads every record the ring holds, then writes out the events they made.
 pub(crate) fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<usize> {
     let mut n = 0;
     while let Some(item) = ring.next() {
         pipe.on_record(&item)?;
         n += 1;
+    }
+    if n > 0 {
+        pipe.flush_events()?;
     }
     Ok(n)
 }
