@@ -56,7 +56,7 @@ impl HttpHead<'_> {
 /// Splits off one line ending in `\n` (a preceding `\r` is dropped). `None` when the input
 /// has no terminator: the line was cut.
 fn take_line(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = input.iter().position(|&b| b == b'\n')?;
+    let end = memchr::memchr(b'\n', input)?;
     let line = &input[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     Some((line, &input[end + 1..]))
@@ -90,7 +90,7 @@ fn parse_headers(mut rest: &[u8]) -> HeaderFields<'_> {
             fields.complete = true;
             break;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));

@@ -87,7 +87,7 @@ pub(crate) struct Pipeline {
     events: Option<LineSink>,
     stats_out: StatsOut,
     pub(crate) counters: AgentCounters,
-    ifnames: HashMap<u32, Arc<str>>,
+    ifnames: rustc_hash::FxHashMap<u32, Arc<str>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     realtime_offset_ns: i128,
     /// Cumulative counters at the previous export, so each `flow` event carries a delta.
@@ -123,7 +123,7 @@ impl Pipeline {
             events,
             stats_out,
             counters: AgentCounters::default(),
-            ifnames: HashMap::new(),
+            ifnames: rustc_hash::FxHashMap::default(),
             realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
             exported: HashMap::new(),
             flows_removed: 0,
