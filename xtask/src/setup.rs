@@ -1,54 +1,102 @@
-//! Idempotent installation of everything the build, tests and benchmarks need.
+//! Idempotent installation of what each task needs, with a progress line per step: the demo
+//! installs only what it builds and runs ([`demo`]), the tests and `cargo xtask setup` install
+//! everything ([`run`]), `cargo xtask bench live` its own extras ([`bench_live`]).
+//!
+//! The estimates in the progress lines were measured on a fresh 2-core machine.
 
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{self, output, succeeds};
+use crate::util::{self, Steps, output, succeeds};
 
-/// Debian packages: LLVM 22 for bpf-linker (same major as rustc 1.98's LLVM), the packet tools
-/// the tests use as oracles and traffic sources, and python3-venv for the statsforecast baseline.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages the demo needs: LLVM 22 with Polly, zlib and zstd to build bpf-linker (same
+/// LLVM major as rustc 1.98's); ip(8) for the namespaces; OpenSSL headers, pkg-config and make
+/// for the librdkafka the rdkafka crate builds from source (with TLS, for SASL_SSL/SSL brokers);
+/// freetype/fontconfig headers for the agent's plotting (font-kit).
+const DEMO_APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+    "iproute2",
+    "libssl-dev",
+    "pkg-config",
+    "make",
+    "libfontconfig1-dev",
+];
+
+/// Only the tests: the packet tools they use as oracles and traffic sources, bpftool,
+/// python3-venv for the statsforecast baseline, fontconfig and a font for the backtest plots.
+const TEST_APT: &[&str] = &[
     "tshark",
     "tcpdump",
     "tcpreplay",
     "bpftool",
-    "iproute2",
     "python3-venv",
-    // librdkafka is built from source by the rdkafka crate, with TLS (for SASL_SSL/SSL brokers).
-    "libssl-dev",
-    "pkg-config",
-    "make",
     "fontconfig",
-    "libfontconfig1-dev",
     "fonts-dejavu-core",
 ];
+
+/// `cargo xtask bench live`: a real HTTP server and load generator, and a capture for checks.
+const BENCH_LIVE_APT: &[&str] = &["tcpdump", "nginx-light", "wrk", "bpftool"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const TOOLCHAIN: &str = "1.98.0";
 
 const NISSHI_VERSION: &str = "0.8.1";
 
+/// Progress steps [`demo`] and [`bench_live`] print (Debian packages, bpf-linker).
+pub const DEMO_STEPS: usize = 2;
+/// Progress steps [`all`] prints (Debian packages, bpf-linker, nisshi).
+pub const ALL_STEPS: usize = 3;
+
+/// `cargo xtask setup` (and `test`, `bench`): everything, numbered on its own.
 pub fn run() -> Result<()> {
-    apt()?;
-    ensure_ebpf_toolchain()?;
-    ensure_broker()
+    all(&mut Steps::new(ALL_STEPS))
+}
+
+/// Everything the build, the tests and the cargo benchmarks need (not nginx and wrk, which only
+/// [`bench_live`] installs: on a systemd host the nginx package starts a server on port 80).
+pub fn all(steps: &mut Steps) -> Result<()> {
+    apt(steps, &[DEMO_APT, TEST_APT])?;
+    ebpf_toolchain(steps)?;
+    broker(steps)
+}
+
+/// Only what `cargo xtask demo` builds and runs: no packet tools, no Kafka broker.
+pub fn demo(steps: &mut Steps) -> Result<()> {
+    apt(steps, &[DEMO_APT])?;
+    ebpf_toolchain(steps)
+}
+
+/// What `cargo xtask bench live` needs: the demo's setup plus tcpdump, nginx-light, wrk and
+/// bpftool. Prints its own [1/2] [2/2] progress lines.
+pub fn bench_live() -> Result<()> {
+    let mut steps = Steps::new(DEMO_STEPS);
+    apt(&mut steps, &[DEMO_APT, BENCH_LIVE_APT])?;
+    ebpf_toolchain(&mut steps)
+}
+
+/// `cargo xtask build-ebpf`: rust-src and bpf-linker (the Debian LLVM must be there already).
+pub fn ensure_ebpf_toolchain() -> Result<()> {
+    ebpf_toolchain(&mut Steps::new(1))
 }
 
 /// The Kafka-protocol broker the pipeline tests start on 127.0.0.1 (built once, ~16 min cold;
 /// `cargo install` keeps it in ~/.cargo/bin, so later runs skip this).
-fn ensure_broker() -> Result<()> {
+fn broker(steps: &mut Steps) -> Result<()> {
     if output(Command::new("nisshi").arg("--version")).is_some_and(|v| v.contains(NISSHI_VERSION)) {
-        eprintln!("xtask: nisshi {NISSHI_VERSION} present");
+        steps.skip(&format!("nisshi {NISSHI_VERSION} present"));
         return Ok(());
     }
-    eprintln!(
-        "xtask: installing the nisshi {NISSHI_VERSION} Kafka-compatible broker (about 16 minutes on 2 cores)"
+    let step = steps.start(
+        &format!(
+            "building the nisshi {NISSHI_VERSION} Kafka-compatible broker for the pipeline tests"
+        ),
+        "about 16 min, once",
     );
+    // Not --quiet: the compile lines show it is alive during those minutes.
     util::run(Command::new("cargo").args([
         &format!("+{TOOLCHAIN}"),
         "install",
@@ -58,43 +106,60 @@ fn ensure_broker() -> Result<()> {
         "--features",
         "dynostore",
     ]))
-    .context("installing nisshi")
+    .context("installing nisshi")?;
+    step.done();
+    Ok(())
 }
 
-fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
+fn installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// One `apt-get update` and one `apt-get install` of every missing package of `lists`.
+fn apt(steps: &mut Steps, lists: &[&[&str]]) -> Result<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    for &p in lists.iter().copied().flatten() {
+        if !missing.contains(&p) && !installed(p) {
+            missing.push(p);
+        }
+    }
     if missing.is_empty() {
-        eprintln!("xtask: apt packages present");
+        steps.skip("Debian packages present");
         return Ok(());
     }
     if !util::is_root() {
         bail!(
-            "missing Debian packages {missing:?}; run `cargo xtask setup` as root (it runs apt-get)"
+            "missing Debian packages {missing:?}; run this task (or `cargo xtask setup`) as root: it runs apt-get"
         );
     }
-    eprintln!("xtask: installing {missing:?}");
+    // Most of the time is LLVM 22 (~100 MB), when it is among them.
+    let about = if missing.iter().any(|p| p.starts_with("llvm-")) {
+        "about 25 s"
+    } else {
+        "about 15 s"
+    };
+    let step = steps.start(
+        &format!("installing Debian packages {}", missing.join(" ")),
+        about,
+    );
     util::run(
         Command::new("apt-get")
-            .arg("update")
+            .args(["-q", "update"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     util::run(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["-q", "install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    step.done();
+    Ok(())
 }
 
 /// rust-src for build-std, and bpf-linker built against Debian's LLVM 22.
-pub fn ensure_ebpf_toolchain() -> Result<()> {
+fn ebpf_toolchain(steps: &mut Steps) -> Result<()> {
     let has_src = output(Command::new("rustup").args([
         "component",
         "list",
@@ -104,6 +169,8 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     ]))
     .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
+        // rust-toolchain.toml lists rust-src, so only a toolchain installed otherwise lacks it.
+        eprintln!("xtask: installing the Rust {TOOLCHAIN} toolchain's rust-src (about 20 s)");
         util::run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -117,18 +184,22 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     let linker_ok = output(Command::new("bpf-linker").arg("--version"))
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     if linker_ok {
-        eprintln!("xtask: bpf-linker {BPF_LINKER_VERSION} present");
+        steps.skip(&format!("bpf-linker {BPF_LINKER_VERSION} present"));
         return Ok(());
     }
     if !succeeds(Command::new("test").args(["-d", "/usr/lib/llvm-22"])) {
         bail!("/usr/lib/llvm-22 is missing: run `cargo xtask setup` as root first");
     }
-    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about 2 minutes)");
+    let step = steps.start(
+        &format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22"),
+        "about 1 min, once",
+    );
     util::run(
         Command::new("cargo")
             .args([
                 &format!("+{TOOLCHAIN}"),
                 "install",
+                "--quiet",
                 "--locked",
                 &format!("bpf-linker@{BPF_LINKER_VERSION}"),
                 "--no-default-features",
@@ -137,5 +208,7 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
-    .context("installing bpf-linker")
+    .context("installing bpf-linker")?;
+    step.done();
+    Ok(())
 }
