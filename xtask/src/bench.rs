@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{ebpf, setup, util};
+use crate::{bench_live, ebpf, setup, util};
 
 struct Bench {
     name: &'static str,
@@ -46,13 +46,18 @@ const BENCHES: &[Bench] = &[
 ];
 
 pub fn run(filter: Option<&str>) -> Result<()> {
+    // `live` (nginx and wrk in namespaces, see bench_live) installs only what it needs itself.
+    if filter == Some("live") {
+        return bench_live::run();
+    }
     setup::run()?;
     let selected: Vec<&Bench> = BENCHES
         .iter()
         .filter(|b| filter.is_none_or(|f| b.name.contains(f)))
         .collect();
     if selected.is_empty() {
-        let names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
+        let mut names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
+        names.push("live");
         anyhow::bail!("no benchmark matches {filter:?}; choose from {names:?}");
     }
     if selected.iter().any(|b| b.needs_ebpf) {
@@ -61,6 +66,10 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     for b in selected {
         eprintln!("xtask: bench {}", b.name);
         util::cargo(&["bench", "-p", b.package, "--bench", b.target])?;
+    }
+    if filter.is_none() {
+        eprintln!("xtask: bench live");
+        bench_live::run()?;
     }
     Ok(())
 }

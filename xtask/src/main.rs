@@ -4,6 +4,7 @@
 //! by hand: `cargo xtask test` is the whole CI.
 
 mod bench;
+mod bench_live;
 mod demo;
 mod ebpf;
 mod setup;
@@ -37,7 +38,8 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         seconds: u64,
     },
-    /// Benchmarks: XDP ns/packet vs a bare XDP_PASS program, decode throughput, forecasting.
+    /// Benchmarks: XDP ns/packet vs a bare XDP_PASS program, decode throughput, forecasting;
+    /// `live`: nginx throughput with no capture vs shadowtap vs tcpdump.
     Bench {
         /// Only run benchmarks whose name contains this.
         filter: Option<String>,
