@@ -48,6 +48,13 @@ pub fn shadowtap_xdp_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A bare tc program, with the bare XDP one the hook-cost baseline of `cargo xtask bench live`
+/// (`shadowtap-agent run --baseline-programs`).
+#[classifier]
+pub fn shadowtap_tc_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

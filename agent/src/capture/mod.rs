@@ -32,6 +32,17 @@ static EBPF_OBJECT: &[u8] =
 pub const XDP_PROGRAM: &str = "shadowtap_xdp";
 pub const TC_PROGRAM: &str = "shadowtap_tc";
 pub const XDP_BASELINE_PROGRAM: &str = "shadowtap_xdp_baseline";
+pub const TC_BASELINE_PROGRAM: &str = "shadowtap_tc_baseline";
+
+/// Which programs [`Tap::attach_programs`] attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramSet {
+    /// The tap: accounting, flows and records.
+    Tap,
+    /// Programs that do nothing (`XDP_PASS`, `TC_ACT_UNSPEC`) on the same hooks, in the same
+    /// modes: what merely having programs there costs, for benchmarks.
+    Baseline,
+}
 
 /// Returns the embedded object, or an error saying how to build it.
 pub fn ebpf_object() -> Result<&'static [u8], CaptureError> {
@@ -197,9 +208,10 @@ impl Tap {
             prog.load()
                 .map_err(|e| CaptureError::from_program(name, e))?;
         }
-        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
-        tc.load()
-            .map_err(|e| CaptureError::from_program(TC_PROGRAM, e))?;
+        for name in [TC_PROGRAM, TC_BASELINE_PROGRAM] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
+            tc.load().map_err(|e| CaptureError::from_program(name, e))?;
+        }
 
         let mut tap = Self {
             ebpf,
@@ -226,8 +238,22 @@ impl Tap {
 
     /// Attaches XDP (and in host mode the egress tc program) to `iface`.
     pub fn attach(&mut self, iface: &str, opts: &TapOptions) -> Result<(), CaptureError> {
+        self.attach_programs(iface, opts, ProgramSet::Tap)
+    }
+
+    /// [`Tap::attach`] with the tap's programs or the do-nothing baseline ones.
+    pub fn attach_programs(
+        &mut self,
+        iface: &str,
+        opts: &TapOptions,
+        set: ProgramSet,
+    ) -> Result<(), CaptureError> {
+        let (xdp_name, tc_name) = match set {
+            ProgramSet::Tap => (XDP_PROGRAM, TC_PROGRAM),
+            ProgramSet::Baseline => (XDP_BASELINE_PROGRAM, TC_BASELINE_PROGRAM),
+        };
         let index = ifindex(iface)?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, xdp_name)?;
         let mode = match opts.xdp_mode {
             XdpMode::Driver => {
                 xdp.attach(index, AyaXdpMode::Driver)
@@ -257,7 +283,7 @@ impl Tap {
             mode,
         });
         if opts.mode == Mode::Host {
-            let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, tc_name)?;
             // tcx link on kernels >= 6.6: owned by our fd, gone when we are.
             tc.attach(index, TcAttachType::Egress)
                 .map_err(|e| CaptureError::attach(iface, "tc egress", e))?;

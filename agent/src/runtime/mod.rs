@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// Seconds between model snapshots (with --state-dir).
     #[arg(long, default_value_t = 60)]
     pub snapshot_interval: u64,
+    /// Benchmarking only: attach programs that do nothing (XDP_PASS, a pass-through tc
+    /// program) on the same hooks and modes instead of the tap, to measure what the hooks
+    /// themselves cost the host. Nothing is captured.
+    #[arg(long, hide = true)]
+    pub baseline_programs: bool,
     #[command(flatten)]
     pub publish: PublishArgs,
 }
@@ -309,8 +314,14 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let mut kernel_log = kernel_logger(&mut tap);
     let ring = tap.take_events()?;
     let maps = tap.take_maps()?;
+    let programs = if args.baseline_programs {
+        warn!("--baseline-programs: attaching do-nothing programs; nothing will be captured");
+        capture::ProgramSet::Baseline
+    } else {
+        capture::ProgramSet::Tap
+    };
     for iface in &args.ifaces {
-        tap.attach(iface, opts)?;
+        tap.attach_programs(iface, opts, programs)?;
     }
     info!(attachments = ?tap.attachments, mode = ?opts.mode, "shadowtap agent running");
 

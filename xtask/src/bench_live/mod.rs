@@ -34,15 +34,17 @@ pub enum Config {
     Tcpdump,
     Mirror,
     Tap,
+    Baseline,
 }
 
 impl Config {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::NoCapture,
         Self::Host,
         Self::Tcpdump,
         Self::Mirror,
         Self::Tap,
+        Self::Baseline,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Config {
             Self::Tcpdump => "(c) tcpdump -s 128 -w /dev/null",
             Self::Mirror => "(e) tc mirror, nothing on it",
             Self::Tap => "(d) shadowtap, tap mode on mirror",
+            Self::Baseline => "(f) do-nothing XDP + tc programs",
         }
     }
 
@@ -62,6 +65,7 @@ impl Config {
             Self::Tcpdump => "tcpdump",
             Self::Mirror => "mirror",
             Self::Tap => "tap",
+            Self::Baseline => "baseline",
         }
     }
 
@@ -69,6 +73,7 @@ impl Config {
         match self {
             Self::Host => Some(AgentMode::Host),
             Self::Tap => Some(AgentMode::Tap),
+            Self::Baseline => Some(AgentMode::Baseline),
             _ => None,
         }
     }
@@ -285,7 +290,7 @@ fn capture_frames(ctx: &Ctx) -> Result<(Frames, Frames)> {
 
 fn agent_iface(bed: &Testbed, mode: AgentMode) -> &str {
     match mode {
-        AgentMode::Host => &bed.pair.server_if,
+        AgentMode::Host | AgentMode::Baseline => &bed.pair.server_if,
         AgentMode::Tap => &bed.mirror_out,
     }
 }
@@ -408,10 +413,12 @@ fn kernel_round(
     let mut figures = Vec::new();
     for (b, a) in before.iter().zip(after) {
         let (frames, which): (Vec<&[u8]>, &'static str) = match (mode, a.prog_type.as_str()) {
-            (AgentMode::Host, "xdp") => {
+            (AgentMode::Host | AgentMode::Baseline, "xdp") => {
                 (ingress.iter().map(|f| f.1.as_slice()).collect(), "ingress")
             }
-            (AgentMode::Host, _) => (egress.iter().map(|f| f.1.as_slice()).collect(), "egress"),
+            (AgentMode::Host | AgentMode::Baseline, _) => {
+                (egress.iter().map(|f| f.1.as_slice()).collect(), "egress")
+            }
             // The mirror carries both directions, in time order.
             (AgentMode::Tap, _) => {
                 let mut both: Vec<&((u32, u32), Vec<u8>)> = ingress.iter().chain(egress).collect();

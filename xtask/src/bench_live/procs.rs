@@ -19,12 +19,24 @@ use crate::util::output;
 pub enum AgentMode {
     Host,
     Tap,
+    /// Host mode with do-nothing programs on the same hooks (`--baseline-programs`): what the
+    /// hooks themselves cost, apart from the tap's work.
+    Baseline,
 }
 
 impl AgentMode {
-    pub fn as_arg(self) -> &'static str {
+    /// How the report names the mode.
+    pub fn label(self) -> &'static str {
         match self {
             Self::Host => "host",
+            Self::Tap => "tap",
+            Self::Baseline => "hooks",
+        }
+    }
+
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Host | Self::Baseline => "host",
             Self::Tap => "tap",
         }
     }
@@ -100,6 +112,9 @@ impl Agent {
             .arg("--scale-events")
             .arg(dir.join(format!("{label}.scale-events.jsonl")))
             .env("RUST_LOG", "info");
+        if mode == AgentMode::Baseline {
+            cmd.arg("--baseline-programs");
+        }
         let process = BackgroundProcess::spawn(cmd, label, dir)?;
         let mut agent = Self {
             process,

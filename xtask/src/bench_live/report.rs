@@ -152,6 +152,7 @@ fn throughput(out: &mut dyn Write, settings: &Settings, runs: &[Run]) -> Result<
     let med = |c| rps_median(runs, c);
     let base = med(Config::NoCapture);
     let mirror_base = med(Config::Mirror);
+    let hooks_base = med(Config::Baseline);
     writeln!(out, "Throughput, requests/s (wrk \"Requests/sec\")")?;
     write!(out, "{:<36}", "configuration")?;
     for round in 1..=settings.rounds {
@@ -175,6 +176,12 @@ fn throughput(out: &mut dyn Write, settings: &Settings, runs: &[Run]) -> Result<
                 "{} of (e), {} of (a)",
                 opt(ratio(mirror_base), 3),
                 opt(ratio(base), 3)
+            ),
+            // What the tap's own work costs beyond having programs on the hooks at all.
+            Config::Host => format!(
+                "{} of (a), {} of (f)",
+                opt(ratio(base), 3),
+                opt(ratio(hooks_base), 3)
             ),
             _ => format!("{} of (a)", opt(ratio(base), 3)),
         };
@@ -225,7 +232,7 @@ fn agent_cpu(out: &mut dyn Write, runs: &[Run]) -> Result<()> {
             writeln!(
                 out,
                 "{:<6} {:>5} {:>8.3} {:>11} {:>11} {:>10} {:>9.4} {:>14}",
-                a.mode.as_arg(),
+                a.mode.label(),
                 run.round + 1,
                 a.cpu_seconds,
                 a.packets.0,
@@ -273,7 +280,7 @@ fn programs(out: &mut dyn Write, settings: &Settings, kernel: &[KernelRound]) ->
             writeln!(
                 out,
                 "{:<5} {:<16} {:>5} {:<10} {:>9.0} {:>10} {:>9} {:>9.1} {:<16} {:>6}",
-                k.mode.as_arg(),
+                k.mode.label(),
                 p.stats.name,
                 p.stats.id,
                 p.stats.prog_type,
@@ -315,16 +322,13 @@ fn losses(out: &mut dyn Write, runs: &[Run], kernel: &[KernelRound]) -> Result<L
         .iter()
         .filter_map(|r| {
             let a = r.agent.as_ref()?;
-            Some((
-                format!("round {} {}", r.round + 1, a.mode.as_arg()),
-                &a.exit,
-            ))
+            Some((format!("round {} {}", r.round + 1, a.mode.label()), &a.exit))
         })
         .collect();
     exits.extend(
         kernel
             .iter()
-            .map(|k| (format!("bpf_stats {}", k.mode.as_arg()), &k.exit)),
+            .map(|k| (format!("bpf_stats {}", k.mode.label()), &k.exit)),
     );
     let mut summary = LossSummary {
         runs: exits.len(),
@@ -378,7 +382,7 @@ fn goals(
             out,
             "{}  agent CPU <= {MAX_AGENT_US_PER_PACKET} us/packet, {} mode: {} us/packet (median of rounds)",
             verdict(us.is_some_and(|u| u <= MAX_AGENT_US_PER_PACKET)),
-            mode.as_arg(),
+            mode.label(),
             opt(us, 3)
         )?;
     }
@@ -389,7 +393,7 @@ fn goals(
                 out,
                 "{}  {} mode, {}: live {} ns/packet <= {MAX_LIVE_TO_TEST_RUN}x test run {:.1} ns: {}x",
                 verdict(ratio.is_some_and(|r| r <= MAX_LIVE_TO_TEST_RUN)),
-                k.mode.as_arg(),
+                k.mode.label(),
                 p.stats.name,
                 opt(p.live_ns, 1),
                 p.test.ns_per_packet,
