@@ -191,7 +191,11 @@ impl RunningAgent {
                 return Err(Error::Timeout {
                     what: format!("agent attaching to {}", self.config.iface),
                     timeout,
-                    detail: format!("attached so far: {found:?}; {}", self.process.stderr_tail()),
+                    detail: format!(
+                        "attached so far: {found:?}; {}; {}",
+                        process_progress(self.process.pid()),
+                        self.process.stderr_tail()
+                    ),
                 });
             }
             thread::sleep(Duration::from_millis(50));
@@ -243,6 +247,41 @@ impl RunningAgent {
     pub fn kill(&mut self) -> Result<ExitStatus> {
         self.process.stop(libc::SIGKILL, Duration::from_secs(5))
     }
+}
+
+/// Where a slow process is, to tell "starved" from "stuck": its scheduler state, CPU time used,
+/// innermost kernel frames (e.g. the BPF verifier) and the machine's load average.
+fn process_progress(pid: u32) -> String {
+    let read = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}"));
+    let stat = read("stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_s = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |t| t / ticks)
+    };
+    let stack: Vec<String> = read("stack")
+        .unwrap_or_default()
+        .lines()
+        .take(4)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "agent pid {pid}: state {}, CPU user {:.2} s sys {:.2} s, kernel stack [{}]; loadavg {}",
+        fields.first().unwrap_or(&"?"),
+        cpu_s(11),
+        cpu_s(12),
+        stack.join(" < "),
+        load.trim()
+    )
 }
 
 /// Decodes `pcap` with `shadowtap-agent replay` and returns its events.

@@ -263,31 +263,126 @@ fn harness_detects_attached_xdp_and_tc_programs() {
 // Agent tests
 // ---------------------------------------------------------------------------------------------
 
-fn live_http_counts(xdp_mode: XdpMode) {
+/// The wire between the peers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Nothing drops a frame (TCP may still retransmit on a loaded machine).
+    Clean,
+    /// Frames are dropped after the agent's taps ([`LOSSY_TC_IR`]): TCP retransmits, and the
+    /// agent sees both copies of what it retransmits, as on a lossy link.
+    LossyAfterTaps,
+}
+
+/// A tc program that drops about one in eight frames longer than 120 bytes. At tc, `len`
+/// counts from the network header: every segment of the live traffic that carries payload is
+/// longer (the smallest request or response head is 78 bytes), while SYNs, FINs, bare ACKs,
+/// ARP and neighbour discovery are shorter. `bpf_get_prandom_u32` (helper 7) decides, so there
+/// is no map to load; with more than a hundred data frames each way, some are dropped each
+/// way (the chance that none is: below 1e-6). Typed pointers (`i32*`): `llc` may be LLVM 14,
+/// which needs them, while LLVM 17 and later read them as opaque `ptr`.
+const LOSSY_TC_IR: &str = r#"
+target triple = "bpf"
+
+define i32 @stap_lossy(i32* %skb) section "tc" {
+entry:
+  %len = load i32, i32* %skb, align 4
+  %data = icmp ugt i32 %len, 120
+  br i1 %data, label %roll, label %pass
+roll:
+  %r = call i64 inttoptr (i64 7 to i64 ()*)()
+  %low = and i64 %r, 7
+  %hit = icmp eq i64 %low, 0
+  br i1 %hit, label %drop, label %pass
+drop:
+  ret i32 2
+pass:
+  ret i32 0
+}
+
+@_license = global [4 x i8] c"GPL\00", section "license", align 1
+"#;
+
+/// Attaches [`LOSSY_TC_IR`] at tc ingress of both veth ends: on the server end that runs after
+/// XDP (client→server frames were already counted), on the client end after the server end's
+/// tc egress (server→client frames likewise). The namespaces take the filters with them.
+fn drop_data_frames_after_the_taps(pair: &VethPair, dir: &Path) {
+    let llc = must(require_llc());
+    let tc = must(require_tool("tc"));
+    let ir = dir.join("lossy.ll");
+    let obj = dir.join("lossy.o");
+    std::fs::write(&ir, LOSSY_TC_IR).expect("writing IR");
+    must(shadowtap_tests::process::run_checked(
+        std::process::Command::new(&llc)
+            .args(["-march=bpf", "-filetype=obj", "-o"])
+            .arg(&obj)
+            .arg(&ir),
+    ));
+    let obj = obj.to_string_lossy().into_owned();
+    for (ns, ifname) in [
+        (&pair.server, pair.server_if.as_str()),
+        (&pair.client, pair.client_if.as_str()),
+    ] {
+        must(ns.run(&tc, ["qdisc", "add", "dev", ifname, "clsact"]));
+        must(ns.run(
+            &tc,
+            [
+                "filter", "add", "dev", ifname, "ingress", "bpf", "da", "obj", &obj, "sec", "tc",
+            ],
+        ));
+    }
+}
+
+fn live_http_counts(xdp_mode: XdpMode, wire: Wire) {
     preflight_agent();
     let _serial = serial();
-    let dir = work_dir(&format!("http-{}", xdp_mode.as_arg()));
+    let label = match wire {
+        Wire::Clean => "http",
+        Wire::LossyAfterTaps => "http-lossy",
+    };
+    let dir = work_dir(&format!("{label}-{}", xdp_mode.as_arg()));
     let pair = must(VethPair::create(VethConfig::default()));
     let server = start_server(peer(), &pair, dir.path());
     let agent = start_agent(&pair, CaptureMode::Host, xdp_mode, dir.path());
+    if wire == Wire::LossyAfterTaps {
+        drop_data_frames_after_the_taps(&pair, dir.path());
+    }
 
     let retransmits = || must(pair.client.tcp_retransmits()) + must(pair.server.tcp_retransmits());
     let retransmits_before = retransmits();
+    let links = || {
+        (
+            must(pair.client.link_stats(&pair.client_if)),
+            must(pair.server.link_stats(&pair.server_if)),
+        )
+    };
+    let links_before = links();
     let plans = traffic_plan();
     let clients: Vec<ClientSummary> = plans
         .iter()
         .map(|p| run_client(peer(), &pair, p, dir.path()))
         .collect();
     let server = stop_server(server);
+    let (client_link, server_link) = {
+        let now = links();
+        (now.0.since(&links_before.0), now.1.since(&links_before.1))
+    };
+    let drops = format!(
+        "veth drops: client side rx {} tx {}, server side rx {} tx {}",
+        client_link.rx_dropped,
+        client_link.tx_dropped,
+        server_link.rx_dropped,
+        server_link.tx_dropped
+    );
     assert_peers_agree(&pair, &plans, &clients, &server);
     let peers = total_of(&clients);
     let connections = peers.connections_opened;
 
     // Flows are exported every stats interval; give the agent until its output covers the
-    // traffic (bounded), then stop it cleanly and judge the whole output.
+    // traffic on the wire (bounded), then stop it cleanly and judge the whole output.
     let covered = |log: &EventLog| {
         log.count("conn_close") >= connections
-            && log.sum_where("flow", "payload_bytes", is_egress) >= peers.bytes_read
+            && log.sum_where("flow", "payload_bytes", is_ingress) >= peers.wire_bytes_sent
+            && log.sum_where("flow", "payload_bytes", is_egress) >= server.wire_bytes_sent
     };
     must(agent.wait_for(Duration::from_secs(5), covered));
     let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
@@ -307,7 +402,20 @@ fn live_http_counts(xdp_mode: XdpMode) {
     let expected_records = 4 * connections + peers.requests_sent + peers.responses_received;
     let retransmitted = retransmits() - retransmits_before;
     if retransmitted > 0 {
-        eprintln!("TCP retransmitted {retransmitted} segments during the run (a loaded machine)");
+        eprintln!(
+            "TCP retransmitted {retransmitted} segments during the run: {} payload bytes \
+             client→server, {} server→client; {drops}",
+            peers.wire_bytes_retransmitted, server.wire_bytes_retransmitted
+        );
+    }
+    if wire == Wire::LossyAfterTaps {
+        assert!(
+            peers.wire_bytes_retransmitted > 0 && server.wire_bytes_retransmitted > 0,
+            "the lossy path forced no retransmission one way: clients retransmitted {} bytes, \
+             the server {}",
+            peers.wire_bytes_retransmitted,
+            server.wire_bytes_retransmitted
+        );
     }
     let lossless = assert_loss_accounted(log, Some((expected_records, retransmitted)));
     assert!(
@@ -318,7 +426,7 @@ fn live_http_counts(xdp_mode: XdpMode) {
     assert_common_fields(log, &pair.server_if);
     assert_http_events(log, &peers);
     assert_connection_events(log, &plans, connections);
-    assert_flow_bytes(log, &peers, &server);
+    assert_flow_bytes(log, &peers, &server, &drops);
 }
 
 fn assert_common_fields(log: &EventLog, iface: &str) {
@@ -423,8 +531,10 @@ fn assert_connection_events(log: &EventLog, plans: &[ClientPlan], connections: u
     );
 }
 
-/// TCP payload per direction, summed over `flow` events, equals what the peers wrote and read.
-fn assert_flow_bytes(log: &EventLog, peers: &ClientSummary, server: &ServerSummary) {
+/// TCP payload per direction, summed over `flow` events, equals the payload the sending peer's
+/// kernel put on the wire (`TCP_INFO`), retransmitted segments included: the tap sees each copy.
+/// Without the retransmitted bytes it equals what the sender wrote and the receiver read.
+fn assert_flow_bytes(log: &EventLog, peers: &ClientSummary, server: &ServerSummary, drops: &str) {
     let port = u64::from(PORT);
     let tcp = |e: &Value| field_str(e, "proto") == Some("tcp");
     let up = log.sum_where("flow", "payload_bytes", |e| {
@@ -433,32 +543,70 @@ fn assert_flow_bytes(log: &EventLog, peers: &ClientSummary, server: &ServerSumma
     let down = log.sum_where("flow", "payload_bytes", |e| {
         tcp(e) && is_egress(e) && field_u64(e, "src_port") == Some(port)
     });
+    let (up_retrans, down_retrans) = (
+        peers.wire_bytes_retransmitted,
+        server.wire_bytes_retransmitted,
+    );
+    if up_retrans + down_retrans > 0 {
+        eprintln!(
+            "retransmitted payload on the wire: {up_retrans} bytes client→server, \
+             {down_retrans} bytes server→client"
+        );
+    }
     assert_eq!(
-        up, peers.bytes_written,
-        "client→server payload bytes (client wrote)"
+        up, peers.wire_bytes_sent,
+        "client→server payload bytes: the flows vs what the clients' TCP put on the wire \
+         (tcpi_bytes_sent, {up_retrans} of them retransmitted); {drops}"
     );
     assert_eq!(
-        up, server.bytes_read,
-        "client→server payload bytes (server read)"
+        up,
+        peers.bytes_written + up_retrans,
+        "client→server payload bytes: the flows vs the clients wrote {} + retransmitted \
+         {up_retrans}; {drops}",
+        peers.bytes_written
     );
     assert_eq!(
-        down, server.bytes_written,
-        "server→client payload bytes (server wrote)"
+        up,
+        server.bytes_read + up_retrans,
+        "client→server payload bytes: the flows vs the server read {} + the clients \
+         retransmitted {up_retrans}; {drops}",
+        server.bytes_read
     );
     assert_eq!(
-        down, peers.bytes_read,
-        "server→client payload bytes (client read)"
+        down, server.wire_bytes_sent,
+        "server→client payload bytes: the flows vs what the server's TCP put on the wire \
+         (tcpi_bytes_sent, {down_retrans} of them retransmitted); {drops}"
+    );
+    assert_eq!(
+        down,
+        server.bytes_written + down_retrans,
+        "server→client payload bytes: the flows vs the server wrote {} + retransmitted \
+         {down_retrans}; {drops}",
+        server.bytes_written
+    );
+    assert_eq!(
+        down,
+        peers.bytes_read + down_retrans,
+        "server→client payload bytes: the flows vs the clients read {} + the server \
+         retransmitted {down_retrans}; {drops}",
+        peers.bytes_read
     );
 }
 
 #[test]
 fn agent_counts_live_http_exactly_xdp_driver() {
-    live_http_counts(XdpMode::Driver);
+    live_http_counts(XdpMode::Driver, Wire::Clean);
 }
 
 #[test]
 fn agent_counts_live_http_exactly_xdp_skb() {
-    live_http_counts(XdpMode::Skb);
+    live_http_counts(XdpMode::Skb, Wire::Clean);
+}
+
+/// Exact counts even when TCP retransmits: every copy is on the wire, the agent counts each.
+#[test]
+fn agent_counts_live_http_exactly_with_retransmissions_xdp_skb() {
+    live_http_counts(XdpMode::Skb, Wire::LossyAfterTaps);
 }
 
 /// Replays a shared capture onto the client veth; the agent in tap mode on the server veth

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     ClientSummary, MAX_POST_BODY, PeerError, ResponseHead, bump, io_err, parse_response_head,
-    pattern_bytes, route, send_message,
+    pattern_bytes, route, send_message, wire_bytes,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +202,8 @@ fn merge(into: &mut ClientSummary, from: ClientSummary) {
     super::merge_counts(&mut into.responses_by_status, &from.responses_by_status);
     into.bytes_written += from.bytes_written;
     into.bytes_read += from.bytes_read;
+    into.wire_bytes_sent += from.wire_bytes_sent;
+    into.wire_bytes_retransmitted += from.wire_bytes_retransmitted;
     into.errors.extend(from.errors);
 }
 
@@ -224,6 +226,27 @@ fn run_connection(
     let stream = TcpStream::connect_timeout(&config.connect, timeout.min(CONNECT_TIMEOUT))
         .map_err(io_err(format!("connecting to {}", config.connect)))?;
     out.connections_opened += 1;
+    let exchanged = exchange(config, conn, &stream, timeout, out);
+    // After the server's FIN every request byte has been acknowledged: nothing more will be
+    // (re)transmitted, so this is all the payload this connection put on the wire. Read on the
+    // error paths too, so that the wire figures cover every byte counted in `bytes_written`.
+    let wire = wire_bytes(&stream);
+    if let Ok(wire) = &wire {
+        out.wire_bytes_sent += wire.sent;
+        out.wire_bytes_retransmitted += wire.retransmitted;
+    }
+    exchanged?;
+    wire.map(|_| ())
+}
+
+/// The requests and responses of one connection, then our FIN and the server's.
+fn exchange(
+    config: &ClientConfig,
+    conn: u32,
+    stream: &TcpStream,
+    timeout: Duration,
+    out: &mut ClientSummary,
+) -> Result<(), PeerError> {
     stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(timeout)))
@@ -236,7 +259,7 @@ fn run_connection(
         let mut expected = VecDeque::new();
         for i in 0..batch {
             let request = plan_request(config, conn, sent + i);
-            let written = send_message(&stream, &request.encode());
+            let written = send_message(stream, &request.encode());
             out.bytes_written += *written.as_ref().unwrap_or(&0) as u64;
             written.map_err(io_err("sending a request"))?;
             out.requests_sent += 1;
@@ -245,7 +268,7 @@ fn run_connection(
             expected.push_back(request);
         }
         while let Some(request) = expected.pop_front() {
-            let head = reader.read_response(&stream, &mut out.bytes_read)?;
+            let head = reader.read_response(stream, &mut out.bytes_read)?;
             out.responses_received += 1;
             bump(&mut out.responses_by_status, head.status.to_string());
             if head.status != request.expected_status {
@@ -269,7 +292,7 @@ fn run_connection(
     stream
         .shutdown(Shutdown::Write)
         .map_err(io_err("shutting down the write side"))?;
-    let trailing = reader.read_to_eof(&stream, &mut out.bytes_read)?;
+    let trailing = reader.read_to_eof(stream, &mut out.bytes_read)?;
     if trailing == 0 {
         out.connections_closed_clean += 1;
         Ok(())

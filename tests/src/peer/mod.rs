@@ -8,6 +8,11 @@
 //! a TCP segment even when requests are pipelined or responses follow each other back to back.
 //! A tap that copies the head of each segment (as shadowtap's kernel programs do) can then see
 //! every message; without it, pipelined heads coalesce into the middle of segments.
+//!
+//! A tap counts every segment on the wire, TCP retransmissions (RTO, tail-loss probes) included,
+//! which the socket-level counts never see. So each peer also reports, per connection, what its
+//! kernel put on the wire ([`WireBytes`], from `TCP_INFO`), read once every byte it sent has been
+//! acknowledged: `wire_bytes_sent` = `bytes_written` + `wire_bytes_retransmitted`.
 
 pub mod client;
 pub mod server;
@@ -296,6 +301,138 @@ pub fn send_message(stream: &TcpStream, message: &[u8]) -> io::Result<usize> {
     Ok(sent)
 }
 
+/// Payload bytes one TCP socket has put on the wire, as its kernel counted them (`TCP_INFO`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    /// `tcpi_bytes_sent`: payload of every segment handed to IP, retransmissions included.
+    pub sent: u64,
+    /// `tcpi_bytes_retrans`: the part of `sent` that was retransmitted.
+    pub retransmitted: u64,
+}
+
+/// `struct tcp_info` of include/uapi/linux/tcp.h, up to `tcpi_bytes_retrans` (Linux 4.19).
+/// Kernels append fields; `getsockopt` copies at most the length we pass and reports how much
+/// it filled, so a longer kernel struct is fine and a shorter one is detected.
+#[repr(C)]
+#[derive(Default)]
+// Field names as in the header; the layout must be complete though only two fields are read.
+#[allow(dead_code, clippy::struct_field_names)]
+struct TcpInfo {
+    tcpi_state: u8,
+    tcpi_ca_state: u8,
+    tcpi_retransmits: u8,
+    tcpi_probes: u8,
+    tcpi_backoff: u8,
+    tcpi_options: u8,
+    /// `tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4`
+    tcpi_wscale: u8,
+    /// `tcpi_delivery_rate_app_limited : 1, tcpi_fastopen_client_fail : 2`
+    tcpi_app_limited_fastopen: u8,
+
+    tcpi_rto: u32,
+    tcpi_ato: u32,
+    tcpi_snd_mss: u32,
+    tcpi_rcv_mss: u32,
+
+    tcpi_unacked: u32,
+    tcpi_sacked: u32,
+    tcpi_lost: u32,
+    tcpi_retrans: u32,
+    tcpi_fackets: u32,
+
+    tcpi_last_data_sent: u32,
+    tcpi_last_ack_sent: u32,
+    tcpi_last_data_recv: u32,
+    tcpi_last_ack_recv: u32,
+
+    tcpi_pmtu: u32,
+    tcpi_rcv_ssthresh: u32,
+    tcpi_rtt: u32,
+    tcpi_rttvar: u32,
+    tcpi_snd_ssthresh: u32,
+    tcpi_snd_cwnd: u32,
+    tcpi_advmss: u32,
+    tcpi_reordering: u32,
+
+    tcpi_rcv_rtt: u32,
+    tcpi_rcv_space: u32,
+
+    tcpi_total_retrans: u32,
+
+    tcpi_pacing_rate: u64,
+    tcpi_max_pacing_rate: u64,
+    tcpi_bytes_acked: u64,
+    tcpi_bytes_received: u64,
+    tcpi_segs_out: u32,
+    tcpi_segs_in: u32,
+
+    tcpi_notsent_bytes: u32,
+    tcpi_min_rtt: u32,
+    tcpi_data_segs_in: u32,
+    tcpi_data_segs_out: u32,
+
+    tcpi_delivery_rate: u64,
+
+    tcpi_busy_time: u64,
+    tcpi_rwnd_limited: u64,
+    tcpi_sndbuf_limited: u64,
+
+    tcpi_delivered: u32,
+    tcpi_delivered_ce: u32,
+
+    tcpi_bytes_sent: u64,
+    tcpi_bytes_retrans: u64,
+}
+
+// The offsets of the uapi header (x86_64 and every other Linux ABI: no padding before these).
+const _: () = {
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_rto) == 8);
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_total_retrans) == 100);
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_pacing_rate) == 104);
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_delivery_rate) == 160);
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_bytes_sent) == 200);
+    assert!(std::mem::offset_of!(TcpInfo, tcpi_bytes_retrans) == 208);
+    assert!(std::mem::size_of::<TcpInfo>() == 216);
+};
+
+/// What `stream` has put on the wire so far (`getsockopt(TCP_INFO)`). Read it when every byte
+/// sent has been acknowledged, or later retransmissions are missed.
+pub fn wire_bytes(stream: &TcpStream) -> Result<WireBytes, PeerError> {
+    let mut info = TcpInfo::default();
+    let wanted = std::mem::size_of::<TcpInfo>();
+    let mut len = wanted as libc::socklen_t;
+    // SAFETY: `info` is a live, writable #[repr(C)] struct of `len` bytes for the whole call;
+    // the kernel writes at most `len` bytes and stores the length it wrote in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("getsockopt(TCP_INFO)")(io::Error::last_os_error()));
+    }
+    if (len as usize) < wanted {
+        return Err(PeerError::Io {
+            context: "getsockopt(TCP_INFO)".to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the kernel filled {len} bytes of struct tcp_info; tcpi_bytes_sent and \
+                     tcpi_bytes_retrans need {wanted} (Linux 4.19 or later)"
+                ),
+            ),
+        });
+    }
+    Ok(WireBytes {
+        sent: info.tcpi_bytes_sent,
+        retransmitted: info.tcpi_bytes_retrans,
+    })
+}
+
 /// Adds one to `map[key]`.
 pub(crate) fn bump(map: &mut BTreeMap<String, u64>, key: impl Into<String>) {
     *map.entry(key.into()).or_insert(0) += 1;
@@ -324,10 +461,17 @@ pub struct ServerSummary {
     pub bytes_read: u64,
     /// Bytes accepted by `send` over all connections.
     pub bytes_written: u64,
+    /// Payload bytes the kernel put on the wire over all connections, retransmissions
+    /// included (`TCP_INFO` `tcpi_bytes_sent`, read after the client's FIN acknowledged all).
+    pub wire_bytes_sent: u64,
+    /// The retransmitted part of `wire_bytes_sent` (`tcpi_bytes_retrans`).
+    pub wire_bytes_retransmitted: u64,
     /// Connections that ended with a partial request buffered.
     pub incomplete_requests: u64,
     pub protocol_errors: u64,
     pub io_errors: u64,
+    /// What made the figures above incomplete (e.g. `TCP_INFO` unreadable), one line each.
+    pub errors: Vec<String>,
     /// "signal" or "max-seconds".
     pub stopped_by: String,
     pub elapsed_ms: u64,
@@ -350,6 +494,12 @@ pub struct ClientSummary {
     pub bytes_written: u64,
     /// Bytes returned by `recv` over all connections.
     pub bytes_read: u64,
+    /// Payload bytes the kernel put on the wire over all connections, retransmissions
+    /// included (`TCP_INFO` `tcpi_bytes_sent`, read after the last response and the server's
+    /// FIN, when every request byte has been acknowledged).
+    pub wire_bytes_sent: u64,
+    /// The retransmitted part of `wire_bytes_sent` (`tcpi_bytes_retrans`).
+    pub wire_bytes_retransmitted: u64,
     pub errors: Vec<String>,
     pub elapsed_ms: u64,
 }
@@ -472,6 +622,18 @@ mod tests {
             assert_eq!(server.responses_by_status, client.responses_by_status);
             assert_eq!(server.bytes_read, client.bytes_written);
             assert_eq!(server.bytes_written, client.bytes_read);
+            // What each kernel put on the wire: every byte written once, plus retransmissions.
+            assert!(server.errors.is_empty(), "{:?}", server.errors);
+            assert_eq!(
+                client.wire_bytes_sent,
+                client.bytes_written + client.wire_bytes_retransmitted,
+                "client: {client:?}"
+            );
+            assert_eq!(
+                server.wire_bytes_sent,
+                server.bytes_written + server.wire_bytes_retransmitted,
+                "server: {server:?}"
+            );
             assert_eq!(
                 server.incomplete_requests + server.protocol_errors + server.io_errors,
                 0

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     MAX_BODY, PeerError, ServerSummary, build_response, bump, io_err, merge_counts,
-    parse_request_head, send_message,
+    parse_request_head, send_message, wire_bytes,
 };
 
 /// How often idle loops look at the stop flag and the deadline.
@@ -39,9 +39,12 @@ struct ConnStats {
     responses_total: u64,
     bytes_read: u64,
     bytes_written: u64,
+    wire_bytes_sent: u64,
+    wire_bytes_retransmitted: u64,
     incomplete_requests: u64,
     protocol_errors: u64,
     io_errors: u64,
+    errors: Vec<String>,
 }
 
 impl ConnStats {
@@ -54,9 +57,12 @@ impl ConnStats {
         summary.responses_total += self.responses_total;
         summary.bytes_read += self.bytes_read;
         summary.bytes_written += self.bytes_written;
+        summary.wire_bytes_sent += self.wire_bytes_sent;
+        summary.wire_bytes_retransmitted += self.wire_bytes_retransmitted;
         summary.incomplete_requests += self.incomplete_requests;
         summary.protocol_errors += self.protocol_errors;
         summary.io_errors += self.io_errors;
+        summary.errors.extend(self.errors.iter().cloned());
         summary.connections_closed += 1;
     }
 }
@@ -146,6 +152,7 @@ pub fn run(config: &ServerConfig, stop: &AtomicBool) -> Result<ServerSummary, Pe
             }
         }
     });
+    summary.errors.sort();
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     match accept_error {
         Some(e) => Err(e),
@@ -270,6 +277,15 @@ fn serve_connection(stream: &TcpStream, stop: &AtomicBool, deadline: Instant) ->
             Ok(0) | Err(_) => break,
             Ok(n) => stats.bytes_read += n as u64,
         }
+    }
+    // The client's FIN (read as EOF above) acknowledged every response byte: nothing more will
+    // be (re)transmitted, so this is all the payload this connection put on the wire.
+    match wire_bytes(stream) {
+        Ok(wire) => {
+            stats.wire_bytes_sent = wire.sent;
+            stats.wire_bytes_retransmitted = wire.retransmitted;
+        }
+        Err(e) => stats.errors.push(e.to_string()),
     }
     stats
 }
