@@ -477,46 +477,66 @@ fn emit<P: Packet>(
     // Two reservation sizes, each a constant as the verifier requires: most records fit the
     // small one.
     let written = if cap <= SMALL_CAPTURE as u32 {
-        let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
-            count(ctrs, Counter::RingbufReserveFailed, 1);
-            return;
-        };
-        let rec = entry.as_mut_ptr();
-        // SAFETY: `rec` points to a reserved, writable SmallRecord; the header is written
-        // whole and the first `cap` bytes of data, which is all userspace reads.
-        let copied = unsafe {
-            (*rec).header = header;
-            pkt.copy_head::<SMALL_CAPTURE>((*rec).data.as_mut_ptr(), cap)
-        };
-        if copied {
-            entry.submit(wakeup_flags(cfg, core::mem::size_of::<SmallRecord>(), ctrs));
-        } else {
-            entry.discard(0);
-        }
-        copied
+        write_record::<P, SmallRecord, SMALL_CAPTURE>(pkt, &header, cap, cfg, ctrs)
     } else {
-        let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-            count(ctrs, Counter::RingbufReserveFailed, 1);
-            return;
-        };
-        let rec = entry.as_mut_ptr();
-        // SAFETY: as above, for a full Record.
-        let copied = unsafe {
-            (*rec).header = header;
-            pkt.copy_head::<MAX_CAPTURE>((*rec).data.as_mut_ptr(), cap)
-        };
-        if copied {
-            entry.submit(wakeup_flags(cfg, core::mem::size_of::<Record>(), ctrs));
-        } else {
-            entry.discard(0);
-        }
-        copied
+        write_record::<P, Record, MAX_CAPTURE>(pkt, &header, cap, cfg, ctrs)
+    };
+    let Some(written) = written else {
+        count(ctrs, Counter::RingbufReserveFailed, 1);
+        return;
     };
     if written {
         count(ctrs, Counter::Events, 1);
     } else {
         count(ctrs, Counter::Malformed, 1);
     }
+}
+
+/// A ring-buffer record type: a [`RecordHeader`] followed by `ROOM` bytes of frame.
+trait RingRecord {
+    fn parts(rec: *mut Self) -> (*mut RecordHeader, *mut u8);
+}
+
+impl RingRecord for SmallRecord {
+    #[inline(always)]
+    fn parts(rec: *mut Self) -> (*mut RecordHeader, *mut u8) {
+        // SAFETY: field projections of a valid pointer; nothing is read.
+        unsafe { (&raw mut (*rec).header, (*rec).data.as_mut_ptr()) }
+    }
+}
+
+impl RingRecord for Record {
+    #[inline(always)]
+    fn parts(rec: *mut Self) -> (*mut RecordHeader, *mut u8) {
+        // SAFETY: as above.
+        unsafe { (&raw mut (*rec).header, (*rec).data.as_mut_ptr()) }
+    }
+}
+
+/// Reserves an `R`, writes the header and the first `cap` bytes of the frame, and submits it;
+/// `None` when the ring is full, `Some(false)` when the frame could not be copied.
+#[inline(always)]
+fn write_record<P: Packet, R: RingRecord + 'static, const ROOM: usize>(
+    pkt: &P,
+    header: &RecordHeader,
+    cap: u32,
+    cfg: &Config,
+    ctrs: Ctrs,
+) -> Option<bool> {
+    let mut entry = EVENTS.reserve::<R>(0)?;
+    let (head, data) = R::parts(entry.as_mut_ptr());
+    // SAFETY: `head` and `data` point into the reserved, writable record; the header is written
+    // whole and the first `cap` (<= ROOM) bytes of data, which is all userspace reads.
+    let copied = unsafe {
+        *head = *header;
+        pkt.copy_head::<ROOM>(data, cap)
+    };
+    if copied {
+        entry.submit(wakeup_flags(cfg, core::mem::size_of::<R>(), ctrs));
+    } else {
+        entry.discard(0);
+    }
+    Some(copied)
 }
 
 /// Submit flags for a record of `size` bytes: no wakeup, unless this record takes the unread

@@ -202,7 +202,9 @@ struct ProgQueryAttr {
     revision: u64,
 }
 
-fn bpf_syscall<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+/// The raw `bpf(2)` system call with a `repr(C)` attribute struct (also used by the live bench
+/// in xtask, which has no aya dependency).
+pub fn bpf_syscall<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, exclusively borrowed repr(C) struct of the size passed; the
     // kernel reads and writes within it (and within buffers it points to, which callers keep
     // alive for the call).

@@ -192,19 +192,9 @@ define i32 @stap_tc_ok() section "tc" {
 fn harness_detects_attached_xdp_and_tc_programs() {
     preflight_net();
     must(require_tool("bpftool"));
-    let llc = must(require_llc());
     let tc = must(require_tool("tc"));
     let dir = work_dir("detector");
-    let ir = dir.path().join("dummy.ll");
-    let obj = dir.path().join("dummy.o");
-    std::fs::write(&ir, DUMMY_PROGRAMS_IR).expect("writing IR");
-    must(shadowtap_tests::process::run_checked(
-        std::process::Command::new(&llc)
-            .args(["-march=bpf", "-filetype=obj", "-o"])
-            .arg(&obj)
-            .arg(&ir),
-    ));
-    let obj = obj.to_string_lossy().into_owned();
+    let obj = compile_bpf_ir(DUMMY_PROGRAMS_IR, &dir.path().join("dummy"));
     let pair = must(VethPair::create(VethConfig::default()));
     let (ns, ifname) = (&pair.server, pair.server_if.as_str());
     assert!(must(bpf::attachments(ns, ifname)).is_empty());
@@ -305,19 +295,24 @@ pass:
 /// Attaches [`LOSSY_TC_IR`] at tc ingress of both veth ends: on the server end that runs after
 /// XDP (client→server frames were already counted), on the client end after the server end's
 /// tc egress (server→client frames likewise). The namespaces take the filters with them.
-fn drop_data_frames_after_the_taps(pair: &VethPair, dir: &Path) {
+/// Compiles LLVM IR text to a BPF object at `stem.o` with `llc`; returns the object's path.
+fn compile_bpf_ir(ir_text: &str, stem: &Path) -> String {
     let llc = must(require_llc());
-    let tc = must(require_tool("tc"));
-    let ir = dir.join("lossy.ll");
-    let obj = dir.join("lossy.o");
-    std::fs::write(&ir, LOSSY_TC_IR).expect("writing IR");
+    let ir = stem.with_extension("ll");
+    let obj = stem.with_extension("o");
+    std::fs::write(&ir, ir_text).expect("writing IR");
     must(shadowtap_tests::process::run_checked(
         std::process::Command::new(&llc)
             .args(["-march=bpf", "-filetype=obj", "-o"])
             .arg(&obj)
             .arg(&ir),
     ));
-    let obj = obj.to_string_lossy().into_owned();
+    obj.to_string_lossy().into_owned()
+}
+
+fn drop_data_frames_after_the_taps(pair: &VethPair, dir: &Path) {
+    let tc = must(require_tool("tc"));
+    let obj = compile_bpf_ir(LOSSY_TC_IR, &dir.join("lossy"));
     for (ns, ifname) in [
         (&pair.server, pair.server_if.as_str()),
         (&pair.client, pair.client_if.as_str()),
@@ -553,44 +548,73 @@ fn assert_flow_bytes(log: &EventLog, peers: &ClientSummary, server: &ServerSumma
              {down_retrans} bytes server→client"
         );
     }
-    assert_eq!(
-        up, peers.wire_bytes_sent,
-        "client→server payload bytes: the flows vs what the clients' TCP put on the wire \
-         (tcpi_bytes_sent, {up_retrans} of them retransmitted); {drops}"
-    );
-    assert_eq!(
-        up,
-        peers.bytes_written + up_retrans,
-        "client→server payload bytes: the flows vs the clients wrote {} + retransmitted \
-         {up_retrans}; {drops}",
-        peers.bytes_written
-    );
-    assert_eq!(
-        up,
-        server.bytes_read + up_retrans,
-        "client→server payload bytes: the flows vs the server read {} + the clients \
-         retransmitted {up_retrans}; {drops}",
-        server.bytes_read
-    );
-    assert_eq!(
-        down, server.wire_bytes_sent,
-        "server→client payload bytes: the flows vs what the server's TCP put on the wire \
-         (tcpi_bytes_sent, {down_retrans} of them retransmitted); {drops}"
-    );
-    assert_eq!(
-        down,
-        server.bytes_written + down_retrans,
-        "server→client payload bytes: the flows vs the server wrote {} + retransmitted \
-         {down_retrans}; {drops}",
-        server.bytes_written
-    );
-    assert_eq!(
-        down,
-        peers.bytes_read + down_retrans,
-        "server→client payload bytes: the flows vs the clients read {} + the server \
-         retransmitted {down_retrans}; {drops}",
-        peers.bytes_read
-    );
+    let up_bytes = DirectionBytes {
+        name: "client→server",
+        sender: "the clients",
+        receiver: "the server",
+        flows: up,
+        wire: peers.wire_bytes_sent,
+        retransmitted: up_retrans,
+        written: peers.bytes_written,
+        read: server.bytes_read,
+    };
+    up_bytes.assert_exact(drops);
+    let down_bytes = DirectionBytes {
+        name: "server→client",
+        sender: "the server",
+        receiver: "the clients",
+        flows: down,
+        wire: server.wire_bytes_sent,
+        retransmitted: down_retrans,
+        written: server.bytes_written,
+        read: peers.bytes_read,
+    };
+    down_bytes.assert_exact(drops);
+}
+
+/// One direction's payload bytes: as the tap's flows counted them, as the sender's TCP put
+/// them on the wire (retransmissions included), and as the peers wrote and read them.
+struct DirectionBytes {
+    name: &'static str,
+    sender: &'static str,
+    receiver: &'static str,
+    flows: u64,
+    wire: u64,
+    retransmitted: u64,
+    written: u64,
+    read: u64,
+}
+
+impl DirectionBytes {
+    fn assert_exact(&self, drops: &str) {
+        let Self {
+            name,
+            sender,
+            receiver,
+            flows,
+            wire,
+            retransmitted,
+            written,
+            read,
+        } = self;
+        assert_eq!(
+            flows, wire,
+            "{name} payload bytes: the flows vs what {sender}' TCP put on the wire \
+             (tcpi_bytes_sent, {retransmitted} of them retransmitted); {drops}"
+        );
+        assert_eq!(
+            *flows,
+            written + retransmitted,
+            "{name} payload bytes: the flows vs {sender} wrote {written} + retransmitted \
+             {retransmitted}; {drops}"
+        );
+        assert_eq!(
+            *flows,
+            read + retransmitted,
+            "{name} payload bytes: the flows vs {receiver} read {read} + {sender} \
+             retransmitted {retransmitted}; {drops}"
+        );
+    }
 }
 
 #[test]

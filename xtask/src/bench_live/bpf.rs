@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+use shadowtap_tests::bpf::bpf_syscall;
 use shadowtap_tests::pcap::{LINKTYPE_ETHERNET, Pcap};
 
 use super::procs::bpftool;
@@ -103,31 +104,12 @@ struct GetFdAttr {
     open_flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, exclusively borrowed repr(C) struct of the size passed; the
-    // kernel reads and writes only within it and within buffers it points to, which the
-    // callers keep alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 fn prog_fd(id: u32) -> Result<OwnedFd> {
     let mut attr = GetFdAttr {
         id,
         ..GetFdAttr::default()
     };
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+    let fd = bpf_syscall(BPF_PROG_GET_FD_BY_ID, &mut attr)
         .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -159,7 +141,7 @@ pub fn test_run(id: u32, frames: &[&[u8]], passes: u32) -> Result<TestRunResult>
                 repeat: 1,
                 ..TestRunAttr::default()
             };
-            match bpf(BPF_PROG_TEST_RUN, &mut attr) {
+            match bpf_syscall(BPF_PROG_TEST_RUN, &mut attr) {
                 Ok(_) => {
                     total_ns += u64::from(attr.duration);
                     runs += 1;
