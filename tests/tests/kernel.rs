@@ -69,19 +69,41 @@ impl Harness {
     /// returns the counter deltas (the records stay in the ring).
     fn run_repeated_undrained(&mut self, frame: &[u8], repeat: u32) -> CounterSnapshot {
         let before = self.maps.counters().expect("counters");
-        let prog: &mut Xdp = self
-            .tap
-            .ebpf_mut()
-            .program_mut(XDP_PROGRAM)
-            .expect("xdp program")
-            .try_into()
-            .expect("xdp type");
-        prog.test_run(TestRunOptions {
+        self.test_run(frame, false, repeat);
+        self.counters_since(&before)
+    }
+
+    /// BPF_PROG_TEST_RUN of the tc (egress) or XDP program, `repeat` times; the verdict.
+    fn test_run(&mut self, frame: &[u8], egress: bool, repeat: u32) -> u32 {
+        let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN xdp");
+        };
+        let ebpf = self.tap.ebpf_mut();
+        if egress {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .expect("tc program")
+                .try_into()
+                .expect("tc type");
+            prog.test_run(opts)
+                .expect("BPF_PROG_TEST_RUN tc")
+                .return_value
+        } else {
+            let prog: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .expect("xdp program")
+                .try_into()
+                .expect("xdp type");
+            prog.test_run(opts)
+                .expect("BPF_PROG_TEST_RUN xdp")
+                .return_value
+        }
+    }
+
+    /// How far every counter moved since `before`.
+    fn counters_since(&self, before: &CounterSnapshot) -> CounterSnapshot {
         let after = self.maps.counters().expect("counters");
         let mut delta = CounterSnapshot::default();
         for i in 0..delta.ingress.len() {
@@ -109,30 +131,7 @@ impl Harness {
 
     fn run(&mut self, frame: &[u8], egress: bool) -> Outcome {
         let before = self.maps.counters().expect("counters");
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::default()
-        };
-        let ebpf = self.tap.ebpf_mut();
-        let verdict = if egress {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .expect("tc program")
-                .try_into()
-                .expect("tc type");
-            prog.test_run(opts)
-                .expect("BPF_PROG_TEST_RUN tc")
-                .return_value
-        } else {
-            let prog: &mut Xdp = ebpf
-                .program_mut(XDP_PROGRAM)
-                .expect("xdp program")
-                .try_into()
-                .expect("xdp type");
-            prog.test_run(opts)
-                .expect("BPF_PROG_TEST_RUN xdp")
-                .return_value
-        };
+        let verdict = self.test_run(frame, egress, 1);
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
             assert!(item.len() >= RECORD_HEADER_LEN);
@@ -146,12 +145,7 @@ impl Harness {
                 reserved: item.len(),
             });
         }
-        let after = self.maps.counters().expect("counters");
-        let mut delta = CounterSnapshot::default();
-        for i in 0..delta.ingress.len() {
-            delta.ingress[i] = after.ingress[i] - before.ingress[i];
-            delta.egress[i] = after.egress[i] - before.egress[i];
-        }
+        let delta = self.counters_since(&before);
         Outcome {
             verdict,
             records,

@@ -288,11 +288,14 @@ fn capture_frames(ctx: &Ctx) -> Result<(Frames, Frames)> {
     Ok((ingress, egress))
 }
 
-fn agent_iface(bed: &Testbed, mode: AgentMode) -> &str {
-    match mode {
+/// The agent in the server namespace: on the server's veth, or in tap mode on the mirror.
+fn start_agent(ctx: &Ctx, mode: AgentMode, label: &str) -> Result<Agent> {
+    let bed = ctx.bed;
+    let iface = match mode {
         AgentMode::Host | AgentMode::Baseline => &bed.pair.server_if,
         AgentMode::Tap => &bed.mirror_out,
-    }
+    };
+    Agent::start(ctx.cli, bed.server(), iface, mode, ctx.dir, label)
 }
 
 fn measure(ctx: &Ctx, config: Config, round: u32) -> Result<Run> {
@@ -305,14 +308,7 @@ fn measure(ctx: &Ctx, config: Config, round: u32) -> Result<Run> {
     };
     let label = format!("r{}-{}", round + 1, config.short());
     let agent = match config.agent_mode() {
-        Some(mode) => Some(Agent::start(
-            ctx.cli,
-            bed.server(),
-            agent_iface(bed, mode),
-            mode,
-            ctx.dir,
-            &label,
-        )?),
+        Some(mode) => Some(start_agent(ctx, mode, &label)?),
         None => None,
     };
     let tcpdump = if config == Config::Tcpdump {
@@ -377,15 +373,7 @@ fn kernel_round(
     } else {
         None
     };
-    let label = format!("bpfstats-{}", mode.as_arg());
-    let agent = Agent::start(
-        ctx.cli,
-        bed.server(),
-        agent_iface(bed, mode),
-        mode,
-        ctx.dir,
-        &label,
-    )?;
+    let agent = start_agent(ctx, mode, &format!("bpfstats-{}", mode.label()))?;
     let progs = agent.attached_programs()?;
     if progs.is_empty() {
         bail!("the agent has no attached programs");
