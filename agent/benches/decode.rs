@@ -19,6 +19,12 @@ use shadowtap_agent::{
     events::{Direction, PacketContext, Tracker, TrackerConfig},
 };
 
+/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
+/// measured is what runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Rec {
     data: Vec<u8>,
     wire_len: u32,

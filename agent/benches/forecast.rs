@@ -31,13 +31,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use shadowtap_agent::{
-    backtest::{DemandSeries, shared_series_dir},
-    forecast::{
-        DemandTransform,
-        model::{FitSettings, fit_path},
-    },
+use shadowtap_agent::backtest::{DemandSeries, shared_series_dir};
+use shadowtap_core::forecast::{
+    DemandTransform,
+    model::{FitSettings, fit_path},
 };
+
+/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
+/// measured is what runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POINTS: usize = 4032;
 const STATSFORECAST: &str = "statsforecast==2.1.1";

@@ -40,6 +40,12 @@ use shadowtap_agent::events::{
 use shadowtap_agent::model::{EmitConfig, EntityId, ModelConfig, ModelStore};
 use shadowtap_agent::windows::Level;
 
+/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
+/// measured is what runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS_PER_SEC: u64 = 40_000;
 
 struct Rng(u64);

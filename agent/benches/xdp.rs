@@ -10,6 +10,12 @@ use shadowtap_agent::capture::{
     Mode, Tap, TapOptions, XDP_BASELINE_PROGRAM, XDP_PROGRAM, XdpMode, default_wakeup_bytes,
 };
 
+/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
+/// measured is what runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs per syscall; small enough that the records of one batch (≈1.1 KiB each) fit the
 /// 8 MiB ring, which we drain between batches so reserve failures never cheapen the figure.
 const BATCH: u32 = 4_000;

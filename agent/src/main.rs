@@ -11,6 +11,15 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use shadowtap_agent::runtime::{self, RunArgs};
 
+/// mimalloc rather than glibc's malloc: closing windows builds and later drops many small
+/// summaries (histogram buckets, endpoint names), where glibc's malloc spends a third of the
+/// model's time with per-client summaries on (`cargo xtask bench windows`). Declared in each
+/// binary and bench, not in the libraries, so that a test linking several libraries has one
+/// allocator. Built without the `mimalloc` feature, the system allocator is used.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shadowtap-agent",
@@ -61,7 +70,7 @@ fn replay(args: &ReplayArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    shadowtap_agent::init_tracing();
+    shadowtap_core::init_tracing();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Run(args) => runtime::run(&args),

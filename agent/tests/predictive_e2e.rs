@@ -9,11 +9,13 @@
 use std::{io::Write as _, net::Ipv4Addr, path::Path, sync::Arc, time::Duration};
 
 use shadowtap_agent::{
-    decision::{Action, DecisionEngine, DecisionInput, Policy},
     decode::{self, LinkType, pcap::PcapReader},
     events::{Direction, PacketContext, Tracker, TrackerConfig},
-    forecast::{ForecastConfig, ResourceForecaster},
     model::{ModelConfig, ModelStore, ResourceId},
+};
+use shadowtap_core::{
+    decision::{Action, DecisionEngine, DecisionInput, Policy},
+    forecast::{ForecastConfig, ResourceForecaster},
 };
 
 const STEP_MS: u64 = 60_000;

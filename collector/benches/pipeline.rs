@@ -26,14 +26,17 @@ use rdkafka::{
     consumer::{Consumer as _, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
 };
-use shadowtap_agent::{
-    decision::PolicySet,
-    sink::{
-        FleetConfig, KafkaSettings, Observation, ObservationSink, SinkConfig, WindowCounts,
-        encode_observation,
-    },
-};
 use shadowtap_collector::{Collector, CollectorConfig, CollectorStats};
+use shadowtap_core::{
+    FleetConfig, KafkaSettings, Observation, ObservationSink, SinkConfig, WindowCounts,
+    decision::PolicySet, encode_observation,
+};
+
+/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
+/// measured is what runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POLICY: &str = r#"
 [defaults]
@@ -83,7 +86,6 @@ fn observation(resource: &str, start_ms: u64, step_ms: u64, requests: u64) -> Ob
         window_end_ms: start_ms + step_ms,
         seq: start_ms / step_ms,
         summary: c,
-        forecast: None,
     }
 }
 

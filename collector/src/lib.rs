@@ -1,5 +1,5 @@
 //! `shadowtap-collector`: consumes agents' observations from Kafka, merges them per resource,
-//! decides with the agent's decision engine ([`shadowtap_agent::sink::fleet`]) and publishes
+//! decides with the shared fleet logic ([`shadowtap_core::fleet`]) and publishes
 //! `CloudEvents` scale events.
 //!
 //! Delivery: at least once end to end. After each batch the collector waits until the scale

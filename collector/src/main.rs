@@ -4,11 +4,16 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use shadowtap_agent::{
-    decision::{PolicySet, parse_duration},
-    sink::{FleetConfig, KafkaSettings},
-};
 use shadowtap_collector::{Collector, CollectorConfig};
+use shadowtap_core::{
+    FleetConfig, KafkaSettings,
+    decision::{PolicySet, parse_duration},
+};
+
+/// The same allocator as the agent (see `agent/src/main.rs`), for the same reason.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
@@ -78,7 +83,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shadowtap_agent::init_tracing();
+    shadowtap_core::init_tracing();
     let args = Args::parse();
     let policies = PolicySet::load(&args.policy)
         .with_context(|| format!("loading policy {}", args.policy.display()))?;

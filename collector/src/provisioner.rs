@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use shadowtap_agent::sink::ScaleEvent;
+use shadowtap_core::ScaleEvent;
 
 /// Remembers the last `capacity` event ids.
 #[derive(Debug)]
@@ -48,9 +48,9 @@ pub fn shell_quote(value: &str) -> String {
 pub fn render(template: &str, event: &ScaleEvent) -> String {
     let d = &event.data;
     let action = match d.action {
-        shadowtap_agent::decision::Action::ScaleOut => "scale_out",
-        shadowtap_agent::decision::Action::ScaleIn => "scale_in",
-        shadowtap_agent::decision::Action::Hold => "hold",
+        shadowtap_core::decision::Action::ScaleOut => "scale_out",
+        shadowtap_core::decision::Action::ScaleIn => "scale_in",
+        shadowtap_core::decision::Action::Hold => "hold",
     };
     let stage = d
         .stage

@@ -16,10 +16,9 @@ use rdkafka::{
     message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
-use shadowtap_agent::{
-    decision::PolicySet,
+use shadowtap_core::{
+    Fleet, FleetConfig, KafkaSettings, decision::PolicySet, decode_observation,
     metrics::MetricsPage,
-    sink::{Fleet, FleetConfig, KafkaSettings, decode_observation},
 };
 
 use crate::{
@@ -196,7 +195,7 @@ impl Collector {
                 drop(probe);
                 let page = page.clone();
                 Some(AbortOnDrop(tokio::spawn(async move {
-                    if let Err(e) = shadowtap_agent::metrics::serve(addr, page).await {
+                    if let Err(e) = shadowtap_core::metrics::serve(addr, page).await {
                         tracing::error!(%addr, error = %e, "metrics endpoint stopped");
                     }
                 })))

@@ -12,7 +12,7 @@ use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer as _},
 };
-use shadowtap_agent::sink::{KafkaSettings, ResourceSnapshot};
+use shadowtap_core::{KafkaSettings, ResourceSnapshot};
 
 /// What loading a partition found.
 #[derive(Debug, Default)]

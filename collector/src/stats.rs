@@ -9,7 +9,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use shadowtap_agent::{metrics::Exposition, sink::FleetStats};
+use shadowtap_core::{FleetStats, metrics::Exposition};
 
 /// Shared counters (cheap to update from the loop, read by metrics and tests).
 #[derive(Debug, Default)]
@@ -176,7 +176,7 @@ impl CollectorStats {
             &samples,
         );
         let f = self.fleet();
-        let fleet: [(&str, u64); 9] = [
+        let fleet: [(&str, u64); 8] = [
             ("merged", f.observations_merged),
             ("duplicate", f.observations_duplicate),
             ("late", f.observations_late),
@@ -185,7 +185,6 @@ impl CollectorStats {
             ("decisions", f.decisions),
             ("decisions_without_policy", f.decisions_without_policy),
             ("forecast_errors", f.forecast_errors),
-            ("agent_forecasts_ignored", f.agent_forecasts_ignored),
         ];
         let labels: Vec<[(&str, &str); 1]> = fleet.iter().map(|(k, _)| [("what", *k)]).collect();
         let samples: Vec<(&[(&str, &str)], f64)> = labels

@@ -7,7 +7,7 @@ use rdkafka::{
     client::DefaultClientContext,
     error::RDKafkaErrorCode,
 };
-use shadowtap_agent::sink::KafkaSettings;
+use shadowtap_core::KafkaSettings;
 
 /// Create `topics` with `partitions` each unless they exist. `compacted` ones get
 /// `cleanup.policy=compact`.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use shadowtap_agent::sink::{ObservationSink, SinkConfig, decode_observation};
+use shadowtap_core::{ObservationSink, SinkConfig, decode_observation};
 
 const WINDOWS: u64 = 36;
 const OUTAGE: Duration = Duration::from_secs(22);

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shadowtap_agent::sink::{ObservationSink, SinkConfig};
+use shadowtap_core::{ObservationSink, SinkConfig};
 
 const WINDOWS: u64 = 30;
 

@@ -12,11 +12,9 @@ use std::{
 };
 
 use common::*;
-use shadowtap_agent::{
+use shadowtap_core::{
+    Fleet, FleetConfig, Observation, ObservationSink, ScaleEvent, SinkConfig, WindowCounts,
     decision::PolicySet,
-    sink::{
-        Fleet, FleetConfig, Observation, ObservationSink, ScaleEvent, SinkConfig, WindowCounts,
-    },
 };
 
 /// The busiest host's HTTP requests and responses from a real capture.
@@ -92,7 +90,6 @@ fn rising_windows(
                 window_end_ms: T0_MS + (k + 1) * STEP_MS,
                 seq: k,
                 summary: c,
-                forecast: None,
             }
         })
         .collect()

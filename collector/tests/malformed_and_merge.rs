@@ -15,7 +15,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use shadowtap_agent::sink::{ObservationSink, SinkConfig, encode_observation};
+use shadowtap_core::{ObservationSink, SinkConfig, encode_observation};
 
 #[test]
 fn malformed_records_are_dead_lettered_and_merging_sums_agents() {

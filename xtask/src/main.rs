@@ -73,9 +73,11 @@ fn test(extra: &[String]) -> Result<()> {
         "warnings",
     ])?;
     // Both processes also build, warning-free, with the system allocator (feature
-    // `mimalloc` off).
+    // `mimalloc` off), and the shared core without Kafka (as the load generator links it).
     util::cargo(&[
         "clippy",
+        "-p",
+        "shadowtap-core",
         "-p",
         "shadowtap-agent",
         "-p",

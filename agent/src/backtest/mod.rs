@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::{
+use shadowtap_core::{
     decision::{DecisionEngine, DecisionInput, Policy, PolicySet, parse_duration},
     forecast::{DemandForecast, DemandTransform, ForecastConfig, ModelKind, ResourceForecaster},
 };

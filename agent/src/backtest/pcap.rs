@@ -50,7 +50,7 @@ pub fn series_from_pcap(path: &Path, step: Duration) -> anyhow::Result<DemandSer
             "{}: all requests fall into {} bucket(s) of {}; use a shorter --pcap-step",
             path.display(),
             values.len(),
-            crate::decision::format_duration(step)
+            shadowtap_core::decision::format_duration(step)
         );
     }
     Ok(DemandSeries {

@@ -41,7 +41,7 @@ pub use ids::{
     endpoint_template, is_id_segment, normalize_host,
 };
 pub use store::ModelStore;
-pub use summary::{StatusClasses, WindowSummary, hdr_base64, truncate_top_k};
+pub use summary::{StatusClasses, WindowSummary, hdr_base64};
 pub use table::HOURS_PER_WEEK;
 
 use crate::windows::{BASE_NS, Level};

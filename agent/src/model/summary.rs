@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use shadowtap_core::wire::truncate_top_k;
+
 use super::ids::EntityId;
 use crate::windows::{BASE_NS, Level, LogHistogram, WindowAcc};
 
@@ -270,23 +272,6 @@ pub mod hdr_base64 {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LogHistogram, D::Error> {
             super::deserialize(d).map(|h| LogHistogram::from_hdr(&h))
-        }
-    }
-}
-
-/// Keeps the `top_k` largest counts of `endpoints` (ties by name) and adds the rest to
-/// `other`, so totals are kept. Shared by window summaries and their wire form.
-pub fn truncate_top_k(endpoints: &mut BTreeMap<String, u64>, other: &mut u64, top_k: usize) {
-    if endpoints.len() <= top_k {
-        return;
-    }
-    let mut ranked: Vec<(String, u64)> = std::mem::take(endpoints).into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
-        if i < top_k {
-            endpoints.insert(endpoint, n);
-        } else {
-            *other += n;
         }
     }
 }

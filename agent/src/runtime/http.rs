@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::metrics::{Response, serve_http};
+use shadowtap_core::metrics::{Response, serve_http};
 
 /// Rendered views shared between the pipeline (writer) and the responder (reader).
 pub struct ApiViews {

@@ -11,9 +11,9 @@ use crate::{
     capture::{self, CounterSnapshot, KernelMaps},
     decode::{self, LinkType},
     events::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker},
-    metrics::Exposition,
     model::{ModelStore, WindowSummary},
 };
+use shadowtap_core::metrics::Exposition;
 
 /// Userspace-side counters of the live path.
 #[derive(Debug, Default, serde::Serialize)]

@@ -11,13 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tracing::warn;
 
-use crate::{
-    decision::PolicySet,
+use shadowtap_core::{
+    FleetConfig, KafkaSettings, ObservationSink, SinkConfig, decision::PolicySet,
     metrics::Exposition,
+};
+
+use crate::{
     model::WindowSummary,
-    sink::{
-        EmbeddedCollector, FleetConfig, KafkaSettings, Observation, ObservationSink, SinkConfig,
-    },
+    sink::{EmbeddedCollector, observation_from_summary},
     windows::Level,
 };
 
@@ -31,7 +32,7 @@ pub struct PublishArgs {
     /// librdkafka property passed through verbatim (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-property")]
     pub kafka_properties: Vec<String>,
-    #[arg(long, default_value = crate::sink::kafka::OBSERVATIONS_TOPIC)]
+    #[arg(long, default_value = shadowtap_core::kafka::OBSERVATIONS_TOPIC)]
     pub observations_topic: String,
     /// Durable spool for observations while the broker is unreachable (default: STATE_DIR/spool).
     #[arg(long)]
@@ -165,7 +166,7 @@ impl Publisher {
         };
         let mut observations = Vec::new();
         for s in summaries.iter().filter(|s| s.level() == Some(level)) {
-            if let Some(obs) = Observation::from_summary(&agent_id, s, *seq, None) {
+            if let Some(obs) = observation_from_summary(&agent_id, s, *seq) {
                 *seq += 1;
                 observations.push(obs);
             }
@@ -199,7 +200,7 @@ impl Publisher {
 
     /// Snapshots of every resource the in-process collector holds (empty with Kafka: the
     /// collector service keeps its own state).
-    pub fn snapshots(&self) -> Vec<crate::sink::ResourceSnapshot> {
+    pub fn snapshots(&self) -> Vec<shadowtap_core::ResourceSnapshot> {
         match self {
             Self::Embedded { collector, .. } => {
                 let fleet = collector.fleet();
@@ -213,7 +214,7 @@ impl Publisher {
     }
 
     /// Restores in-process collector state; returns how many resources could not be restored.
-    pub fn restore(&mut self, snapshots: &[crate::sink::ResourceSnapshot]) -> usize {
+    pub fn restore(&mut self, snapshots: &[shadowtap_core::ResourceSnapshot]) -> usize {
         let Self::Embedded { collector, .. } = self else {
             return 0;
         };
@@ -288,8 +289,8 @@ impl Publisher {
 }
 
 /// Per-resource gauges: instances, the forecast the last decision rested on, and accuracy.
-fn render_resource_metrics(fleet: &crate::sink::Fleet, page: &mut Exposition) {
-    type Getter = fn(&crate::sink::Fleet, &str) -> Option<f64>;
+fn render_resource_metrics(fleet: &shadowtap_core::Fleet, page: &mut Exposition) {
+    type Getter = fn(&shadowtap_core::Fleet, &str) -> Option<f64>;
     let mut names: Vec<&str> = fleet.resources().collect();
     names.sort_unstable();
     let families: [(&str, &str, Getter); 7] = [

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
-use crate::{
-    model::{ModelConfig, ModelStore},
-    sink::ResourceSnapshot,
-};
+use shadowtap_core::ResourceSnapshot;
+
+use crate::model::{ModelConfig, ModelStore};
 
 const MODEL_FILE: &str = "model.json";
 const FLEET_FILE: &str = "collector.json";

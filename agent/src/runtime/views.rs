@@ -36,7 +36,7 @@ impl LatestMinute {
     }
 
     /// Per-resource demand gauges from the last closed minute.
-    pub fn render_metrics(&self, page: &mut crate::metrics::Exposition) {
+    pub fn render_metrics(&self, page: &mut shadowtap_core::metrics::Exposition) {
         let mut ids: Vec<&String> = self.by_resource.keys().collect();
         ids.sort_unstable();
         let requests: Vec<(Vec<(&str, &str)>, f64)> = ids

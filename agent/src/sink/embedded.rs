@@ -8,11 +8,8 @@ use std::{
     time::Instant,
 };
 
-use crate::decision::PolicySet;
-
-use super::{
-    fleet::{ClosedWindow, Fleet, FleetConfig, FleetStats},
-    wire::Observation,
+use shadowtap_core::{
+    ClosedWindow, Fleet, FleetConfig, FleetStats, Observation, decision::PolicySet,
 };
 
 /// In-process collector.
@@ -110,7 +107,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::sink::{scale_event::ScaleEvent, wire::WindowCounts};
+    use shadowtap_core::{ScaleEvent, WindowCounts};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -143,7 +140,6 @@ mod tests {
                     requests: 10 + 40 * w,
                     ..WindowCounts::default()
                 },
-                forecast: None,
             })
             .expect("observe");
         }

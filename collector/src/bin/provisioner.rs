@@ -13,8 +13,13 @@ use rdkafka::{
     Message as _,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
 };
-use shadowtap_agent::sink::{KafkaSettings, ScaleEvent};
 use shadowtap_collector::provisioner::{SeenIds, render};
+use shadowtap_core::{KafkaSettings, ScaleEvent};
+
+/// The same allocator as the agent (see `agent/src/main.rs`), for the same reason.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -43,7 +48,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shadowtap_agent::init_tracing();
+    shadowtap_core::init_tracing();
     let args = Args::parse();
     let kafka = KafkaSettings {
         properties: args.kafka_properties.clone(),

@@ -18,7 +18,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer as _},
     message::Headers as _,
 };
-use shadowtap_agent::sink::{KafkaSettings, Observation, WindowCounts};
+use shadowtap_core::{KafkaSettings, Observation, WindowCounts};
 
 pub use broker::{Broker, ChildGuard};
 
@@ -294,7 +294,6 @@ pub fn observation(agent: &str, resource: &str, window: u64, requests: u64) -> O
         window_end_ms: T0_MS + (window + 1) * STEP_MS,
         seq: window,
         summary: counts,
-        forecast: None,
     }
 }
 
@@ -348,9 +347,9 @@ pub fn staircase(w: u64) -> u64 {
 
 /// Check the staircase invariant on the in-process fleet logic: one scale-out per window.
 pub fn assert_staircase_reference(resources: &[String], windows: u64) {
-    use shadowtap_agent::sink::{Fleet, FleetConfig};
+    use shadowtap_core::{Fleet, FleetConfig};
     let policies =
-        shadowtap_agent::decision::PolicySet::from_toml(STAIRCASE_POLICY).expect("policy");
+        shadowtap_core::decision::PolicySet::from_toml(STAIRCASE_POLICY).expect("policy");
     let config = FleetConfig {
         min_forecast_history: NO_FORECAST,
         ..FleetConfig::default()
@@ -388,7 +387,7 @@ pub fn events_by_id(records: &[Record]) -> BTreeMap<String, (String, u64)> {
         assert_eq!(v["data"]["action"], "scale_out", "{v}");
         let w = (start - T0_MS) / STEP_MS;
         assert_eq!(
-            shadowtap_agent::sink::scale_event::event_id(&resource, start, start + STEP_MS),
+            shadowtap_core::scale_event::event_id(&resource, start, start + STEP_MS),
             id
         );
         if let Some(prev) = out.insert(id.clone(), (resource.clone(), w)) {

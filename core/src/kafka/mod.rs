@@ -7,6 +7,8 @@
 //! producer keeps per-partition order. A record re-sent after a timed-out attempt that did land
 //! is a duplicate with the same observation id, which the collector drops.
 
+pub mod spool;
+
 use std::{
     path::PathBuf,
     sync::{
@@ -23,11 +25,11 @@ use rdkafka::{
 };
 use tokio::sync::Notify;
 
-use super::{
-    spool::{Spool, SpoolError, SpoolStats},
+use self::spool::{Spool, SpoolError, SpoolStats};
+use crate::{
+    metrics::Exposition,
     wire::{OBSERVATION_SCHEMA_HEADER, Observation, SCHEMA_HEADER_NAME, encode_observation},
 };
-use crate::metrics::Exposition;
 
 /// Default topic of observations.
 pub const OBSERVATIONS_TOPIC: &str = "shadowtap.observations";

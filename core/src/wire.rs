@@ -15,8 +15,6 @@ use hdrhistogram::{
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use crate::forecast::{DemandForecast, ForecastPoint, ModelKind};
-
 /// The only schema version this build writes and reads.
 pub const OBSERVATION_SCHEMA_VERSION: u32 = 1;
 /// Value of the `shadowtap-schema` header on every observation record.
@@ -60,7 +58,7 @@ impl WireError {
     }
 }
 
-/// One resource's activity as one agent saw it in one window, plus the agent's local forecast.
+/// One resource's activity as one agent saw it in one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// Who saw it; unique per agent process lifetime.
@@ -75,8 +73,6 @@ pub struct Observation {
     pub seq: u64,
     /// The summary itself.
     pub summary: WindowCounts,
-    /// The agent's forecast of this resource's demand, when it has one.
-    pub forecast: Option<DemandForecast>,
 }
 
 impl Observation {
@@ -86,41 +82,6 @@ impl Observation {
             "{}/{}/{}",
             self.agent_id, self.resource, self.window_start_ms
         )
-    }
-}
-
-impl Observation {
-    /// The observation of a resource's closed window (from the model stage). `None` for a
-    /// client entity: only resources are scaled. Errors are 5xx responses.
-    pub fn from_summary(
-        agent_id: &str,
-        summary: &crate::model::WindowSummary,
-        seq: u64,
-        forecast: Option<DemandForecast>,
-    ) -> Option<Self> {
-        let crate::model::EntityId::Resource(resource) = &summary.entity else {
-            return None;
-        };
-        let start_ms = summary.window_start_ns / 1_000_000;
-        let end_ms = summary.window_end_ns() / 1_000_000;
-        Some(Self {
-            agent_id: agent_id.to_owned(),
-            resource: resource.to_string(),
-            window_start_ms: start_ms,
-            window_end_ms: end_ms.max(start_ms + 1),
-            seq,
-            summary: WindowCounts {
-                requests: summary.requests,
-                responses: summary.responses,
-                errors: summary.status.server_error,
-                bytes_in: summary.bytes_in,
-                bytes_out: summary.bytes_out,
-                latency_us: summary.latency_us.to_hdr(),
-                endpoints: summary.endpoints.clone(),
-                endpoints_other: summary.endpoints_other,
-            },
-            forecast,
-        })
     }
 }
 
@@ -198,7 +159,24 @@ impl WindowCounts {
 
     /// Keep the `top_k` busiest endpoints (ties broken by name), fold the rest into other.
     pub fn truncate_endpoints(&mut self, top_k: usize) {
-        crate::model::truncate_top_k(&mut self.endpoints, &mut self.endpoints_other, top_k);
+        truncate_top_k(&mut self.endpoints, &mut self.endpoints_other, top_k);
+    }
+}
+
+/// Keeps the `top_k` largest counts of `endpoints` (ties by name) and adds the rest to
+/// `other`, so totals are kept. Shared by window summaries and their wire form.
+pub fn truncate_top_k(endpoints: &mut BTreeMap<String, u64>, other: &mut u64, top_k: usize) {
+    if endpoints.len() <= top_k {
+        return;
+    }
+    let mut ranked: Vec<(String, u64)> = std::mem::take(endpoints).into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (i, (endpoint, n)) in ranked.into_iter().enumerate() {
+        if i < top_k {
+            endpoints.insert(endpoint, n);
+        } else {
+            *other += n;
+        }
     }
 }
 
@@ -234,8 +212,8 @@ struct ObservationPb {
     endpoints: Vec<EndpointPb>,
     #[prost(uint64, tag = "14")]
     endpoints_other: u64,
-    #[prost(message, optional, tag = "15")]
-    forecast: Option<ForecastPb>,
+    // Tag 15 carried an agent-side forecast that no agent ever sent; it is reserved. The
+    // collector forecasts from the merged demand (see WIRE_FORMAT.md).
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -246,37 +224,6 @@ struct EndpointPb {
     requests: u64,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct ForecastPb {
-    #[prost(uint64, tag = "1")]
-    issued_at_ms: u64,
-    #[prost(uint64, tag = "2")]
-    step_ms: u64,
-    #[prost(double, tag = "3")]
-    level: f64,
-    #[prost(double, tag = "4")]
-    widening: f64,
-    /// `ModelKind` as JSON, e.g. `{"ets":{"spec":"AAN"}}`.
-    #[prost(string, tag = "5")]
-    model_json: String,
-    #[prost(message, repeated, tag = "6")]
-    points: Vec<PointPb>,
-    #[prost(double, optional, tag = "7")]
-    last_observed: Option<f64>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct PointPb {
-    #[prost(uint64, tag = "1")]
-    start_ms: u64,
-    #[prost(double, tag = "2")]
-    point: f64,
-    #[prost(double, tag = "3")]
-    lower: f64,
-    #[prost(double, tag = "4")]
-    upper: f64,
-}
-
 /// Encode an observation (the record value; the key is `resource`).
 pub fn encode_observation(obs: &Observation) -> Vec<u8> {
     let mut hdr = Vec::new();
@@ -285,24 +232,6 @@ pub fn encode_observation(obs: &Observation) -> Vec<u8> {
         tracing::warn!(error = %e, "latency histogram serialisation failed");
         hdr.clear();
     }
-    let forecast = obs.forecast.as_ref().map(|f| ForecastPb {
-        issued_at_ms: f.issued_at_ms,
-        step_ms: f.step_ms,
-        level: f.level,
-        widening: f.widening,
-        model_json: serde_json::to_string(&f.model).unwrap_or_default(),
-        points: f
-            .points
-            .iter()
-            .map(|p| PointPb {
-                start_ms: p.start_ms,
-                point: p.point,
-                lower: p.lower,
-                upper: p.upper,
-            })
-            .collect(),
-        last_observed: f.last_observed,
-    });
     ObservationPb {
         schema_version: OBSERVATION_SCHEMA_VERSION,
         agent_id: obs.agent_id.clone(),
@@ -326,7 +255,6 @@ pub fn encode_observation(obs: &Observation) -> Vec<u8> {
             })
             .collect(),
         endpoints_other: obs.summary.endpoints_other,
-        forecast,
     }
     .encode_to_vec()
 }
@@ -383,10 +311,6 @@ pub fn decode_observation(key: Option<&[u8]>, value: &[u8]) -> Result<Observatio
     for e in pb.endpoints {
         *endpoints.entry(e.endpoint).or_default() += e.requests;
     }
-    let forecast = match pb.forecast {
-        None => None,
-        Some(f) => Some(decode_forecast(&pb.resource, f)?),
-    };
     Ok(Observation {
         agent_id: pb.agent_id,
         resource: pb.resource,
@@ -403,44 +327,6 @@ pub fn decode_observation(key: Option<&[u8]>, value: &[u8]) -> Result<Observatio
             endpoints,
             endpoints_other: pb.endpoints_other,
         },
-        forecast,
-    })
-}
-
-fn decode_forecast(resource: &str, f: ForecastPb) -> Result<DemandForecast, WireError> {
-    if f.step_ms == 0 {
-        return Err(field("forecast.step_ms", "zero"));
-    }
-    let model: ModelKind = serde_json::from_str(&f.model_json)
-        .map_err(|e| field("forecast.model_json", e.to_string()))?;
-    let mut points = Vec::with_capacity(f.points.len());
-    let mut previous: Option<u64> = None;
-    for p in f.points {
-        if ![p.point, p.lower, p.upper].iter().all(|v| v.is_finite()) {
-            return Err(field("forecast.points", "non-finite value"));
-        }
-        if previous.is_some_and(|prev| p.start_ms <= prev) {
-            return Err(field("forecast.points", "not in increasing time order"));
-        }
-        previous = Some(p.start_ms);
-        points.push(ForecastPoint {
-            start_ms: p.start_ms,
-            point: p.point,
-            lower: p.lower,
-            upper: p.upper,
-        });
-    }
-    Ok(DemandForecast {
-        resource: resource.to_owned(),
-        issued_at_ms: f.issued_at_ms,
-        step_ms: f.step_ms,
-        level: f.level,
-        widening: f.widening,
-        model,
-        points,
-        last_observed: f.last_observed,
-        outliers_ms: Vec::new(),
-        changepoints_ms: Vec::new(),
     })
 }
 
@@ -537,23 +423,6 @@ mod tests {
             window_end_ms: 120_000,
             seq: 4,
             summary: counts,
-            forecast: Some(DemandForecast {
-                resource: "api".into(),
-                issued_at_ms: 120_000,
-                step_ms: 60_000,
-                level: 0.9,
-                widening: 1.0,
-                model: ModelKind::Naive,
-                points: vec![ForecastPoint {
-                    start_ms: 120_000,
-                    point: 10.0,
-                    lower: 8.0,
-                    upper: 12.0,
-                }],
-                last_observed: Some(10.0),
-                outliers_ms: vec![],
-                changepoints_ms: vec![],
-            }),
         }
     }
 
@@ -586,31 +455,6 @@ mod tests {
         for cut in 0..bytes.len() {
             let _ = decode_observation(None, &bytes[..cut]);
         }
-    }
-
-    #[test]
-    fn from_model_summary() {
-        use crate::model::{EntityId, ResourceId, WindowSummary};
-        let addr: std::net::SocketAddr = "10.0.0.1:80".parse().expect("addr");
-        let id = ResourceId::new(addr, Some("shop.example"));
-        let mut s = WindowSummary::empty(
-            EntityId::Resource(id.clone()),
-            60_000_000_000,
-            10_000_000_000,
-        );
-        s.requests = 42;
-        s.responses = 40;
-        s.status.server_error = 3;
-        s.latency_us.record(1234);
-        s.endpoints.insert("GET /items/{id}".into(), 42);
-        let obs = Observation::from_summary("agent-x", &s, 7, None).expect("a resource");
-        assert_eq!(obs.resource, id.to_string());
-        assert_eq!((obs.window_start_ms, obs.window_end_ms), (60_000, 70_000));
-        assert_eq!((obs.summary.requests, obs.summary.errors), (42, 3));
-        assert_eq!(obs.summary.latency_us.len(), 1);
-        let back = decode_observation(Some(obs.resource.as_bytes()), &encode_observation(&obs))
-            .expect("decode");
-        assert_eq!(back, obs);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{decision::Action, sink::wire::WindowCounts};
+use crate::{decision::Action, wire::WindowCounts};
 
 const STEP: u64 = 60_000;
 
@@ -35,7 +35,6 @@ fn obs(agent: &str, resource: &str, window: u64, requests: u64) -> Observation {
         window_end_ms: (window + 1) * STEP,
         seq: window,
         summary: counts,
-        forecast: None,
     }
 }
 

@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     decision::{Decision, DecisionEngine, DecisionInput, PolicySet},
-    forecast::{DemandForecast, ForecastConfig, ForecastPoint, ModelKind, ResourceForecaster},
+    forecast::{DemandForecast, ForecastConfig, ModelKind, ResourceForecaster},
 };
 
-use super::{
+use crate::{
     scale_event::{ScaleEvent, WindowDigest},
-    wire::{CountsDigest, Observation, WindowCounts, histogram_bytes, histogram_from_bytes},
+    wire::{CountsDigest, Observation, WindowCounts},
 };
 
 /// Settings of the merge and decision stage.
@@ -49,7 +49,7 @@ pub struct FleetConfig {
     /// Forecast buckets handed to the decision engine.
     pub horizon_steps: usize,
     /// Merged windows needed before the collector's own forecast is used; before that the
-    /// engine decides on the last observation (and the agents' forecasts). A forecast from a
+    /// engine decides on the last observation. A forecast from a
     /// handful of points has uselessly wide intervals.
     pub min_forecast_history: usize,
     /// Merged demand points kept for snapshots (the forecaster is rebuilt from them).
@@ -99,7 +99,6 @@ pub struct FleetStats {
     pub decisions: u64,
     pub decisions_without_policy: u64,
     pub forecast_errors: u64,
-    pub agent_forecasts_ignored: u64,
     pub scale_events: u64,
 }
 
@@ -142,7 +141,6 @@ struct OpenWindow {
 #[derive(Debug, Clone, Default)]
 struct AgentMark {
     last_window_start_ms: u64,
-    forecast: Option<DemandForecast>,
 }
 
 struct ResourceState {
@@ -321,10 +319,9 @@ impl Fleet {
                 if state.instances == 0 {
                     state.instances = policy.min_instances;
                 }
-                let forecast = combined_forecast(
+                let forecast = merged_forecast(
                     name,
                     state,
-                    &agents,
                     &self.config,
                     &mut self.stats,
                     start_ms,
@@ -357,110 +354,6 @@ impl Fleet {
             self.stats.scale_events += 1;
         }
         Some(closed)
-    }
-
-    /// Everything needed to resume `resource` elsewhere.
-    pub fn snapshot(&self, resource: &str) -> Option<ResourceSnapshot> {
-        let s = self.resources.get(resource)?;
-        Some(ResourceSnapshot {
-            version: SNAPSHOT_VERSION,
-            resource: resource.to_owned(),
-            step_ms: s.step_ms,
-            closed_before_ms: s.closed_before_ms,
-            stream_time_ms: s.stream_time_ms,
-            agents: s
-                .agents
-                .iter()
-                .map(|(k, m)| {
-                    (
-                        k.clone(),
-                        AgentSnapshot {
-                            last_window_start_ms: m.last_window_start_ms,
-                            forecast: m.forecast.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            open: s
-                .open
-                .iter()
-                .map(|(start, w)| OpenWindowSnapshot {
-                    start_ms: *start,
-                    end_ms: w.end_ms,
-                    contributions: w
-                        .contributions
-                        .iter()
-                        .map(|(a, c)| (a.clone(), CountsSnapshot::from(c)))
-                        .collect(),
-                })
-                .collect(),
-            history: s.history.clone(),
-            instances: s.instances,
-            last_decision: s.last_decision.clone(),
-            forecast_origin: s.forecast_origin,
-            engine: s.engine.clone(),
-        })
-    }
-
-    /// Resume a resource from a snapshot (replacing any state it had here).
-    pub fn restore(&mut self, snap: &ResourceSnapshot, now: Instant) -> Result<(), FleetError> {
-        let err = |reason: String| FleetError::Snapshot {
-            resource: snap.resource.clone(),
-            reason,
-        };
-        if snap.version != SNAPSHOT_VERSION {
-            return Err(err(format!("unsupported version {}", snap.version)));
-        }
-        if snap.step_ms == 0 {
-            return Err(err("zero step".to_owned()));
-        }
-        let mut open = BTreeMap::new();
-        for w in &snap.open {
-            let mut contributions = BTreeMap::new();
-            for (agent, c) in &w.contributions {
-                contributions.insert(
-                    agent.clone(),
-                    c.to_counts().map_err(|e| err(e.to_string()))?,
-                );
-            }
-            open.insert(
-                w.start_ms,
-                OpenWindow {
-                    end_ms: w.end_ms,
-                    opened: now,
-                    contributions,
-                },
-            );
-        }
-        let mut state = ResourceState::new(snap.step_ms, snap.closed_before_ms);
-        state.stream_time_ms = snap.stream_time_ms;
-        state.agents = snap
-            .agents
-            .iter()
-            .map(|(k, a)| {
-                (
-                    k.clone(),
-                    AgentMark {
-                        last_window_start_ms: a.last_window_start_ms,
-                        forecast: a.forecast.clone(),
-                    },
-                )
-            })
-            .collect();
-        state.open = open;
-        state.instances = snap.instances;
-        state.last_decision.clone_from(&snap.last_decision);
-        state.history.clone_from(&snap.history);
-        state.forecast_origin = snap.forecast_origin;
-        // Timers come from the snapshot; the policy is the one in force here now.
-        state.engine = snap.engine.clone().map(|mut engine| {
-            if let Ok(policy) = self.policies.policy_for(&snap.resource) {
-                engine.set_policy(policy);
-            }
-            engine
-        });
-        self.resources.insert(snap.resource.clone(), state);
-        Ok(())
     }
 }
 
@@ -507,12 +400,7 @@ impl ResourceState {
         window.contributions.insert(obs.agent_id.clone(), counts);
         self.stream_time_ms = self.stream_time_ms.max(obs.window_end_ms);
         let mark = self.agents.entry(obs.agent_id).or_default();
-        if start >= mark.last_window_start_ms {
-            mark.last_window_start_ms = start;
-            if obs.forecast.is_some() {
-                mark.forecast = obs.forecast;
-            }
-        }
+        mark.last_window_start_ms = mark.last_window_start_ms.max(start);
         Ingested::Merged
     }
 
@@ -534,18 +422,14 @@ impl ResourceState {
     }
 }
 
-/// The forecast the engine decides on: the collector's own forecast of merged demand, raised
-/// pointwise to the sum of the agents' local forecasts where those cover the bucket. Never
-/// provisioning for less than either view is the conservative combination.
-#[allow(
-    clippy::too_many_arguments,
-    clippy::too_many_lines,
-    clippy::similar_names
-)]
-fn combined_forecast(
+/// The forecast the engine decides on: the collector's own forecast of merged demand (agents
+/// send counts, not forecasts: the merged series is the one that is scaled). Before the
+/// forecaster exists, an empty forecast with the last observation, so the engine decides on
+/// what it sees.
+#[allow(clippy::too_many_arguments, clippy::similar_names)]
+fn merged_forecast(
     name: &str,
     state: &mut ResourceState,
-    agents: &[String],
     config: &FleetConfig,
     stats: &mut FleetStats,
     start_ms: u64,
@@ -612,168 +496,27 @@ fn combined_forecast(
     if own.is_none() && state.forecaster.is_some() {
         stats.forecast_errors += 1;
     }
-    // Sum of the agents' forecasts, over buckets every contributing agent covers.
-    let mut summed: Option<BTreeMap<u64, ForecastPoint>> = None;
-    let mut model: Option<ModelKind> = None;
-    for agent in agents {
-        let Some(f) = state.agents.get(agent).and_then(|m| m.forecast.as_ref()) else {
-            summed = None;
-            break;
-        };
-        if f.step_ms != step_ms {
-            stats.agent_forecasts_ignored += 1;
-            summed = None;
-            break;
-        }
-        model.get_or_insert_with(|| f.model.clone());
-        let pts: BTreeMap<u64, ForecastPoint> = f
-            .points
-            .iter()
-            .filter(|p| p.start_ms >= end_ms)
-            .map(|p| (p.start_ms, *p))
-            .collect();
-        summed = Some(match summed {
-            None => pts,
-            Some(acc) => acc
-                .into_iter()
-                .filter_map(|(t, a)| {
-                    pts.get(&t).map(|b| {
-                        (
-                            t,
-                            ForecastPoint {
-                                start_ms: t,
-                                point: a.point + b.point,
-                                lower: a.lower + b.lower,
-                                upper: a.upper + b.upper,
-                            },
-                        )
-                    })
-                })
-                .collect(),
-        });
-    }
     let mut base = own.unwrap_or_else(|| DemandForecast {
         resource: name.to_owned(),
         issued_at_ms: end_ms,
         step_ms,
         level: config.forecast.level,
         widening: 1.0,
-        model: model.clone().unwrap_or(ModelKind::Naive),
+        model: ModelKind::Naive,
         points: Vec::new(),
         last_observed: Some(demand),
         outliers_ms: Vec::new(),
         changepoints_ms: Vec::new(),
     });
-    if let Some(summed) = summed.filter(|s| !s.is_empty()) {
-        let mut by_start: BTreeMap<u64, ForecastPoint> =
-            base.points.iter().map(|p| (p.start_ms, *p)).collect();
-        for (t, s) in summed {
-            by_start
-                .entry(t)
-                .and_modify(|p| {
-                    p.point = p.point.max(s.point);
-                    p.lower = p.lower.max(s.lower);
-                    p.upper = p.upper.max(s.upper);
-                })
-                .or_insert(s);
-        }
-        base.points = by_start.into_values().collect();
-    }
     base.last_observed = Some(demand);
     base
 }
 
-/// Version of [`ResourceSnapshot`].
-pub const SNAPSHOT_VERSION: u32 = 1;
+mod snapshot;
 
-/// Serialisable state of one resource (merged windows, agents, history, instances, last
-/// decision). The forecaster is rebuilt from `history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceSnapshot {
-    pub version: u32,
-    pub resource: String,
-    pub step_ms: u64,
-    pub closed_before_ms: u64,
-    pub stream_time_ms: u64,
-    pub agents: BTreeMap<String, AgentSnapshot>,
-    pub open: Vec<OpenWindowSnapshot>,
-    pub history: Vec<(u64, f64)>,
-    pub instances: u32,
-    pub last_decision: Option<Decision>,
-    /// (first bucket, points) of the collector forecaster's warm start, replayed on restore.
-    #[serde(default)]
-    pub forecast_origin: Option<(u64, usize)>,
-    /// The decision engine with its cooldown and stabilisation timers.
-    #[serde(default)]
-    pub engine: Option<DecisionEngine>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentSnapshot {
-    pub last_window_start_ms: u64,
-    pub forecast: Option<DemandForecast>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenWindowSnapshot {
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub contributions: BTreeMap<String, CountsSnapshot>,
-}
-
-/// [`WindowCounts`] with the histogram as hex of its V2 serialisation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CountsSnapshot {
-    pub requests: u64,
-    pub responses: u64,
-    pub errors: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub latency_us_hdr_hex: String,
-    pub endpoints: BTreeMap<String, u64>,
-    pub endpoints_other: u64,
-}
-
-impl From<&WindowCounts> for CountsSnapshot {
-    fn from(c: &WindowCounts) -> Self {
-        Self {
-            requests: c.requests,
-            responses: c.responses,
-            errors: c.errors,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            latency_us_hdr_hex: super::scale_event::hex(&histogram_bytes(&c.latency_us)),
-            endpoints: c.endpoints.clone(),
-            endpoints_other: c.endpoints_other,
-        }
-    }
-}
-
-impl CountsSnapshot {
-    fn to_counts(&self) -> Result<WindowCounts, super::wire::WireError> {
-        let hex = self.latency_us_hdr_hex.as_bytes();
-        let bad = || super::wire::WireError::Histogram("bad hex".to_owned());
-        if !hex.len().is_multiple_of(2) {
-            return Err(bad());
-        }
-        let mut bytes = Vec::with_capacity(hex.len() / 2);
-        for pair in hex.chunks(2) {
-            let s = std::str::from_utf8(pair).map_err(|_| bad())?;
-            bytes.push(u8::from_str_radix(s, 16).map_err(|_| bad())?);
-        }
-        Ok(WindowCounts {
-            requests: self.requests,
-            responses: self.responses,
-            errors: self.errors,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            latency_us: histogram_from_bytes(&bytes)?,
-            endpoints: self.endpoints.clone(),
-            endpoints_other: self.endpoints_other,
-        })
-    }
-}
+pub use snapshot::{
+    AgentSnapshot, CountsSnapshot, OpenWindowSnapshot, ResourceSnapshot, SNAPSHOT_VERSION,
+};
 
 #[cfg(test)]
-#[path = "fleet_tests.rs"]
 mod tests;

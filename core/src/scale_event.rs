@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::decision::{Action, Decision, Explanation, LifecycleStage, LifecycleStep, Reason};
 
-use super::wire::CountsDigest;
+use crate::wire::CountsDigest;
 
 /// Version of the `data` payload.
 pub const SCALE_EVENT_DATA_VERSION: u32 = 1;
