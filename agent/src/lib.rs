@@ -7,6 +7,7 @@ pub mod capture;
 pub mod decode;
 pub mod events;
 pub mod model;
+pub mod profile_cmd;
 pub mod replay;
 pub mod runtime;
 pub mod sink;

@@ -39,6 +39,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Compare predictive scaling with a reactive autoscaler on a recorded demand series.
     Backtest(shadowtap_agent::backtest::BacktestArgs),
+    /// Write the request profile (endpoint mix, parameter popularity, sizes, per-connection
+    /// Markov chain, arrivals, weekly curve) learned from a capture or a running agent.
+    Profile(shadowtap_agent::profile_cmd::ProfileArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime::run(&args),
         Command::Replay(args) => replay(&args),
         Command::Backtest(args) => shadowtap_agent::backtest::run_backtest(&args),
+        Command::Profile(args) => shadowtap_agent::profile_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

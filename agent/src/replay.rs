@@ -16,7 +16,7 @@ use serde::Serialize;
 use shadowtap_common::RecordKind;
 
 use crate::decode::pcap::{CaptureFormat, PcapReader};
-use crate::decode::{DecodeError, DecodeErrorCounts, LinkType, classify, decode_frame};
+use crate::decode::{DecodeError, DecodeErrorCounts, LinkType, PacketMeta, classify, decode_frame};
 use crate::events::{
     Direction, Event, EventCounts, FlowTable, FlowTableConfig, FlowTableStats, PacketContext,
     StatsEvent, Tracker, TrackerConfig, TrackerStats,
@@ -26,6 +26,11 @@ use crate::events::{
 pub struct ReplayOptions {
     pub tracker: TrackerConfig,
     pub flows: FlowTableConfig,
+    /// Cut HTTP heads to this many payload bytes (and ClientHellos to
+    /// [`shadowtap_common::TLS_HEAD_LEN`]), as the kernel copies them: the view of a live
+    /// agent with this `--snaplen`. `None`: the whole captured payload (the replay's default,
+    /// checked against tshark).
+    pub snaplen: Option<u16>,
 }
 
 /// Packets per kernel record kind, as [`classify`] selected them.
@@ -66,6 +71,23 @@ pub fn replay_pcap_with(
     out: &mut dyn Write,
     options: &ReplayOptions,
 ) -> anyhow::Result<ReplaySummary> {
+    let mut writer = BufWriter::with_capacity(1 << 16, out);
+    let result = replay_pcap_events(path, options, &mut |event| {
+        serde_json::to_writer(&mut writer, event).context("writing an event")?;
+        writer.write_all(b"\n").context("writing an event")
+    });
+    // Flushed on a read error too: the events and stats before the damage are kept.
+    writer.flush().context("flushing events")?;
+    result
+}
+
+/// Replays a capture into `on_event`: every event, then the final `stats` event (also
+/// when reading stops at a damaged record; the error is returned after it).
+pub fn replay_pcap_events(
+    path: &Path,
+    options: &ReplayOptions,
+    on_event: &mut dyn FnMut(&Event) -> anyhow::Result<()>,
+) -> anyhow::Result<ReplaySummary> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = PcapReader::new(BufReader::with_capacity(1 << 16, file))
         .with_context(|| format!("reading {}", path.display()))?;
@@ -86,8 +108,9 @@ pub fn replay_pcap_with(
             ..ReplaySummary::default()
         },
         tracker: Tracker::new(options.tracker),
+        snaplen: options.snaplen,
         flows: FlowTable::new(options.flows),
-        writer: BufWriter::with_capacity(1 << 16, out),
+        on_event,
         events: Vec::new(),
         last_ts_ns: 0,
     };
@@ -120,7 +143,8 @@ struct Run<'w> {
     summary: ReplaySummary,
     tracker: Tracker,
     flows: FlowTable,
-    writer: BufWriter<&'w mut dyn Write>,
+    snaplen: Option<u16>,
+    on_event: &'w mut dyn FnMut(&Event) -> anyhow::Result<()>,
     events: Vec<Event>,
     last_ts_ns: u64,
 }
@@ -141,7 +165,9 @@ impl Run<'_> {
         let decoded = LinkType::from_pcap_linktype(linktype)
             .ok_or(DecodeError::UnsupportedLink(linktype))
             .and_then(|link| decode_frame(link, data, orig_len));
-        let meta = match decoded {
+        let meta = match decoded
+            .map(|meta| self.cut_like_the_kernel(meta, linktype, data, orig_len))
+        {
             Ok(meta) => meta,
             Err(e) => {
                 tracing::debug!(packet = self.summary.packets, error = %e, "undecodable packet");
@@ -172,10 +198,35 @@ impl Run<'_> {
         self.write_events()
     }
 
+    /// The frame as a live record carries it: with [`ReplayOptions::snaplen`], an HTTP head or
+    /// ClientHello re-decoded from its headers plus the payload bytes the kernel copies.
+    fn cut_like_the_kernel<'d>(
+        &self,
+        meta: PacketMeta<'d>,
+        linktype: u32,
+        data: &'d [u8],
+        orig_len: u32,
+    ) -> PacketMeta<'d> {
+        let Some(snaplen) = self.snaplen else {
+            return meta;
+        };
+        let keep = match classify(&meta) {
+            Some(RecordKind::HttpHead) => usize::from(snaplen),
+            Some(RecordKind::TlsClientHello) => usize::from(shadowtap_common::TLS_HEAD_LEN),
+            _ => return meta,
+        };
+        if meta.payload.len() <= keep {
+            return meta;
+        }
+        let cut = (meta.payload_offset as usize + keep).min(data.len());
+        LinkType::from_pcap_linktype(linktype)
+            .and_then(|link| decode_frame(link, &data[..cut], orig_len).ok())
+            .unwrap_or(meta)
+    }
+
     fn write_events(&mut self) -> anyhow::Result<()> {
         for event in self.events.drain(..) {
-            serde_json::to_writer(&mut self.writer, &event).context("writing an event")?;
-            self.writer.write_all(b"\n").context("writing an event")?;
+            (self.on_event)(&event)?;
             self.summary.events.record(&event);
         }
         Ok(())
@@ -195,10 +246,7 @@ impl Run<'_> {
             ts_ns: self.last_ts_ns,
             counters,
         });
-        serde_json::to_writer(&mut self.writer, &stats).context("writing stats")?;
-        self.writer.write_all(b"\n").context("writing stats")?;
-        self.writer.flush().context("flushing events")?;
-        Ok(())
+        (self.on_event)(&stats)
     }
 }
 

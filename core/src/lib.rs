@@ -8,7 +8,9 @@
 //! - [`fleet`]: the collector's brain — merge many agents' observations of a resource,
 //!   forecast ([`forecast`]) and decide ([`decision`]);
 //! - [`scale_event`]: the `shadowtap.scale-events` `CloudEvents` a decision becomes;
-//! - [`metrics`]: Prometheus text exposition, shared by every process's `/metrics`.
+//! - [`metrics`]: Prometheus text exposition, shared by every process's `/metrics`;
+//! - [`profile`]: request profiles (how a resource is used), which the agent writes and the
+//!   load generator reads.
 //!
 //! The wire formats are documented in `collector/WIRE_FORMAT.md`.
 
@@ -18,6 +20,7 @@ pub mod forecast;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod metrics;
+pub mod profile;
 pub mod scale_event;
 pub mod wire;
 

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::Result;
 use crate::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode, agent_binary};
+use crate::error::{Error, io_context};
 use crate::events::{EventLog, field_str, stat_any, stat_total};
-use crate::netns::VethPair;
+use crate::netns::{Netns, VethPair};
 use crate::peer::client::{ClientConfig, DEFAULT_PATHS, plan_request};
 use crate::peer::{ClientSummary, ServerSummary};
 use crate::process::BackgroundProcess;
@@ -505,4 +507,43 @@ pub fn tcpreplay_counts(stdout: &str) -> (u64, u64) {
             .unwrap_or_else(|| panic!("tcpreplay output lacks `{label}`: {stdout}"))
     };
     (number("Successful packets:"), number("Failed packets:"))
+}
+
+/// GET `path` from an HTTP endpoint at `addr` inside `ns` (a thread joins the namespace: its
+/// loopback is not ours), e.g. the agent's API. Returns (status line, body).
+pub fn api_get(ns: &Netns, addr: &str, path: &str) -> Result<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let ns_path = std::path::Path::new("/run/netns").join(ns.name());
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    std::thread::spawn(move || -> Result<(String, String)> {
+        let context = |what: &str| format!("{what} {addr}{path} in {}", ns_path.display());
+        let f =
+            std::fs::File::open(&ns_path).map_err(io_context(context("opening the netns for")))?;
+        // SAFETY: setns(2) on a valid namespace fd; only this short-lived thread moves.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io_context(context("setns for"))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let mut s =
+            std::net::TcpStream::connect(&addr).map_err(io_context(context("connecting for")))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io_context(context("timeout for")))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+            .map_err(io_context(context("writing")))?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)
+            .map_err(io_context(context("reading")))?;
+        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| Error::Parse {
+            source_name: context("GET"),
+            reason: format!("no HTTP head in {resp:?}"),
+        })?;
+        Ok((
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        ))
+    })
+    .join()
+    .map_err(|_| Error::Precondition("API thread panicked".to_owned()))?
 }

@@ -19,10 +19,10 @@ use shadowtap_tests::netns::{VethConfig, VethPair, list_namespaces, sweep_stale_
 use shadowtap_tests::pcap::Pcap;
 use shadowtap_tests::peer::{ClientSummary, ServerSummary};
 use shadowtap_tests::scenario::{
-    AGENT_STOP_TIMEOUT, ClientPlan, HOSTS, PORT, assert_loss_accounted, assert_peers_agree,
-    finish_client, is_egress, is_ingress, must, preflight_agent, preflight_net, run_client, serial,
-    spawn_client, start_agent, start_server, stop_server, tcpreplay_counts, total_of, traffic_plan,
-    work_dir,
+    AGENT_STOP_TIMEOUT, ClientPlan, HOSTS, PORT, api_get, assert_loss_accounted,
+    assert_peers_agree, finish_client, is_egress, is_ingress, must, preflight_agent, preflight_net,
+    run_client, serial, spawn_client, start_agent, start_server, stop_server, tcpreplay_counts,
+    total_of, traffic_plan, work_dir,
 };
 use shadowtap_tests::support::{require_llc, require_tool, shared_pcap};
 
@@ -635,7 +635,102 @@ fn agent_counts_live_http_exactly_with_retransmissions_xdp_skb() {
 
 /// Replays a shared capture onto the client veth; the agent in tap mode on the server veth
 /// must count the same HTTP messages as `shadowtap-agent replay` on the same file.
-fn tap_matches_replay(pcap_name: &str) {
+/// The profile's parts that depend on when packets arrived (tcpreplay re-times the capture),
+/// removed: what is left must be the same for the same traffic, live or replayed.
+fn timing_free(mut doc: Value) -> Value {
+    if let Some(map) = doc.as_object_mut() {
+        map.remove("generated_at_ms");
+        map.remove("source");
+    }
+    for r in doc["resources"].as_array_mut().into_iter().flatten() {
+        if let Some(map) = r.as_object_mut() {
+            for key in [
+                "first_request_ms",
+                "last_request_ms",
+                "arrivals",
+                "hour_of_week",
+            ] {
+                map.remove(key);
+            }
+        }
+        if let Some(c) = r["connections"].as_object_mut() {
+            c.remove("think_time_us");
+        }
+        for t in r["templates"].as_array_mut().into_iter().flatten() {
+            if let Some(map) = t.as_object_mut() {
+                map.remove("latency_us");
+            }
+        }
+    }
+    doc
+}
+
+/// Where two JSON values first differ (path, live value, replay value).
+fn first_difference(live: &Value, replay: &Value, at: &str) -> String {
+    match (live, replay) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in a.keys().chain(b.keys()) {
+                let (x, y) = (&a.get(key), &b.get(key));
+                if x != y {
+                    return match (x, y) {
+                        (Some(x), Some(y)) => first_difference(x, y, &format!("{at}.{key}")),
+                        _ => format!("{at}.{key}: live {x:?}, replay {y:?}"),
+                    };
+                }
+            }
+            String::new()
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find(|(_, (x, y))| x != y)
+            .map(|(i, (x, y))| first_difference(x, y, &format!("{at}[{i}]")))
+            .unwrap_or_default(),
+        _ => format!("{at}: live {live}, replay {replay}"),
+    }
+}
+
+/// The live agent's `GET /v1/profile` (rendered every few seconds) against `profile --pcap`.
+fn live_profile_matches_replay(pair: &VethPair, original: &Path) {
+    let replayed = shadowtap_agent::profile_cmd::from_pcap(
+        original,
+        None,
+        Some(shadowtap_common::DEFAULT_SNAPLEN),
+    )
+    .expect("profile --pcap");
+    let want = timing_free(serde_json::to_value(&replayed).expect("json"));
+    assert!(
+        want["resources"].as_array().is_some_and(|r| !r.is_empty()),
+        "{}: the capture has HTTP requests, so a profile",
+        original.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = must(api_get(&pair.server, "127.0.0.1:9464", "/v1/profile"));
+        let got = status
+            .contains("200")
+            .then(|| serde_json::from_str::<Value>(&body).expect("profile json"))
+            .map(timing_free);
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: live profile differs from the replay's: {}",
+            original.display(),
+            got.map_or(format!("live answered {status}: {body}"), |g| {
+                first_difference(&g, &want, "")
+            })
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `compare_profiles`: also require the live agent's request profile (`GET /v1/profile`) to
+/// equal `profile --pcap` of the capture in everything but timing (see
+/// [`live_profile_matches_replay`]).
+fn tap_matches_replay(pcap_name: &str, compare_profiles: bool) {
     preflight_agent();
     let tcpreplay = must(require_tool("tcpreplay"));
     let _serial = serial();
@@ -689,6 +784,9 @@ fn tap_matches_replay(pcap_name: &str) {
             && log.tally("http_response", "status") == expected_responses
     };
     must(agent.wait_for(Duration::from_secs(5), caught_up));
+    if compare_profiles {
+        live_profile_matches_replay(&pair, &original);
+    }
     let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
     assert!(
         exit.status.success(),
@@ -735,37 +833,37 @@ fn tap_matches_replay(pcap_name: &str) {
 
 #[test]
 fn agent_tap_matches_replay_http_packets() {
-    tap_matches_replay("http-packets.pcap");
+    tap_matches_replay("http-packets.pcap", true);
 }
 
 #[test]
 fn agent_tap_matches_replay_650_http_responses() {
-    tap_matches_replay("650HttpResponses.pcap");
+    tap_matches_replay("650HttpResponses.pcap", false);
 }
 
 #[test]
 fn agent_tap_matches_replay_four_ipv6_http_streams() {
-    tap_matches_replay("four_ipv6_http_streams.pcap");
+    tap_matches_replay("four_ipv6_http_streams.pcap", true);
 }
 
 #[test]
 fn agent_tap_matches_replay_vlan_packets() {
-    tap_matches_replay("VlanPackets.pcap");
+    tap_matches_replay("VlanPackets.pcap", false);
 }
 
 #[test]
 fn agent_tap_matches_replay_many_protocols() {
-    tap_matches_replay("many-protocols.pcap");
+    tap_matches_replay("many-protocols.pcap", true);
 }
 
 #[test]
 fn agent_tap_matches_replay_tcp_reassembly() {
-    tap_matches_replay("tcp-reassembly.pcap");
+    tap_matches_replay("tcp-reassembly.pcap", true);
 }
 
 #[test]
 fn agent_tap_matches_replay_three_http_streams() {
-    tap_matches_replay("three_http_streams.pcap");
+    tap_matches_replay("three_http_streams.pcap", false);
 }
 
 /// SIGKILL gives the agent no chance to detach: whatever it attached must go with its file

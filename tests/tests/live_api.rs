@@ -4,10 +4,6 @@
 #![allow(clippy::too_many_lines)] // one scenario per test, read top to bottom
 
 use std::{
-    fs::File,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    os::fd::AsRawFd as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -17,8 +13,8 @@ use shadowtap_tests::{
     agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
     netns::{Netns, VethConfig, VethPair},
     scenario::{
-        AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, HOSTS, PORT, must, preflight_agent, run_client,
-        serial, start_server, stop_server, traffic_plan, work_dir,
+        AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, HOSTS, PORT, api_get, must, preflight_agent,
+        run_client, serial, start_server, stop_server, traffic_plan, work_dir,
     },
 };
 
@@ -28,33 +24,9 @@ fn peer() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_shadowtap-httppeer"))
 }
 
-/// GET `path` from the agent's API inside `ns` (a thread joins the namespace: its loopback is
-/// not ours). Returns (status line, body).
+/// GET `path` from the agent's API inside `ns`. Returns (status line, body).
 fn get_in_ns(ns: &Netns, path: &str) -> (String, String) {
-    let ns_path = Path::new("/run/netns").join(ns.name());
-    let path = path.to_owned();
-    std::thread::spawn(move || {
-        let f = File::open(&ns_path).expect("open netns");
-        // SAFETY: setns(2) on a valid namespace fd; only this short-lived thread moves.
-        assert_eq!(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
-        let mut s = TcpStream::connect(API).expect("connect to the agent API");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write request");
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("read response");
-        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        (
-            head.lines().next().unwrap_or("").to_owned(),
-            body.to_owned(),
-        )
-    })
-    .join()
-    .expect("API thread")
+    must(api_get(ns, API, path))
 }
 
 fn start(pair: &VethPair, dir: &Path, state: &Path) -> RunningAgent {

@@ -103,6 +103,9 @@ impl ModelStore {
         let e = &c.common;
         let forward = ConnKey::new(e.src, e.src_port, e.dst, e.dst_port);
         let backward = forward.reversed();
+        if let Some(conn) = self.profile_conns.close(&forward) {
+            self.profile_conn_ended(&conn, true);
+        }
         // Which end is the client: the sender if the connection is known that way round.
         let Some((sender_is_client, conn)) = self
             .conns

@@ -16,6 +16,8 @@ mod conn_events;
 mod conns;
 mod demand;
 mod ids;
+mod profile;
+mod profile_conns;
 mod queries;
 mod snapshot;
 mod store;
@@ -128,6 +130,8 @@ pub struct ModelConfig {
     /// Demand steps kept per resource.
     pub demand_history: usize,
     pub emit: EmitConfig,
+    /// Keep a request profile per resource (`shadowtap_core::profile`).
+    pub profiles: bool,
 }
 
 impl Default for ModelConfig {
@@ -146,6 +150,7 @@ impl Default for ModelConfig {
             demand_step_secs: 60,
             demand_history: 1440,
             emit: EmitConfig::default(),
+            profiles: true,
         }
     }
 }
@@ -230,6 +235,11 @@ pub struct ModelStats {
     pub conns_tracked: u64,
     /// Connections dropped from tracking to make room.
     pub conns_evicted: u64,
+    /// Gauge: connections followed for the request profiles.
+    pub profile_conns: u64,
+    /// Connections not followed for the profiles because the table was full of active ones
+    /// (their requests still count in the template mix, not in per-connection behaviour).
+    pub profile_conns_full: u64,
     /// Gauge: watermark (latest event time minus the allowed lateness), unix ns.
     pub watermark_ns: u64,
 }

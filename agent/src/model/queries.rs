@@ -1,5 +1,6 @@
 //! Read-only queries of the [`ModelStore`]: entities, profiles, demand series, memory.
 
+use shadowtap_core::profile::{PROFILE_SCHEMA, PROFILE_VERSION, ProfileDocument, ResourceProfile};
 use std::time::Duration;
 
 use super::ModelError;
@@ -96,5 +97,51 @@ impl ModelStore {
             + self.clients.heap_bytes()
             + self.templates.heap_bytes()
             + self.conns.heap_bytes()
+            + self.profile_conns.heap_bytes()
+    }
+
+    /// The request profile of every resource with requests, busiest first, or of the one
+    /// named `resource` (its id as displayed, e.g. `shop.example@10.0.0.1:80`).
+    pub fn profiles(&self, resource: Option<&str>) -> Vec<ResourceProfile> {
+        let names = self.templates.names();
+        let mut out: Vec<ResourceProfile> = self
+            .resources
+            .iter()
+            .filter_map(|e| {
+                let p = e.profile.as_ref()?;
+                let id = e.key.to_string();
+                if resource.is_some_and(|want| want != id) {
+                    return None;
+                }
+                Some(p.build(
+                    id,
+                    e.key.host.clone(),
+                    names,
+                    &e.hour_of_week,
+                    &self.observed_seconds,
+                    self.profile_conns.open_requests(e.serial),
+                ))
+            })
+            .filter(|p| p.requests > 0)
+            .collect();
+        out.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.resource.cmp(&b.resource))
+        });
+        out
+    }
+
+    /// A profile document of [`Self::profiles`], learned from `source`.
+    pub fn profile_document(&self, resource: Option<&str>, source: &str) -> ProfileDocument {
+        ProfileDocument {
+            schema: PROFILE_SCHEMA.to_owned(),
+            version: PROFILE_VERSION,
+            generated_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            source: source.to_owned(),
+            resources: self.profiles(resource),
+        }
     }
 }

@@ -34,6 +34,8 @@ struct SnapshotOut<'a> {
     resources: Vec<&'a Entity<ResourceId>>,
     clients: Vec<&'a Entity<ClientId>>,
     pending_summaries: &'a [WindowSummary],
+    observed_seconds: &'a [u64],
+    observed_until_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +48,11 @@ struct SnapshotIn {
     resources: Vec<Entity<ResourceId>>,
     clients: Vec<Entity<ClientId>>,
     pending_summaries: Vec<WindowSummary>,
+    /// Absent in snapshots written before request profiles.
+    #[serde(default)]
+    observed_seconds: Vec<u64>,
+    #[serde(default)]
+    observed_until_s: Option<u64>,
 }
 
 impl Serialize for ModelStore {
@@ -59,6 +66,8 @@ impl Serialize for ModelStore {
             resources: self.resources.iter().collect(),
             clients: self.clients.iter().collect(),
             pending_summaries: &self.summaries,
+            observed_seconds: &self.observed_seconds,
+            observed_until_s: self.observed_until_s,
         }
         .serialize(s)
     }
@@ -147,6 +156,15 @@ impl ModelStore {
         store.clients.created = stats.clients_created;
         store.clients.evicted = stats.clients_evicted;
         store.conns.evicted = stats.conns_evicted;
+        store.profile_conns.full = stats.profile_conns_full;
+        match snap.observed_seconds.len() {
+            0 => {}
+            HOURS_PER_WEEK => store
+                .observed_seconds
+                .copy_from_slice(&snap.observed_seconds),
+            n => return Err(format!("observed seconds of {n} hours")),
+        }
+        store.observed_until_s = snap.observed_until_s;
         store.summaries_drained = stats
             .summaries_emitted
             .saturating_sub(snap.pending_summaries.len() as u64);

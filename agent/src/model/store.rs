@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::conn_events::HostMatch;
 use super::conns::{ConnKey, ConnTable};
 use super::ids::{ClientId, EntityId, ResourceId, eq_lowercase, normalize_host, resource_hash};
+use super::profile::{ProfileConn, ProfileConns};
 use super::summary::WindowSummary;
 use super::table::{Entity, EntityKey, EntityTable, HOURS_PER_WEEK};
 use super::templates::Templates;
@@ -53,6 +54,13 @@ pub struct ModelStore {
     /// Resolve events of attributed connections through the connection (off only in the test
     /// that checks this shortcut against the full lookup).
     pub(super) resolve_by_connection: bool,
+    /// Seconds of each hour-of-week slot the model has observed (event time), so that a
+    /// profile's weekly curve is a rate, not a count.
+    pub(super) observed_seconds: [u64; HOURS_PER_WEEK],
+    /// Event time (s) up to which `observed_seconds` has counted.
+    pub(super) observed_until_s: Option<u64>,
+    /// Per-connection state of the request profiles.
+    pub(super) profile_conns: ProfileConns,
 }
 
 /// Hour of week of a second since the epoch (Monday 00:00 UTC = 0; the epoch was a Thursday).
@@ -144,6 +152,9 @@ impl ModelStore {
             summaries: Vec::new(),
             summaries_drained: 0,
             resolve_by_connection: true,
+            observed_seconds: [0; HOURS_PER_WEEK],
+            observed_until_s: None,
+            profile_conns: ProfileConns::new(config.max_connections),
             config,
         })
     }
@@ -190,6 +201,7 @@ impl ModelStore {
 
     /// Moves event time forward (e.g. from a timer when traffic stops), closing windows.
     pub fn advance_to(&mut self, ts_ns: u64) {
+        self.count_observed(ts_ns / 1_000_000_000);
         if let Some(step) = self.clock.advance(ts_ns) {
             self.close_windows(step.to);
         }
@@ -227,9 +239,36 @@ impl ModelStore {
         s.templates_other = self.templates.other;
         s.conns_tracked = self.conns.len() as u64;
         s.conns_evicted = self.conns.evicted;
+        s.profile_conns = self.profile_conns.len() as u64;
+        s.profile_conns_full = self.profile_conns.full;
         s.watermark_ns = self.clock.watermark_ns().unwrap_or(0);
         s.summaries_emitted = self.summaries_drained + self.summaries.len() as u64;
         s
+    }
+
+    /// Adds the seconds from the last observed one to `now_s` to their hour-of-week slots.
+    fn count_observed(&mut self, now_s: u64) {
+        const WEEK: u64 = HOURS_PER_WEEK as u64 * 3600;
+        let Some(mut from) = self.observed_until_s else {
+            self.observed_until_s = Some(now_s);
+            return;
+        };
+        if now_s <= from {
+            return;
+        }
+        let weeks = (now_s - from) / WEEK;
+        if weeks > 0 {
+            for s in &mut self.observed_seconds {
+                *s += weeks * 3600;
+            }
+            from += weeks * WEEK;
+        }
+        while from < now_s {
+            let upto = ((from / 3600 + 1) * 3600).min(now_s);
+            self.observed_seconds[hour_of_week(from)] += upto - from;
+            from = upto;
+        }
+        self.observed_until_s = Some(now_s);
     }
 
     fn admit(&mut self, ts_ns: u64) -> Option<u64> {
@@ -384,6 +423,62 @@ impl ModelStore {
         if known.is_none() {
             self.attribute(&key, rs, cs, index);
         }
+        if self.config.profiles {
+            self.profile_request(r, &key, rs, template, size);
+        }
+    }
+
+    /// The profile's part of a request: template mix, sizes, parameters, arrivals, and on a
+    /// tracked connection the Markov transition and think time.
+    fn profile_request(
+        &mut self,
+        r: &HttpRequestEvent,
+        key: &ConnKey,
+        rs: u32,
+        template: u32,
+        size: u64,
+    ) {
+        let ts = r.common.ts_ns;
+        // A connection whose open was seen starts in the Markov start state; one first seen
+        // mid-stream (the agent started, or the capture began, after its SYN) has no known
+        // previous request.
+        let saw_open = self.conns.attribution(key).is_some();
+        let Some(resource) = self.resources.entity_ref(rs) else {
+            return;
+        };
+        let mut ended = Vec::new();
+        let step = self
+            .profile_conns
+            .on_request(*key, resource, template, saw_open, ts, &mut ended);
+        for conn in &ended {
+            self.profile_conn_ended(conn, false);
+        }
+        let name = self
+            .templates
+            .names()
+            .get(template as usize)
+            .map_or("", |n| &**n);
+        if let Some(e) = self.resources.get_mut(rs) {
+            let p = e.profile.get_or_insert_with(Box::default);
+            p.on_request(template, name, &r.path, size, ts);
+            if let Some(step) = step {
+                if let Some(from) = step.from {
+                    p.on_transition(from, template);
+                }
+                p.on_think_time(step.last_response_ns, ts);
+            }
+        }
+    }
+
+    /// A followed connection ended: closed, or dropped from the table when idle.
+    pub(super) fn profile_conn_ended(&mut self, conn: &ProfileConn, closed: bool) {
+        if let Some(p) = self
+            .resources
+            .resolve(conn.resource)
+            .and_then(|e| e.profile.as_mut())
+        {
+            p.on_conn_ended(conn, closed);
+        }
     }
 
     fn on_response(&mut self, r: &HttpResponseEvent, index: u64) {
@@ -417,6 +512,17 @@ impl ModelStore {
         touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
             acc.count_response(bytes, status, latency, client_detail);
         });
+        if self.config.profiles {
+            let template = match (r.method.as_deref(), r.path.as_deref()) {
+                (Some(m), Some(p)) => Some(self.templates.intern(m, p)),
+                _ => None,
+            };
+            self.profile_conns.on_response(&key, c.ts_ns);
+            if let Some(e) = self.resources.get_mut(rs) {
+                let p = e.profile.get_or_insert_with(Box::default);
+                p.on_response(template, bytes, status, latency);
+            }
+        }
     }
 
     fn on_client_hello(&mut self, t: &TlsClientHelloEvent, index: u64) {

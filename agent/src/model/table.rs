@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::demand::DemandSeries;
 use super::ids::EntityId;
+use super::profile::ProfileAcc;
 use crate::windows::EntityWindows;
 
 /// Hour-of-week buckets (Monday 00:00 UTC is bucket 0).
@@ -47,6 +48,9 @@ pub(crate) struct Entity<K> {
     /// Requests per demand step (resources only).
     #[serde(default)]
     pub demand: DemandSeries,
+    /// The request profile (resources only, when profiles are on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Box<ProfileAcc>>,
 }
 
 impl<K> Entity<K> {
@@ -60,11 +64,18 @@ impl<K> Entity<K> {
             open_conns: 0,
             hour_of_week: Vec::new(),
             demand: DemandSeries::default(),
+            profile: None,
         }
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.windows.heap_bytes() + self.hour_of_week.capacity() * 8 + self.demand.heap_bytes()
+        self.windows.heap_bytes()
+            + self.hour_of_week.capacity() * 8
+            + self.demand.heap_bytes()
+            + self
+                .profile
+                .as_ref()
+                .map_or(0, |p| std::mem::size_of::<ProfileAcc>() + p.heap_bytes())
     }
 }
 

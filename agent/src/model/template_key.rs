@@ -147,7 +147,7 @@ fn load(p: &[u8], at: usize) -> [u8; BLOCK] {
 
 /// The request target from its path on: absolute-form (`http://host/p`) loses its scheme and
 /// authority. The query and fragment are still attached; the renderer stops at them.
-fn path_start(target: &[u8]) -> &[u8] {
+pub(super) fn path_start(target: &[u8]) -> &[u8] {
     // Origin-form (`/…`) is what nearly every request sends.
     if !matches!(target.first(), Some(b'h' | b'H')) {
         return target;

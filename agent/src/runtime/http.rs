@@ -1,5 +1,6 @@
 //! The agent's local HTTP endpoint (127.0.0.1 by default): Prometheus `/metrics`, `/healthz`
-//! and the JSON API `/v1/resources`, `/v1/resources/{id}`, `/v1/resources/{id}/forecast`.
+//! and the JSON API `/v1/resources`, `/v1/resources/{id}`, `/v1/resources/{id}/forecast`,
+//! `/v1/resources/{id}/profile` and `/v1/profile` (every resource's request profile).
 //!
 //! Views are rendered by the pipeline once a second into [`ApiState`]; requests only copy a
 //! rendered string out, so a slow client never holds up capture.
@@ -21,6 +22,10 @@ pub struct ApiViews {
     pub detail: HashMap<String, String>,
     /// `GET /v1/resources/{id}/forecast`, keyed by resource id.
     pub forecast: HashMap<String, String>,
+    /// `GET /v1/profile`: a profile document of every resource.
+    pub profile_all: String,
+    /// `GET /v1/resources/{id}/profile`: a profile document of one resource.
+    pub profiles: HashMap<String, String>,
 }
 
 /// Before the pipeline's first render: valid, empty answers (a client asking at start-up gets
@@ -32,6 +37,8 @@ impl Default for ApiViews {
             resources: "[]".to_owned(),
             detail: HashMap::new(),
             forecast: HashMap::new(),
+            profile_all: String::new(),
+            profiles: HashMap::new(),
         }
     }
 }
@@ -66,11 +73,24 @@ impl ApiState {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", v.metrics.clone()),
             "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
             "/v1/resources" => ("200 OK", JSON, v.resources.clone()),
+            "/v1/profile" if v.profile_all.is_empty() => {
+                not_found("no profile yet (the first is made within seconds of start)")
+            }
+            "/v1/profile" => ("200 OK", JSON, v.profile_all.clone()),
             _ => {
                 let Some(rest) = path.strip_prefix("/v1/resources/") else {
                     return not_found("no such endpoint");
                 };
-                if let Some(id) = rest.strip_suffix("/forecast") {
+                if let Some(id) = rest.strip_suffix("/profile") {
+                    let id = percent_decode(id);
+                    match v.profiles.get(&id) {
+                        Some(body) => ("200 OK", JSON, body.clone()),
+                        None if v.detail.contains_key(&id) => {
+                            not_found("no requests profiled for this resource yet")
+                        }
+                        None => not_found("unknown resource"),
+                    }
+                } else if let Some(id) = rest.strip_suffix("/forecast") {
                     let id = percent_decode(id);
                     match v.forecast.get(&id) {
                         Some(body) => ("200 OK", JSON, body.clone()),

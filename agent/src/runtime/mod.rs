@@ -160,6 +160,7 @@ struct Live {
     maps: KernelMaps,
     api: ApiState,
     latest: LatestMinute,
+    profiles: views::ProfileViews,
     idle_ns: u64,
     state_dir: Option<PathBuf>,
     publisher: Publisher,
@@ -200,9 +201,14 @@ impl Live {
         self.publisher.render_metrics(&mut page);
         self.latest.render_metrics(&mut page);
         let metrics = page.finish();
+        let profiles = self.profiles.tick(&self.pipe.model);
         let (latest, model, publisher) = (&mut self.latest, &self.pipe.model, &self.publisher);
         self.api.update(|v| {
             v.metrics = metrics;
+            if let Some((all, per_resource)) = profiles {
+                v.profile_all = all;
+                v.profiles = per_resource;
+            }
             latest.render(model, v);
             v.forecast = v
                 .detail
@@ -336,6 +342,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
         maps,
         api: ApiState::default(),
         latest: LatestMinute::default(),
+        profiles: views::ProfileViews::new(&args.ifaces),
         idle_ns: args.flow_idle_timeout.saturating_mul(1_000_000_000),
         state_dir: args.state_dir.clone(),
         publisher,

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
+use shadowtap_core::profile::ProfileDocument;
 
 use super::http::ApiViews;
 use crate::{
@@ -131,4 +132,55 @@ impl LatestMinute {
         }
         views.resources = Value::Array(list).to_string();
     }
+}
+
+/// Seconds between renders of the request profiles for the API: they change slowly and
+/// cost more to render than the other views.
+const PROFILE_RENDER_SECONDS: u64 = 5;
+
+/// When to render the API's request profiles, and their `source`.
+pub struct ProfileViews {
+    seconds: u64,
+    /// `live:<interfaces>`.
+    source: String,
+}
+
+impl ProfileViews {
+    pub fn new(ifaces: &[String]) -> Self {
+        Self {
+            seconds: 0,
+            source: format!("live:{}", ifaces.join(",")),
+        }
+    }
+
+    /// Called every second: the rendered profiles on the first second and every
+    /// [`PROFILE_RENDER_SECONDS`] after.
+    pub fn tick(&mut self, model: &ModelStore) -> Option<(String, HashMap<String, String>)> {
+        self.seconds += 1;
+        (self.seconds % PROFILE_RENDER_SECONDS == 1).then(|| render_profiles(model, &self.source))
+    }
+}
+
+/// Request profiles for the API: a document of every resource, and one per resource keyed by
+/// resource id.
+pub fn render_profiles(model: &ModelStore, source: &str) -> (String, HashMap<String, String>) {
+    let doc = model.profile_document(None, source);
+    let per_resource = doc
+        .resources
+        .iter()
+        .map(|r| {
+            let one = ProfileDocument {
+                resources: vec![r.clone()],
+                ..doc.clone_header()
+            };
+            (
+                r.resource.clone(),
+                serde_json::to_string(&one).unwrap_or_default(),
+            )
+        })
+        .collect();
+    (
+        serde_json::to_string(&doc).unwrap_or_default(),
+        per_resource,
+    )
 }

@@ -295,6 +295,12 @@ impl LogHistogram {
         out
     }
 
+    /// The folded `(bucket index, count)` list, ascending (see [`bucket_low`] and
+    /// [`bucket_high`] for a bucket's range).
+    pub fn buckets(&self) -> Vec<(u16, u32)> {
+        self.folded_buckets().into_owned()
+    }
+
     /// Smallest value recorded (bucket resolution), 0 when empty.
     pub fn min(&self) -> u64 {
         self.folded_buckets()

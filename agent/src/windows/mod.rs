@@ -19,7 +19,9 @@ pub(crate) mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use acc::{WindowAcc, status_slot};
-pub use hist::{LogHistogram, MAX_VALUE, SIGNIFICANT_DIGITS, bucket_index, bucket_low, new_hdr};
+pub use hist::{
+    LogHistogram, MAX_VALUE, SIGNIFICANT_DIGITS, bucket_high, bucket_index, bucket_low, new_hdr,
+};
 pub use topk::TopK;
 
 /// Length of the base window.

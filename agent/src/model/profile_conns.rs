@@ -1,0 +1,150 @@
+//! The request profiles' view of connections: every connection carrying requests (also
+//! those first seen mid-stream, which the connection table does not track), with its Markov
+//! state, request count and last response time. Bounded by `max_connections`.
+
+use rustc_hash::FxHashMap;
+
+use super::conns::ConnKey;
+use super::profile::NO_TEMPLATE;
+use super::table::EntityRef;
+
+/// Per-connection profile state of every connection carrying requests (also those first
+/// seen mid-stream, which the connection table does not track), bounded.
+pub(crate) struct ProfileConns {
+    map: FxHashMap<ConnKey, ProfileConn>,
+    capacity: usize,
+    /// Connections not followed because the table was full of active ones.
+    pub full: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProfileConn {
+    pub resource: EntityRef,
+    pub(super) last_template: u32,
+    pub(super) requests: u32,
+    pub(super) last_response_ns: u64,
+    pub(super) last_seen_ns: u64,
+    /// Its open was seen, so its request count is complete when it closes.
+    pub(super) saw_open: bool,
+}
+
+/// What a request continues on its connection.
+pub(crate) struct Step {
+    /// The previous state ([`NO_TEMPLATE`] = the connection's start), when known.
+    pub from: Option<u32>,
+    pub last_response_ns: u64,
+}
+
+/// Connections idle this long may be dropped to make room (counted as ended).
+const PROFILE_CONN_IDLE_NS: u64 = 300 * 1_000_000_000;
+
+impl ProfileConns {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: FxHashMap::default(),
+            capacity: capacity.max(1),
+            full: 0,
+        }
+    }
+
+    /// A request of `template` on `key`, counted on `resource`. Connections dropped to make
+    /// room are returned through `ended`.
+    pub fn on_request(
+        &mut self,
+        key: ConnKey,
+        resource: EntityRef,
+        template: u32,
+        saw_open: bool,
+        ts_ns: u64,
+        ended: &mut Vec<ProfileConn>,
+    ) -> Option<Step> {
+        if let Some(c) = self.map.get_mut(&key)
+            && c.resource != resource
+        {
+            // The connection moved to another resource (a request with another Host): its
+            // part on the old one ended there, and the new one starts mid-connection.
+            ended.push(*c);
+            *c = ProfileConn {
+                resource,
+                last_template: template,
+                requests: 1,
+                last_response_ns: 0,
+                last_seen_ns: ts_ns,
+                saw_open: false,
+            };
+            return Some(Step {
+                from: None,
+                last_response_ns: 0,
+            });
+        }
+        if let Some(c) = self.map.get_mut(&key) {
+            let from = c.last_template;
+            c.last_template = template;
+            c.requests = c.requests.saturating_add(1);
+            c.last_seen_ns = ts_ns;
+            return Some(Step {
+                from: Some(from),
+                last_response_ns: c.last_response_ns,
+            });
+        }
+        if self.map.len() >= self.capacity {
+            let before = ended.len();
+            self.map.retain(|_, c| {
+                let keep = c.last_seen_ns.saturating_add(PROFILE_CONN_IDLE_NS) > ts_ns;
+                if !keep {
+                    ended.push(*c);
+                }
+                keep
+            });
+            if ended.len() == before {
+                self.full += 1;
+                return None;
+            }
+        }
+        self.map.insert(
+            key,
+            ProfileConn {
+                resource,
+                last_template: template,
+                requests: 1,
+                last_response_ns: 0,
+                last_seen_ns: ts_ns,
+                saw_open,
+            },
+        );
+        Some(Step {
+            from: saw_open.then_some(NO_TEMPLATE),
+            last_response_ns: 0,
+        })
+    }
+
+    pub fn on_response(&mut self, key: &ConnKey, ts_ns: u64) {
+        if let Some(c) = self.map.get_mut(key) {
+            c.last_response_ns = ts_ns;
+            c.last_seen_ns = ts_ns;
+        }
+    }
+
+    /// The connection of `key` closed (either direction).
+    pub fn close(&mut self, key: &ConnKey) -> Option<ProfileConn> {
+        self.map
+            .remove(key)
+            .or_else(|| self.map.remove(&key.reversed()))
+    }
+
+    /// Requests so far of the open connections counted on the resource with `serial`.
+    pub fn open_requests(&self, serial: u64) -> impl Iterator<Item = u32> + '_ {
+        self.map
+            .values()
+            .filter(move |c| c.resource.serial == serial)
+            .map(|c| c.requests)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.map.capacity() * (std::mem::size_of::<(ConnKey, ProfileConn)>() + 1)
+    }
+}
