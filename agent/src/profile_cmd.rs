@@ -1,12 +1,7 @@
 //! `shadowtap-agent profile`: a request-profile document from a capture (the replay path's
 //! decoder, tracker and models) or from a running agent's API.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use shadowtap_core::profile::ProfileDocument;
@@ -91,7 +86,7 @@ pub fn from_api(url: &str, resource: Option<&str>) -> Result<ProfileDocument> {
         Some(id) => format!("/v1/resources/{}/profile", percent_encode(id)),
         None => "/v1/profile".to_owned(),
     };
-    let body = http_get(url, &path)?;
+    let body = shadowtap_core::http_client::get(url, &path)?;
     ProfileDocument::from_json(&body).with_context(|| format!("profile from {url}{path}"))
 }
 
@@ -104,42 +99,4 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A plain HTTP/1.1 GET of `path` on `base` (`http://host:port`), body on 200, the server's
-/// error otherwise. The agent's API is local and small: no client library needed.
-pub fn http_get(base: &str, path: &str) -> Result<String> {
-    let authority = base
-        .strip_prefix("http://")
-        .with_context(|| format!("--api {base:?}: only http://host:port is supported"))?
-        .trim_end_matches('/');
-    let addr = authority
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {authority}"))?
-        .next()
-        .with_context(|| format!("{authority} resolves to no address"))?;
-    let timeout = Duration::from_secs(10);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {authority}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .context("setting a read timeout")?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("sending GET {path} to {authority}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to GET {path} from {authority}"))?;
-    let text = String::from_utf8(raw).context("answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: answer has no HTTP head"))?;
-    let status = head.split(' ').nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("GET {base}{path}: HTTP {status}: {}", body.trim());
-    }
-    Ok(body.to_owned())
 }

@@ -17,6 +17,7 @@
 pub mod decision;
 pub mod fleet;
 pub mod forecast;
+pub mod http_client;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod metrics;

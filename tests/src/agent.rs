@@ -69,13 +69,31 @@ pub struct AgentConfig {
 
 /// The agent binary: `SHADOWTAP_AGENT_BIN`, else the newer of `target/{debug,release}`.
 pub fn agent_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SHADOWTAP_AGENT_BIN") {
+    workspace_binary(
+        "shadowtap-agent",
+        "SHADOWTAP_AGENT_BIN",
+        "cargo xtask build-ebpf && cargo build -p shadowtap-agent",
+    )
+}
+
+/// The load generator's binary (as [`agent_binary`]; `SHADOWTAP_LOADGEN_BIN` overrides).
+pub fn loadgen_binary() -> Result<PathBuf> {
+    workspace_binary(
+        "shadowtap-loadgen",
+        "SHADOWTAP_LOADGEN_BIN",
+        "cargo build -p shadowtap-loadgen",
+    )
+}
+
+/// The newest debug or release build of workspace binary `name`, or `$env_var`.
+fn workspace_binary(name: &str, env_var: &str, build: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
             Err(Error::Precondition(format!(
-                "SHADOWTAP_AGENT_BIN={} is not a file",
+                "{env_var}={} is not a file",
                 path.display()
             )))
         };
@@ -83,7 +101,7 @@ pub fn agent_binary() -> Result<PathBuf> {
     let target = target_dir();
     let newest = ["debug", "release"]
         .iter()
-        .map(|profile| target.join(profile).join("shadowtap-agent"))
+        .map(|profile| target.join(profile).join(name))
         .filter_map(|p| {
             let modified = p.metadata().and_then(|m| m.modified()).ok()?;
             Some((modified, p))
@@ -91,9 +109,8 @@ pub fn agent_binary() -> Result<PathBuf> {
         .max_by_key(|(modified, _)| *modified);
     newest.map(|(_, p)| p).ok_or_else(|| {
         Error::Precondition(format!(
-            "shadowtap-agent not built: no {0}/debug/shadowtap-agent or {0}/release/shadowtap-agent \
-             (run `cargo xtask build-ebpf && cargo build -p shadowtap-agent`, or set \
-             SHADOWTAP_AGENT_BIN)",
+            "{name} not built: no {0}/debug/{name} or {0}/release/{name} (run `{build}`, or \
+             set {env_var})",
             target.display()
         ))
     })

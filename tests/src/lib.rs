@@ -16,6 +16,7 @@ pub mod bpf;
 pub mod error;
 pub mod events;
 pub mod netns;
+pub mod nginx;
 pub mod pcap;
 pub mod peer;
 pub mod process;

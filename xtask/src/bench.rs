@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{bench_live, ebpf, setup, util};
+use crate::{bench_live, bench_loadgen, ebpf, setup, util};
 
 struct Bench {
     name: &'static str,
@@ -50,6 +50,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     if filter == Some("live") {
         return bench_live::run();
     }
+    if filter == Some("loadgen") {
+        return bench_loadgen::run();
+    }
     setup::run()?;
     let selected: Vec<&Bench> = BENCHES
         .iter()
@@ -57,7 +60,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         .collect();
     if selected.is_empty() {
         let mut names: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
-        names.push("live");
+        names.extend(["live", "loadgen"]);
         anyhow::bail!("no benchmark matches {filter:?}; choose from {names:?}");
     }
     if selected.iter().any(|b| b.needs_ebpf) {
@@ -70,6 +73,8 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     if filter.is_none() {
         eprintln!("xtask: bench live");
         bench_live::run()?;
+        eprintln!("xtask: bench loadgen");
+        bench_loadgen::run()?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_live;
+mod bench_loadgen;
 mod demo;
 mod ebpf;
 mod setup;
@@ -39,7 +40,8 @@ enum Command {
         seconds: u64,
     },
     /// Benchmarks: XDP ns/packet vs a bare XDP_PASS program, decode throughput, forecasting;
-    /// `live`: nginx throughput with no capture vs shadowtap vs tcpdump.
+    /// `live`: nginx throughput with no capture vs shadowtap vs tcpdump;
+    /// `loadgen`: shadowtap-loadgen's max rate vs wrk's, and its open-model accuracy.
     Bench {
         /// Only run benchmarks whose name contains this.
         filter: Option<String>,

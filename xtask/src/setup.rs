@@ -27,8 +27,10 @@ const DEMO_APT: &[&str] = &[
 ];
 
 /// Only the tests: the packet tools they use as oracles and traffic sources, bpftool,
-/// python3-venv for the statsforecast baseline, fontconfig and a font for the backtest plots.
+/// python3-venv for the statsforecast baseline, fontconfig and a font for the backtest plots,
+/// nginx as the real server of the load-generator, fault and round-trip tests.
 const TEST_APT: &[&str] = &[
+    "nginx-light",
     "tshark",
     "tcpdump",
     "tcpreplay",
@@ -56,8 +58,8 @@ pub fn run() -> Result<()> {
     all(&mut Steps::new(ALL_STEPS))
 }
 
-/// Everything the build, the tests and the cargo benchmarks need (not nginx and wrk, which only
-/// [`bench_live`] installs: on a systemd host the nginx package starts a server on port 80).
+/// Everything the build, the tests and the cargo benchmarks need (not wrk, which only
+/// [`bench_live`] installs). nginx is installed without starting its service (see [`apt`]).
 pub fn all(steps: &mut Steps) -> Result<()> {
     apt(steps, &[DEMO_APT, TEST_APT])?;
     ebpf_toolchain(steps)?;
@@ -148,12 +150,26 @@ fn apt(steps: &mut Steps, lists: &[&[&str]]) -> Result<()> {
             .args(["-q", "update"])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    util::run(
+    // Packages with a service (nginx) would start it on the host's port 80: the tests start
+    // their own nginx in a namespace. policy-rc.d exiting 101 tells the maintainer scripts
+    // not to start services; it is only put in place (and removed) when absent.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let guard = !policy.exists();
+    if guard {
+        std::fs::write(policy, "#!/bin/sh\n# shadowtap xtask: no service starts\nexit 101\n")
+            .context("writing /usr/sbin/policy-rc.d")?;
+        util::run(Command::new("chmod").args(["0755", "/usr/sbin/policy-rc.d"]))?;
+    }
+    let installed = util::run(
         Command::new("apt-get")
             .args(["-q", "install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    );
+    if guard {
+        std::fs::remove_file(policy).context("removing /usr/sbin/policy-rc.d")?;
+    }
+    installed?;
     step.done();
     Ok(())
 }

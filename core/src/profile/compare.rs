@@ -63,13 +63,38 @@ pub struct Fidelity {
 
 impl Fidelity {
     pub fn of(reference: &ResourceProfile, candidate: &ResourceProfile) -> Self {
+        Self::of_parts(
+            reference,
+            &candidate.template_mix(),
+            &candidate.request_bytes,
+            &candidate.connections.requests_per_connection,
+        )
+    }
+
+    /// Against traffic described by its template mix, request sizes and requests per
+    /// connection (e.g. what a generator sent).
+    pub fn of_parts(
+        reference: &ResourceProfile,
+        mix: &BTreeMap<String, f64>,
+        request_bytes: &Distribution,
+        requests_per_connection: &Distribution,
+    ) -> Self {
         let r = &reference.connections.requests_per_connection;
-        let c = &candidate.connections.requests_per_connection;
+        let c = requests_per_connection;
         Self {
-            template_mix_jsd: js_divergence(&reference.template_mix(), &candidate.template_mix()),
-            request_bytes_ks: ks_statistic(&reference.request_bytes, &candidate.request_bytes),
+            template_mix_jsd: js_divergence(&reference.template_mix(), mix),
+            request_bytes_ks: ks_statistic(&reference.request_bytes, request_bytes),
             requests_per_connection_ks: ks_statistic(r, c),
             requests_per_connection_mean_ratio: if r.mean > 0.0 { c.mean / r.mean } else { 0.0 },
         }
+    }
+
+    /// The goals: template mix JSD ≤ 0.05, request-size KS ≤ 0.1, and requests per
+    /// connection within KS 0.1 and a mean within 10%.
+    pub fn meets_goals(&self) -> bool {
+        self.template_mix_jsd <= 0.05
+            && self.request_bytes_ks <= 0.1
+            && self.requests_per_connection_ks <= 0.1
+            && (self.requests_per_connection_mean_ratio - 1.0).abs() <= 0.1
     }
 }

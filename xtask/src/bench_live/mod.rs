@@ -10,8 +10,9 @@
 //! `SHADOWTAP_BENCH_ROUNDS` shorten a smoke run; defaults are the 8 s and 3 rounds.
 
 mod bpf;
-mod env;
-mod procs;
+// Shared with `bench loadgen` (the same testbed and wrk).
+pub(crate) mod env;
+pub(crate) mod procs;
 mod report;
 
 use std::{path::Path, time::Duration};

@@ -1,0 +1,71 @@
+//! A plain HTTP/1.1 GET for the local APIs shadowtap's tools read (an agent's profile or
+//! forecast): small answers on a trusted local port, so no client library.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, ToSocketAddrs as _},
+    time::Duration,
+};
+
+/// Why a GET failed, with the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("{url}: only http://host:port is supported")]
+    Scheme { url: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GET {url}: {reason}")]
+    Answer { url: String, reason: String },
+}
+
+/// `GET path` on `base` (`http://host:port`): the body on 200, the server's answer otherwise.
+pub fn get(base: &str, path: &str) -> Result<String, GetError> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let authority = base
+        .strip_prefix("http://")
+        .ok_or_else(|| GetError::Scheme {
+            url: base.to_owned(),
+        })?
+        .trim_end_matches('/');
+    let io = |context: String| move |source| GetError::Io { context, source };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(io(format!("resolving {authority}")))?
+        .next()
+        .ok_or_else(|| GetError::Answer {
+            url: url.clone(),
+            reason: format!("{authority} resolves to no address"),
+        })?;
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(io(format!("connecting to {authority}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(io("setting a read timeout".to_owned()))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io(format!("sending GET {url}")))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(io(format!("reading the answer to GET {url}")))?;
+    let answer = |reason: String| GetError::Answer {
+        url: url.clone(),
+        reason,
+    };
+    let text = String::from_utf8(raw).map_err(|_| answer("not UTF-8".to_owned()))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| answer("no HTTP head".to_owned()))?;
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(answer(format!("HTTP {status}: {}", body.trim())));
+    }
+    Ok(body.to_owned())
+}
