@@ -1,0 +1,114 @@
+//! The shadow-traffic round trip: a request profile learned from a real capture drives
+//! `shadowtap-loadgen` against real nginx in a network namespace while the live agent taps
+//! the server's veth; the profile the agent learns from that traffic must match the profile
+//! it was generated from, by the fidelity measures (template mix JSD ≤ 0.05, request-size
+//! KS ≤ 0.1, requests per connection KS ≤ 0.1 and mean within 10%), and the agent must have
+//! seen exactly the requests loadgen sent.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shadowtap_agent::profile_cmd::from_pcap;
+use shadowtap_core::profile::{Fidelity, ProfileDocument};
+use shadowtap_tests::{
+    agent::{CaptureMode, XdpMode, loadgen_binary},
+    nginx::{Nginx, PORT},
+    scenario::{AGENT_STOP_TIMEOUT, api_get, must, preflight_agent, serial, start_agent, work_dir},
+    support::shared_data_dir,
+};
+
+#[test]
+fn loadgen_through_the_live_tap_reproduces_its_profile() {
+    preflight_agent();
+    let _serial = serial();
+    let dir = work_dir("roundtrip");
+    // The profile as a live agent with the default snaplen learns it.
+    let pcap = must(shared_data_dir()).join("pcap/http-packets.pcap");
+    let learned = from_pcap(&pcap, None, Some(shadowtap_common::DEFAULT_SNAPLEN)).expect("profile");
+    let source = learned.resources[0].clone();
+    let profile_path = dir.path().join("source.json");
+    std::fs::write(
+        &profile_path,
+        serde_json::to_string(&learned).expect("json"),
+    )
+    .expect("write");
+
+    let bed = Nginx::start();
+    let agent = start_agent(&bed.pair, CaptureMode::Host, XdpMode::Driver, dir.path());
+    let report_path = dir.path().join("report.json");
+    let target = format!("http://{}:{PORT}", bed.server_v4);
+    let output = must(bed.pair.client.run(
+        must(loadgen_binary()),
+        [
+            "--target",
+            target.as_str(),
+            "--duration",
+            "10s",
+            "--max-requests",
+            "3000",
+            "--rate",
+            "300",
+            "--connections",
+            "8",
+            "--seed",
+            "3",
+            "--quiet",
+            "--profile",
+            &profile_path.to_string_lossy(),
+            "--json",
+            &report_path.to_string_lossy(),
+        ],
+    ));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
+            .expect("json");
+    let sent = report["report"]["throughput"]["sent"]
+        .as_u64()
+        .expect("sent");
+    assert!(sent >= 2900, "loadgen sent {sent} of 3000: {stdout}");
+    assert_eq!(report["report"]["errors"]["total"], 0, "{stdout}");
+    let generated: Fidelity =
+        serde_json::from_value(report["fidelity"].clone()).expect("fidelity in the report");
+    assert!(
+        generated.meets_goals(),
+        "what loadgen sent vs the source: {generated:?}"
+    );
+
+    // The agent's profile of the same resource (the Host loadgen sent, nginx's address).
+    let want_id = format!(
+        "{}@{}:{PORT}",
+        source
+            .host
+            .as_deref()
+            .expect("the capture's requests carry a Host"),
+        bed.server_v4
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let (status, body) = must(api_get(&bed.pair.server, "127.0.0.1:9464", "/v1/profile"));
+        let found = status
+            .contains("200")
+            .then(|| ProfileDocument::from_json(&body).expect("a valid profile document"))
+            .and_then(|doc| doc.resources.into_iter().find(|r| r.resource == want_id));
+        match found {
+            Some(r) if r.requests == sent => break r,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the agent's profile of {want_id} never reached {sent} requests: {:?}",
+                    other.map(|r| r.requests)
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
+    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    let round_trip = Fidelity::of(&source, &live);
+    println!("round trip {want_id}: {round_trip:?} (loadgen's own: {generated:?})");
+    assert!(
+        round_trip.meets_goals(),
+        "learned at the tap vs the source: {round_trip:?}"
+    );
+}
