@@ -23,6 +23,7 @@
 //! serde struct, also printed for humans by [`Report::print`]).
 
 mod args;
+pub mod bottleneck;
 mod conn;
 pub mod faults;
 pub mod generate;

@@ -115,6 +115,9 @@ fn main() -> Result<()> {
     if cli.shadow.scenario.is_some() {
         return modes::scenario(&cli, profile.as_ref(), arrivals);
     }
+    if let Some(steps) = cli.shadow.bottleneck_steps {
+        return modes::bottleneck(&cli, profile.as_ref(), arrivals, steps);
+    }
     let curve: Box<dyn RateCurve> = match cli.rate {
         Rate::Max => {
             if cli.arrivals.is_some() {

@@ -37,7 +37,12 @@ pub(crate) struct ShadowArgs {
     pub resource: Option<String>,
     /// Randomness of generative replay: 0 the most likely mix deterministically, 1 as
     /// learned, above 1 flatter (rarer endpoints and values more often).
-    #[arg(long, default_value_t = 1.0, help_heading = "Shadow traffic")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        allow_negative_numbers = true,
+        help_heading = "Shadow traffic"
+    )]
     pub temperature: f64,
     /// Time compression of --rate profile / forecast and of scenarios (60: an hour in a
     /// minute). Rates are the curve's own.
@@ -74,6 +79,10 @@ pub(crate) struct ShadowArgs {
     /// With --policy: instances running when the scenario starts.
     #[arg(long, default_value_t = 1, help_heading = "What-if")]
     pub instances: u32,
+    /// Bottleneck report: run this many steps from --rate / N up to --rate, each for
+    /// --duration, and name the templates whose latency grows fastest. Needs --profile.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=20), help_heading = "What-if")]
+    pub bottleneck_steps: Option<u32>,
     /// Inject this fault instead of load (repeatable); outcomes are counted per kind.
     #[arg(
         long = "fault",
@@ -113,6 +122,10 @@ pub(crate) fn profile(cli: &Cli) -> Result<Option<ResourceProfile>> {
         }
         return Ok(None);
     };
+    let t = cli.shadow.temperature;
+    if !(t.is_finite() && t >= 0.0) {
+        usage(&format!("--temperature {t}: must be a finite number ≥ 0"));
+    }
     if cli.path.is_some() || cli.body_size > 0 || cli.method != "GET" {
         usage("--profile chooses methods, paths and sizes; drop --method, --path, --body-size");
     }
@@ -341,4 +354,63 @@ pub(crate) fn faults(cli: &Cli) -> Result<()> {
     }
     let text = format!("{report}\n");
     emit(cli, text.as_bytes(), &serde_json::to_value(&report)?)
+}
+
+/// The rate stepped up to --rate in --bottleneck-steps steps; per template p99 per step.
+pub(crate) fn bottleneck(
+    cli: &Cli,
+    profile: Option<&ResourceProfile>,
+    arrivals: ArrivalKind,
+    steps: u32,
+) -> Result<()> {
+    let Some(profile) = profile else {
+        usage("--bottleneck-steps needs --profile (its templates are what is compared)");
+    };
+    let shadowtap_loadgen::Rate::PerSecond(top) = cli.rate else {
+        usage("--bottleneck-steps needs --rate N (the highest step's rate)");
+    };
+    let mut results = Vec::new();
+    for k in 1..=steps {
+        let rate = top * f64::from(k) / f64::from(steps);
+        let source = source(cli, Some(profile))?;
+        let Source::Profile(shared) = &source else {
+            unreachable!("a profile gives a profile source");
+        };
+        let shared = shared.clone();
+        let (report, _) = run_once(
+            cli,
+            Schedule::Open {
+                curve: Box::new(ConstantRate::new(rate)),
+                arrivals,
+            },
+            source,
+            cli.duration,
+        )?;
+        let latency = shared
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .template_latency();
+        results.push(shadowtap_loadgen::bottleneck::Step {
+            rate,
+            achieved: report.throughput.achieved_rps,
+            templates: latency
+                .into_iter()
+                .map(|(t, responses, p50_us, p99_us)| {
+                    (
+                        t,
+                        shadowtap_loadgen::bottleneck::StepLatency {
+                            responses,
+                            p50_us,
+                            p99_us,
+                        },
+                    )
+                })
+                .collect(),
+        });
+    }
+    let report = shadowtap_loadgen::bottleneck::analyse(profile, results);
+    let mut text = Vec::new();
+    report.print(&mut text)?;
+    emit(cli, &text, &serde_json::to_value(&report)?)
 }

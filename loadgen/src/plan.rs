@@ -67,6 +67,13 @@ impl RequestSource for SharedSource {
             .next_request(conn, rng)
     }
 
+    fn response(&mut self, conn: u64, status: u16, corrected: Duration, uncorrected: Duration) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .response(conn, status, corrected, uncorrected);
+    }
+
     fn connection_closed(&mut self, conn: u64) {
         self.0
             .lock()
@@ -112,6 +119,14 @@ impl RequestSource for MixedSource {
                 .unwrap_or(0)
         });
         self.populations[k].0.next_request(conn, rng)
+    }
+
+    fn response(&mut self, conn: u64, status: u16, corrected: Duration, uncorrected: Duration) {
+        if let Some(&k) = self.joined.get(&conn) {
+            self.populations[k]
+                .0
+                .response(conn, status, corrected, uncorrected);
+        }
     }
 
     fn connection_closed(&mut self, conn: u64) {

@@ -342,10 +342,12 @@ async fn serve(
     let done = Instant::now();
     match result {
         Ok(Ok((status, must_close))) => {
+            let from = intended.unwrap_or(sent);
+            shared.rec.borrow_mut().response(status, from, sent, done);
             shared
-                .rec
+                .source
                 .borrow_mut()
-                .response(status, intended.unwrap_or(sent), sent, done);
+                .response(conn.id, status, done - from, done - sent);
             shared.live.completed.fetch_add(1, Relaxed);
             if must_close {
                 shared.end_connection(conn);

@@ -2,7 +2,7 @@
 //! are serialised once ([`RequestSpec::build`]) and shared by reference count, so choosing
 //! one on the hot path is a pointer copy.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::LoadRng;
 
@@ -16,6 +16,13 @@ use crate::LoadRng;
 /// run is reproducible as far as the server's timing allows.
 pub trait RequestSource {
     fn next_request(&mut self, conn: u64, rng: &mut LoadRng) -> Request;
+
+    /// The response to the request last handed out for `conn` arrived: its status and
+    /// latency from the intended send (`corrected`) and from the actual send. Sources that
+    /// report per request kind (a profile's templates) keep these.
+    fn response(&mut self, conn: u64, status: u16, corrected: Duration, uncorrected: Duration) {
+        let _ = (conn, status, corrected, uncorrected);
+    }
 
     /// Connection `conn` is closed (by either side, or after an error): drop its state.
     fn connection_closed(&mut self, conn: u64) {

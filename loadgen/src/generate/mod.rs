@@ -19,7 +19,7 @@
 mod curve;
 mod pick;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use rand::RngExt as _;
 use shadowtap_core::profile::{
@@ -101,10 +101,13 @@ pub struct ProfileSource {
     generated: Generated,
 }
 
-/// What the source has handed out, for the fidelity report.
+/// What the source has handed out, for the fidelity report, and how each template answered.
 #[derive(Debug)]
 struct Generated {
     per_template: Vec<u64>,
+    /// Corrected latency (µs) per template, and the template in flight per connection.
+    latency: Vec<hdrhistogram::Histogram<u64>>,
+    in_flight: HashMap<u64, usize>,
     sizes: hdrhistogram::Histogram<u64>,
     lengths: hdrhistogram::Histogram<u64>,
     /// Requests so far on each open connection.
@@ -120,6 +123,8 @@ impl Generated {
         };
         Self {
             per_template: vec![0; templates],
+            latency: (0..templates).map(|_| hist()).collect(),
+            in_flight: HashMap::new(),
             sizes: hist(),
             lengths: hist(),
             open: HashMap::new(),
@@ -128,6 +133,7 @@ impl Generated {
 
     fn record(&mut self, conn: u64, template: usize, size: usize, last: bool) {
         self.per_template[template] += 1;
+        self.in_flight.insert(conn, template);
         let _ = self.sizes.record(size as u64);
         let n = self.open.entry(conn).or_insert(0);
         *n += 1;
@@ -342,6 +348,24 @@ impl ProfileSource {
         )
     }
 
+    /// Corrected latency per template of the responses so far: (template, responses, p50 µs,
+    /// p99 µs), templates without responses left out.
+    pub fn template_latency(&self) -> Vec<(String, u64, u64, u64)> {
+        self.templates
+            .iter()
+            .zip(&self.generated.latency)
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(t, h)| {
+                (
+                    t.profile.template.clone(),
+                    h.len(),
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                )
+            })
+            .collect()
+    }
+
     /// The template names, in the profile's order.
     pub fn template_names(&self) -> impl Iterator<Item = &str> {
         self.templates.iter().map(|t| t.profile.template.as_str())
@@ -390,9 +414,17 @@ impl RequestSource for ProfileSource {
         }
     }
 
+    fn response(&mut self, conn: u64, _status: u16, corrected: Duration, _uncorrected: Duration) {
+        if let Some(t) = self.generated.in_flight.remove(&conn) {
+            let us = u64::try_from(corrected.as_micros()).unwrap_or(u64::MAX);
+            let _ = self.generated.latency[t].record(us);
+        }
+    }
+
     fn connection_closed(&mut self, conn: u64) {
         self.conns.remove(&conn);
         self.generated.close(conn);
+        self.generated.in_flight.remove(&conn);
     }
 }
 

@@ -37,7 +37,13 @@ pub enum Behaviour {
     Silent,
     /// Answers `503`.
     Unavailable,
+    /// `200 OK`, but paths under `/report` are served one at a time, each taking
+    /// [`REPORT_TIME`]: a resource that saturates at 100 requests per second.
+    Bottleneck,
 }
+
+/// How long one `/report` request holds the bottleneck.
+pub const REPORT_TIME: Duration = Duration::from_millis(10);
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -54,6 +60,8 @@ pub struct TestServer {
 #[derive(Default)]
 struct State {
     stall_until: Mutex<Option<Instant>>,
+    /// The `/report` resource of [`Behaviour::Bottleneck`].
+    report: tokio::sync::Mutex<()>,
     requests: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
     closing: Arc<AtomicU64>,
@@ -150,6 +158,17 @@ async fn serve(mut stream: TcpStream, state: Arc<State>, behaviour: Behaviour) {
                         *state.stall_until.lock().unwrap() = Some(Instant::now() + STALL);
                     }
                     wait_out_stall(&state).await;
+                    if close {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    }
+                }
+                Behaviour::Bottleneck => {
+                    if path.starts_with("/report") {
+                        let _held = state.report.lock().await;
+                        tokio::time::sleep(REPORT_TIME).await;
+                    }
                     if close {
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
                     } else {
