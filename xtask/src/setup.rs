@@ -156,8 +156,11 @@ fn apt(steps: &mut Steps, lists: &[&[&str]]) -> Result<()> {
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let guard = !policy.exists();
     if guard {
-        std::fs::write(policy, "#!/bin/sh\n# shadowtap xtask: no service starts\nexit 101\n")
-            .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# shadowtap xtask: no service starts\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
         util::run(Command::new("chmod").args(["0755", "/usr/sbin/policy-rc.d"]))?;
     }
     let installed = util::run(
