@@ -3,7 +3,9 @@
 //! the server's veth; the profile the agent learns from that traffic must match the profile
 //! it was generated from, by the fidelity measures (template mix JSD ≤ 0.05, request-size
 //! KS ≤ 0.1, requests per connection KS ≤ 0.1 and mean within 10%), and the agent must have
-//! seen exactly the requests loadgen sent.
+//! seen exactly the requests loadgen sent. And loadgen's `--rate forecast` follows a live
+//! agent's forecast.
+#![allow(clippy::too_many_lines)] // one scenario per test, read top to bottom
 
 use std::time::{Duration, Instant};
 
@@ -111,4 +113,133 @@ fn loadgen_through_the_live_tap_reproduces_its_profile() {
         round_trip.meets_goals(),
         "learned at the tap vs the source: {round_trip:?}"
     );
+}
+
+/// `--rate forecast`: loadgen follows a running agent's forecast. The agent (1 s observation
+/// windows) first sees real traffic long enough to forecast; once traffic stops its last
+/// forecast stays put, and loadgen, run inside the agent's namespace, must schedule exactly
+/// the forecast's upper bound over its first steps.
+#[test]
+fn loadgen_follows_a_live_agents_forecast() {
+    preflight_agent();
+    let _serial = serial();
+    let dir = work_dir("forecast-rate");
+    let bed = Nginx::start();
+    let config = shadowtap_tests::agent::AgentConfig {
+        iface: bed.pair.server_if.clone(),
+        mode: CaptureMode::Host,
+        xdp_mode: XdpMode::Driver,
+        stats_interval_secs: 1,
+        extra_args: vec!["--observation-window".into(), "1s".into()],
+    };
+    let mut agent = must(shadowtap_tests::agent::RunningAgent::start(
+        &bed.pair.server,
+        &config,
+        dir.path(),
+    ));
+    must(agent.wait_attached(
+        &bed.pair.server,
+        shadowtap_tests::scenario::AGENT_ATTACH_TIMEOUT,
+    ));
+    let target = format!("http://{}:{PORT}", bed.server_v4);
+    let loadgen = must(loadgen_binary());
+    // 15 s of demand, 100/s: the in-process collector forecasts after 8 windows.
+    let warm = must(bed.pair.client.run(
+        &loadgen,
+        [
+            "--target",
+            target.as_str(),
+            "--duration",
+            "15s",
+            "--max-requests",
+            "1500",
+            "--rate",
+            "100",
+            "--quiet",
+            "--host",
+            "forecast.test",
+        ],
+    ));
+    assert!(warm.status.success());
+    let id = format!("forecast.test@{}:{PORT}", bed.server_v4);
+    let path = format!(
+        "/v1/resources/{}/forecast",
+        id.replace('@', "%40").replace(':', "%3A")
+    );
+    // Wait until the forecast has points and stops changing (no traffic, no new decision).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    let forecast: Value = loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, body) = must(api_get(&bed.pair.server, "127.0.0.1:9464", &path));
+        let v: Option<Value> = status
+            .contains("200")
+            .then(|| serde_json::from_str(&body).expect("json"));
+        let has_points = v.as_ref().is_some_and(|v| {
+            v["explanation"]["forecast"]
+                .as_array()
+                .is_some_and(|a| a.len() >= 3)
+        });
+        if has_points && body == last {
+            break v.expect("checked");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stable forecast with points: {status} {body}"
+        );
+        last = body;
+    };
+    let points = forecast["explanation"]["forecast"]
+        .as_array()
+        .expect("points");
+    let step_ms =
+        points[1]["start_ms"].as_u64().expect("ms") - points[0]["start_ms"].as_u64().expect("ms");
+    assert_eq!(step_ms, 1000, "1 s windows");
+    // Three 1 s steps at speed 1: the upper bound's demand of the first three points.
+    let expected: f64 = points[..3]
+        .iter()
+        .map(|p| p["upper"].as_f64().expect("upper"))
+        .sum();
+    assert!(expected > 10.0, "a forecast of real demand: {expected}");
+    let report_path = dir.path().join("forecast-run.json");
+    let local = format!("http://127.0.0.1:{PORT}");
+    let out = must(bed.pair.server.run(
+        &loadgen,
+        [
+            "--target",
+            local.as_str(),
+            "--duration",
+            "3s",
+            "--max-requests",
+            "100000",
+            "--rate",
+            "forecast",
+            "--from-forecast",
+            "http://127.0.0.1:9464",
+            "--resource",
+            id.as_str(),
+            "--forecast-bound",
+            "upper",
+            "--quiet",
+            "--json",
+            &report_path.to_string_lossy(),
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
+            .expect("json");
+    let scheduled = report["throughput"]["scheduled"]
+        .as_u64()
+        .expect("scheduled") as f64;
+    assert!(
+        (scheduled - expected).abs() <= 1.0 + 0.01 * expected,
+        "scheduled {scheduled} for a forecast of {expected} requests over 3 s"
+    );
+    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
+    assert!(exit.status.success(), "agent: {}", exit.stderr);
 }
