@@ -39,7 +39,8 @@ fn template(name: &str, requests: u64, latency_us: u64) -> TemplateProfile {
     }
 }
 
-/// A service whose `/report` endpoint is a fifth of the traffic.
+/// A service whose `/report` endpoint is a fifth of the traffic, 100 requests per second
+/// every hour of the week but Monday 10:00 (50/s) and 11:00 (200/s).
 fn profile_file(dir: &std::path::Path) -> String {
     let resource = ResourceProfile {
         resource: "svc@10.0.0.1:80".into(),
@@ -72,7 +73,13 @@ fn profile_file(dir: &std::path::Path) -> String {
             cv: 1.0,
         },
         hour_of_week: HourOfWeek {
-            requests: vec![360_000; HOURS_PER_WEEK],
+            requests: (0..HOURS_PER_WEEK)
+                .map(|h| match h {
+                    10 => 180_000,
+                    11 => 720_000,
+                    _ => 360_000,
+                })
+                .collect(),
             observed_seconds: vec![3600; HOURS_PER_WEEK],
         },
     };
@@ -123,6 +130,63 @@ fn profile_run_reports_its_fidelity() {
     let f = &v["fidelity"];
     assert!(f["template_mix_jsd"].as_f64().unwrap() < 0.01, "{f}");
     assert!(f["request_bytes_ks"].as_f64().unwrap() < 0.1, "{f}");
+}
+
+#[test]
+fn rate_profile_follows_the_weekly_curve_time_compressed() {
+    let server = TestServer::start(Behaviour::Normal);
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile_file(dir.path());
+    let url = server.url();
+    // An hour per second from Monday 10:00: 50/s for a second, then 200/s for a second.
+    let out = loadgen(&[
+        "--target",
+        &url,
+        "--duration",
+        "2s",
+        "--max-requests",
+        "100000",
+        "--rate",
+        "profile",
+        "--start-hour",
+        "10",
+        "--speed",
+        "3600",
+        "--profile",
+        &profile,
+        "--json",
+        "-",
+        "--quiet",
+    ]);
+    let v = json_of(&out);
+    let scheduled = v["report"]["throughput"]["scheduled"].as_u64().unwrap();
+    assert!((248..=252).contains(&scheduled), "{scheduled} of 50 + 200");
+    // ×2 what-if on the same curve.
+    let out = loadgen(&[
+        "--target",
+        &url,
+        "--duration",
+        "2s",
+        "--max-requests",
+        "100000",
+        "--rate",
+        "profile",
+        "--start-hour",
+        "10",
+        "--speed",
+        "3600",
+        "--rate-scale",
+        "2",
+        "--profile",
+        &profile,
+        "--json",
+        "-",
+        "--quiet",
+    ]);
+    let scheduled = json_of(&out)["report"]["throughput"]["scheduled"]
+        .as_u64()
+        .unwrap();
+    assert!((496..=504).contains(&scheduled), "{scheduled} of 100 + 400");
 }
 
 #[test]
