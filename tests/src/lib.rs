@@ -15,6 +15,7 @@ pub mod agent;
 pub mod bpf;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod netns;
 pub mod nginx;
 pub mod pcap;
