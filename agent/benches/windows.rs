@@ -563,6 +563,14 @@ fn main() {
     if wanted("synthetic") {
         run("synthetic", &ModelConfig::default(), &mut synthetic, min);
     }
+    // The request profiles' share of the model's cost: the same feed without them.
+    if wanted("synthetic-no-profiles") {
+        let no_profiles = ModelConfig {
+            profiles: false,
+            ..ModelConfig::default()
+        };
+        run("synthetic-no-profiles", &no_profiles, &mut synthetic, min);
+    }
     if wanted("windows-stage/synthetic") {
         window_stage::run("synthetic", &ModelConfig::default(), &synthetic, min);
     }

@@ -16,6 +16,7 @@ mod conn_events;
 mod conns;
 mod demand;
 mod ids;
+mod param_counter;
 mod profile;
 mod profile_conns;
 mod queries;

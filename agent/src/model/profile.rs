@@ -10,8 +10,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use shadowtap_core::profile::{
     ArrivalProfile, Bucket, ConnectionProfile, Distribution, END, HOURS_PER_WEEK, HourOfWeek,
-    ParamPopularity, ParamValue, ResourceProfile, START, StatusMix, TemplateProfile, Transition,
-    fit_zipf,
+    ResourceProfile, START, StatusMix, TemplateProfile, Transition,
 };
 
 use super::ids::{ID_PLACEHOLDER, is_id_bytes};
@@ -29,6 +28,7 @@ pub(crate) const NO_TEMPLATE: u32 = u32::MAX;
 
 /// What one resource's traffic looked like since the model started (or the resource was
 /// created).
+use super::param_counter::ParamCounter;
 pub(crate) use super::profile_conns::{ProfileConn, ProfileConns};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,63 +67,6 @@ struct TemplateAcc {
     params: Option<ParamCounter>,
 }
 
-/// Space-saving counters (Metwally et al.): exact counts while there is room; when full, a new
-/// value takes over the smallest counter and inherits its count as its error bound.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct ParamCounter {
-    counts: FxHashMap<Box<str>, (u64, u64)>,
-    observed: u64,
-    /// Distinct values inserted (exact until the first takeover, an upper bound after).
-    inserted: u64,
-}
-
-impl ParamCounter {
-    fn count(&mut self, value: &str) {
-        self.observed += 1;
-        if let Some((n, _)) = self.counts.get_mut(value) {
-            *n += 1;
-            return;
-        }
-        self.inserted += 1;
-        if self.counts.len() < PARAM_COUNTERS {
-            self.counts.insert(value.into(), (1, 0));
-            return;
-        }
-        let Some((victim, &(min, _))) = self.counts.iter().min_by_key(|(_, c)| c.0) else {
-            return;
-        };
-        let victim = victim.clone();
-        self.counts.remove(&victim);
-        self.counts.insert(value.into(), (min + 1, min));
-    }
-
-    fn popularity(&self) -> ParamPopularity {
-        let mut ranked: Vec<(&str, u64, u64)> = self
-            .counts
-            .iter()
-            .map(|(v, &(n, e))| (&**v, n, e))
-            .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let counts: Vec<u64> = ranked.iter().map(|r| r.1).collect();
-        let top: Vec<ParamValue> = ranked
-            .iter()
-            .take(PARAM_TOP)
-            .map(|&(v, n, _)| ParamValue {
-                value: v.to_owned(),
-                count: n,
-            })
-            .collect();
-        let listed: u64 = top.iter().map(|v| v.count).sum();
-        ParamPopularity {
-            observed: self.observed,
-            distinct_estimate: self.inserted,
-            tail_requests: self.observed.saturating_sub(listed),
-            zipf: fit_zipf(&counts),
-            top,
-        }
-    }
-}
-
 /// Writes the identifier segments of `target` (those the template replaced by `{id}`),
 /// joined by `/`, into `out`.
 fn id_values(target: &str, out: &mut String) {
@@ -138,7 +81,8 @@ fn id_values(target: &str, out: &mut String) {
             if !out.is_empty() {
                 out.push('/');
             }
-            out.push_str(&String::from_utf8_lossy(seg));
+            // Identifier segments are ASCII (digits, hex, UUID dashes).
+            out.push_str(std::str::from_utf8(seg).unwrap_or_default());
         }
     }
 }
@@ -185,7 +129,6 @@ impl ProfileAcc {
         }
         self.last_request_ns = self.last_request_ns.max(ts_ns);
         self.requests += 1;
-        self.request_bytes.record(size);
         let t = self
             .templates
             .entry(template)
@@ -210,7 +153,6 @@ impl ProfileAcc {
         latency_us: Option<u64>,
     ) {
         self.responses += 1;
-        self.response_bytes.record(bytes);
         self.status[status] += 1;
         if let Some(t) = template.and_then(|id| self.templates.get_mut(&id)) {
             t.responses += 1;
@@ -219,6 +161,11 @@ impl ProfileAcc {
             if let Some(l) = latency_us {
                 t.latency_us.record(l);
             }
+        } else {
+            // Not attributable to a template: the resource's own sizes only. (The resource's
+            // distributions are these plus every template's, merged when the profile is made:
+            // one record per message on the hot path.)
+            self.response_bytes.record(bytes);
         }
     }
 
@@ -250,10 +197,7 @@ impl ProfileAcc {
                 t.request_bytes.heap_bytes()
                     + t.response_bytes.heap_bytes()
                     + t.latency_us.heap_bytes()
-                    + t.params.as_ref().map_or(0, |p| {
-                        p.counts.capacity() * (std::mem::size_of::<(Box<str>, (u64, u64))>() + 1)
-                            + p.counts.keys().map(|k| k.len()).sum::<usize>()
-                    })
+                    + t.params.as_ref().map_or(0, ParamCounter::heap_bytes)
             })
             .sum();
         self.templates.capacity() * per_template
@@ -346,8 +290,14 @@ impl ProfileAcc {
             responses: self.responses,
             templates,
             templates_other,
-            request_bytes: distribution(&self.request_bytes),
-            response_bytes: distribution(&self.response_bytes),
+            request_bytes: distribution(&merged(
+                &self.request_bytes,
+                self.templates.values().map(|t| &t.request_bytes),
+            )),
+            response_bytes: distribution(&merged(
+                &self.response_bytes,
+                self.templates.values().map(|t| &t.response_bytes),
+            )),
             status: status_mix(&self.status),
             connections: ConnectionProfile {
                 ended: self.conns_ended,
@@ -411,6 +361,15 @@ mod transition_list {
     }
 }
 
+/// `own` with every one of `parts` added.
+fn merged<'a>(own: &LogHistogram, parts: impl Iterator<Item = &'a LogHistogram>) -> LogHistogram {
+    let mut all = own.clone();
+    for p in parts {
+        all.merge(p);
+    }
+    all
+}
+
 fn is_other(names: &[Box<str>], id: u32) -> bool {
     id != NO_TEMPLATE && names.get(id as usize).is_none_or(|n| &**n == "(other)")
 }
@@ -452,43 +411,5 @@ mod tests {
         assert_eq!(out, "42");
         id_values("/static/app.css", &mut out);
         assert_eq!(out, "");
-    }
-
-    #[test]
-    fn space_saving_keeps_heavy_hitters_and_bounds_memory() {
-        let mut c = ParamCounter::default();
-        // A Zipf-ish stream: value k asked for 1000/k times, plus many one-off values.
-        for k in 1..=20u64 {
-            for _ in 0..1000 / k {
-                c.count(&k.to_string());
-            }
-        }
-        for k in 0..500u64 {
-            c.count(&format!("rare{k}"));
-        }
-        assert!(c.counts.len() <= PARAM_COUNTERS);
-        let p = c.popularity();
-        assert_eq!(p.observed, (1..=20u64).map(|k| 1000 / k).sum::<u64>() + 500);
-        assert_eq!(
-            p.top[0],
-            ParamValue {
-                value: "1".into(),
-                count: 1000
-            }
-        );
-        assert_eq!(
-            p.top[1],
-            ParamValue {
-                value: "2".into(),
-                count: 500
-            }
-        );
-        assert_eq!(p.distinct_estimate, 520);
-        assert_eq!(
-            p.tail_requests,
-            p.observed - p.top.iter().map(|v| v.count).sum::<u64>()
-        );
-        let s = p.zipf.expect("fit").s;
-        assert!(s > 0.3, "{s}");
     }
 }

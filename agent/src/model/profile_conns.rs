@@ -26,6 +26,56 @@ pub(crate) struct ProfileConn {
     pub(super) last_seen_ns: u64,
     /// Its open was seen, so its request count is complete when it closes.
     pub(super) saw_open: bool,
+    /// Templates of requests not answered yet, oldest first (a ring of [`UNANSWERED`]): a
+    /// response is paired with its request in order, as the tracker pairs them, so its
+    /// template need not be rendered again from the path.
+    unanswered: [u32; UNANSWERED],
+    unanswered_head: u8,
+    unanswered_len: u8,
+}
+
+/// Requests in flight per connection whose templates are remembered (pipelining deeper
+/// than this falls back to rendering the response's request path).
+const UNANSWERED: usize = 4;
+
+impl ProfileConn {
+    fn new(resource: EntityRef, template: u32, ts_ns: u64, saw_open: bool) -> Self {
+        let mut c = Self {
+            resource,
+            last_template: template,
+            requests: 1,
+            last_response_ns: 0,
+            last_seen_ns: ts_ns,
+            saw_open,
+            unanswered: [0; UNANSWERED],
+            unanswered_head: 0,
+            unanswered_len: 0,
+        };
+        c.push_unanswered(template);
+        c
+    }
+
+    fn push_unanswered(&mut self, template: u32) {
+        if usize::from(self.unanswered_len) == UNANSWERED {
+            // Deeper than we follow: forget the oldest (its response renders its path).
+            self.unanswered_head = (self.unanswered_head + 1) % UNANSWERED as u8;
+            self.unanswered_len -= 1;
+        }
+        let at =
+            (usize::from(self.unanswered_head) + usize::from(self.unanswered_len)) % UNANSWERED;
+        self.unanswered[at] = template;
+        self.unanswered_len += 1;
+    }
+
+    fn pop_unanswered(&mut self) -> Option<u32> {
+        if self.unanswered_len == 0 {
+            return None;
+        }
+        let t = self.unanswered[usize::from(self.unanswered_head)];
+        self.unanswered_head = (self.unanswered_head + 1) % UNANSWERED as u8;
+        self.unanswered_len -= 1;
+        Some(t)
+    }
 }
 
 /// What a request continues on its connection.
@@ -64,14 +114,7 @@ impl ProfileConns {
             // The connection moved to another resource (a request with another Host): its
             // part on the old one ended there, and the new one starts mid-connection.
             ended.push(*c);
-            *c = ProfileConn {
-                resource,
-                last_template: template,
-                requests: 1,
-                last_response_ns: 0,
-                last_seen_ns: ts_ns,
-                saw_open: false,
-            };
+            *c = ProfileConn::new(resource, template, ts_ns, false);
             return Some(Step {
                 from: None,
                 last_response_ns: 0,
@@ -81,6 +124,7 @@ impl ProfileConns {
             let from = c.last_template;
             c.last_template = template;
             c.requests = c.requests.saturating_add(1);
+            c.push_unanswered(template);
             c.last_seen_ns = ts_ns;
             return Some(Step {
                 from: Some(from),
@@ -101,28 +145,21 @@ impl ProfileConns {
                 return None;
             }
         }
-        self.map.insert(
-            key,
-            ProfileConn {
-                resource,
-                last_template: template,
-                requests: 1,
-                last_response_ns: 0,
-                last_seen_ns: ts_ns,
-                saw_open,
-            },
-        );
+        self.map
+            .insert(key, ProfileConn::new(resource, template, ts_ns, saw_open));
         Some(Step {
             from: saw_open.then_some(NO_TEMPLATE),
             last_response_ns: 0,
         })
     }
 
-    pub fn on_response(&mut self, key: &ConnKey, ts_ns: u64) {
-        if let Some(c) = self.map.get_mut(key) {
-            c.last_response_ns = ts_ns;
-            c.last_seen_ns = ts_ns;
-        }
+    /// A response on `key`: the template of the request it answers, when the connection
+    /// remembers it (`paired`: the tracker paired it with a request).
+    pub fn on_response(&mut self, key: &ConnKey, ts_ns: u64, paired: bool) -> Option<u32> {
+        let c = self.map.get_mut(key)?;
+        c.last_response_ns = ts_ns;
+        c.last_seen_ns = ts_ns;
+        if paired { c.pop_unanswered() } else { None }
     }
 
     /// The connection of `key` closed (either direction).

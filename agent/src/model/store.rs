@@ -513,11 +513,22 @@ impl ModelStore {
             acc.count_response(bytes, status, latency, client_detail);
         });
         if self.config.profiles {
-            let template = match (r.method.as_deref(), r.path.as_deref()) {
-                (Some(m), Some(p)) => Some(self.templates.intern(m, p)),
+            let paired = r.method.is_some() && r.path.is_some();
+            let remembered = self.profile_conns.on_response(&key, c.ts_ns, paired);
+            // The remembered template must name the response's method; otherwise (a request
+            // the connection did not follow) render it from the paired request's path.
+            let names = self.templates.names();
+            let template = match (remembered, r.method.as_deref(), r.path.as_deref()) {
+                (Some(t), Some(m), _)
+                    if names.get(t as usize).is_some_and(|n| {
+                        n.len() > m.len() && n.starts_with(m) && n.as_bytes()[m.len()] == b' '
+                    }) =>
+                {
+                    Some(t)
+                }
+                (_, Some(m), Some(p)) => Some(self.templates.intern(m, p)),
                 _ => None,
             };
-            self.profile_conns.on_response(&key, c.ts_ns);
             if let Some(e) = self.resources.get_mut(rs) {
                 let p = e.profile.get_or_insert_with(Box::default);
                 p.on_response(template, bytes, status, latency);
