@@ -571,6 +571,13 @@ fn main() {
         };
         run("synthetic-no-profiles", &no_profiles, &mut synthetic, min);
     }
+    if wanted("synthetic-profile-sample-8") {
+        let sampled = ModelConfig {
+            profile_sample: 8,
+            ..ModelConfig::default()
+        };
+        run("synthetic-profile-sample-8", &sampled, &mut synthetic, min);
+    }
     if wanted("windows-stage/synthetic") {
         window_stage::run("synthetic", &ModelConfig::default(), &synthetic, min);
     }

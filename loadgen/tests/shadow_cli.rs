@@ -45,6 +45,7 @@ fn profile_file(dir: &std::path::Path) -> String {
     let resource = ResourceProfile {
         resource: "svc@10.0.0.1:80".into(),
         host: Some("svc".into()),
+        connection_sample: 1,
         first_request_ms: 0,
         last_request_ms: 1000,
         requests: 1000,

@@ -133,6 +133,11 @@ pub struct ModelConfig {
     pub emit: EmitConfig,
     /// Keep a request profile per resource (`shadowtap_core::profile`).
     pub profiles: bool,
+    /// Profile one connection in this many (chosen by a hash of its addresses, so the same
+    /// connections in a capture and live): 1 profiles every request. Profiles cost the model
+    /// about as much again as the rest of it (`cargo xtask bench windows`); on a busy host a
+    /// sample keeps the shape for a fraction of that.
+    pub profile_sample: u32,
 }
 
 impl Default for ModelConfig {
@@ -152,6 +157,7 @@ impl Default for ModelConfig {
             demand_history: 1440,
             emit: EmitConfig::default(),
             profiles: true,
+            profile_sample: 1,
         }
     }
 }
@@ -164,6 +170,12 @@ impl ModelConfig {
                 reason: reason.to_owned(),
             })
         };
+        if self.profile_sample == 0 {
+            return bad(
+                "profile_sample",
+                "must be at least 1 (1 profiles every connection)",
+            );
+        }
         if self.max_resources == 0 || self.max_resources > u32::MAX as usize / 2 {
             return bad("max_resources", "must be in 1..=2^31");
         }

@@ -213,6 +213,7 @@ impl ProfileAcc {
 
     /// The profile document part of this resource. `names` are the template names by id;
     /// `hour_requests` the resource's hour-of-week requests; `observed_seconds` the store's.
+    #[allow(clippy::too_many_arguments)] // the resource's parts the model keeps elsewhere
     pub fn build(
         &self,
         resource: String,
@@ -221,6 +222,7 @@ impl ProfileAcc {
         hour_requests: &[u64],
         observed_seconds: &[u64; HOURS_PER_WEEK],
         open_requests: impl Iterator<Item = u32>,
+        sample: u32,
     ) -> ResourceProfile {
         // Connections still open count with the requests seen so far (at the end of a
         // capture, that is all of them).
@@ -284,6 +286,7 @@ impl ProfileAcc {
         ResourceProfile {
             resource,
             host,
+            connection_sample: sample,
             first_request_ms: self.first_request_ns / 1_000_000,
             last_request_ms: self.last_request_ns / 1_000_000,
             requests: self.requests,
@@ -309,8 +312,9 @@ impl ProfileAcc {
                 transitions_other: self.transitions_other + dropped,
             },
             arrivals: ArrivalProfile {
+                // Of all requests: the sampled ones scaled back up.
                 mean_rate_per_s: if span_s > 0.0 {
-                    (self.requests.saturating_sub(1)) as f64 / span_s
+                    (self.requests.saturating_sub(1)) as f64 * f64::from(sample) / span_s
                 } else {
                     0.0
                 },

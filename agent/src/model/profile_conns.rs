@@ -104,7 +104,7 @@ impl ProfileConns {
         key: ConnKey,
         resource: EntityRef,
         template: u32,
-        saw_open: bool,
+        saw_open: impl FnOnce() -> bool,
         ts_ns: u64,
         ended: &mut Vec<ProfileConn>,
     ) -> Option<Step> {
@@ -131,6 +131,7 @@ impl ProfileConns {
                 last_response_ns: c.last_response_ns,
             });
         }
+        let saw_open = saw_open();
         if self.map.len() >= self.capacity {
             let before = ended.len();
             self.map.retain(|_, c| {

@@ -120,6 +120,7 @@ impl ModelStore {
                     &e.hour_of_week,
                     &self.observed_seconds,
                     self.profile_conns.open_requests(e.serial),
+                    self.config.profile_sample,
                 ))
             })
             .filter(|p| p.requests > 0)

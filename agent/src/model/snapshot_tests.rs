@@ -261,3 +261,48 @@ fn snapshots_with_an_impossible_clock_are_errors() {
     model.write_snapshot(&mut bytes).expect("snapshot");
     assert!(ModelStore::read_snapshot(&bytes[..]).is_ok());
 }
+
+#[test]
+fn profile_sampling_keeps_one_connection_in_n_and_the_rate() {
+    // 800 clients (one connection each, port 40000), 5 requests each, 10 requests a second.
+    let feed = |sample: u32| {
+        let mut model = ModelStore::new(ModelConfig {
+            profile_sample: sample,
+            ..ModelConfig::default()
+        })
+        .expect("config");
+        for i in 0..4000u64 {
+            let client = format!("192.0.{}.{}", (i % 800) / 200, (i % 800) % 200 + 1);
+            model.observe(&request(
+                MONDAY + i * S / 10,
+                &client,
+                Some("a.example"),
+                "/x",
+            ));
+        }
+        model.flush();
+        model.profiles(None).remove(0)
+    };
+    let all = feed(1);
+    let sampled = feed(4);
+    assert_eq!(all.connections.open, 800);
+    assert_eq!(all.requests, 4000);
+    assert_eq!(sampled.connection_sample, 4);
+    // A hash picks the connections: about a quarter, each with all its requests.
+    assert!(
+        (150..=250).contains(&sampled.connections.open),
+        "{}",
+        sampled.connections.open
+    );
+    assert_eq!(sampled.requests, 5 * sampled.connections.open);
+    // The rate is of all requests either way.
+    let ratio = sampled.arrivals.mean_rate_per_s / all.arrivals.mean_rate_per_s;
+    assert!((0.8..1.25).contains(&ratio), "{ratio}");
+    assert!(
+        ModelStore::new(ModelConfig {
+            profile_sample: 0,
+            ..ModelConfig::default()
+        })
+        .is_err()
+    );
+}

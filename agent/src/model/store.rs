@@ -163,6 +163,13 @@ impl ModelStore {
         &self.config
     }
 
+    /// Profiling as the command line says now, also for a store restored from a snapshot
+    /// taken with other settings (`sample` 0 counts as 1).
+    pub fn set_profiling(&mut self, on: bool, sample: u32) {
+        self.config.profiles = on;
+        self.config.profile_sample = sample.max(1);
+    }
+
     /// Feeds one event. Time advances to the event's timestamp first (closing windows).
     pub fn observe(&mut self, event: &Event) {
         self.stats.events += 1;
@@ -423,7 +430,7 @@ impl ModelStore {
         if known.is_none() {
             self.attribute(&key, rs, cs, index);
         }
-        if self.config.profiles {
+        if self.profiled(&key) {
             self.profile_request(r, &key, rs, template, size);
         }
     }
@@ -442,7 +449,9 @@ impl ModelStore {
         // A connection whose open was seen starts in the Markov start state; one first seen
         // mid-stream (the agent started, or the capture began, after its SYN) has no known
         // previous request.
-        let saw_open = self.conns.attribution(key).is_some();
+        // Asked only for a connection new to the profile (a lookup in the connection table).
+        let conns = &self.conns;
+        let saw_open = || conns.attribution(key).is_some();
         let Some(resource) = self.resources.entity_ref(rs) else {
             return;
         };
@@ -468,6 +477,18 @@ impl ModelStore {
                 p.on_think_time(step.last_response_ns, ts);
             }
         }
+    }
+
+    /// Whether the connection of `key` (client first) feeds the request profiles.
+    #[inline]
+    fn profiled(&self, key: &ConnKey) -> bool {
+        use std::hash::BuildHasher as _;
+        let n = self.config.profile_sample;
+        self.config.profiles
+            && (n <= 1
+                || rustc_hash::FxBuildHasher
+                    .hash_one(key)
+                    .is_multiple_of(u64::from(n)))
     }
 
     /// A followed connection ended: closed, or dropped from the table when idle.
@@ -512,7 +533,7 @@ impl ModelStore {
         touch(&mut self.clients, cs, index, self.ring_len, |acc, _| {
             acc.count_response(bytes, status, latency, client_detail);
         });
-        if self.config.profiles {
+        if self.profiled(&key) {
             let paired = r.method.is_some() && r.path.is_some();
             let remembered = self.profile_conns.on_response(&key, c.ts_ns, paired);
             // The remembered template must name the response's method; otherwise (a request

@@ -98,6 +98,14 @@ pub struct RunArgs {
     /// Seconds between model snapshots (with --state-dir).
     #[arg(long, default_value_t = 60)]
     pub snapshot_interval: u64,
+    /// Keep request profiles for one connection in N (1: every connection). Profiles cost
+    /// the model about as much again as the rest of it; on a busy host a sample keeps the
+    /// shape of the traffic for a fraction of that (see docs/profiles.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub profile_sample: u32,
+    /// No request profiles (`/v1/profile` answers 404).
+    #[arg(long)]
+    pub no_profiles: bool,
     /// Benchmarking only: attach programs that do nothing (XDP_PASS, a pass-through tc
     /// program) on the same hooks and modes instead of the tap, to measure what the hooks
     /// themselves cost the host. Nothing is captured.
@@ -108,6 +116,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The model's settings: defaults, with profiling as the flags say.
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig {
+            profiles: !self.no_profiles,
+            profile_sample: self.profile_sample,
+            ..ModelConfig::default()
+        }
+    }
+
     fn tap_options(&self) -> Result<TapOptions> {
         let kernel_log_level = match self.kernel_log.as_str() {
             "off" => 0,
@@ -305,7 +322,7 @@ fn outputs(args: &RunArgs) -> Result<(Option<LineSink>, StatsOut)> {
 }
 
 async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
-    let (model, _) = state::load_model(args.state_dir.as_deref(), &ModelConfig::default())?;
+    let (model, _) = state::load_model(args.state_dir.as_deref(), &args.model_config())?;
     // Bad policy or Kafka settings are reported before anything is attached.
     let mut publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
     if let Some(dir) = &args.state_dir {

@@ -35,8 +35,10 @@ pub fn load_model(
         return Ok((fresh()?, None));
     }
     match ModelStore::load_snapshot(&path) {
-        Ok(model) => {
+        Ok(mut model) => {
             info!(path = %path.display(), resources = model.resource_count(), "restored model snapshot");
+            // The snapshot's model settings hold, but profiling follows the command line.
+            model.set_profiling(config.profiles, config.profile_sample);
             Ok((model, None))
         }
         Err(e) => {

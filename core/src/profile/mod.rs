@@ -52,6 +52,11 @@ pub struct ResourceProfile {
     pub resource: String,
     /// The `Host` requests carry (absent when the resource is not refined by host).
     pub host: Option<String>,
+    /// Requests of one connection in this many are profiled (the agent's `--profile-sample`):
+    /// counts are of those, shares and distributions estimate the whole; `arrivals` and
+    /// `hour_of_week` are of all requests.
+    #[serde(default = "one")]
+    pub connection_sample: u32,
     /// Event time of the first and last request seen, unix ms.
     pub first_request_ms: u64,
     pub last_request_ms: u64,
@@ -67,6 +72,10 @@ pub struct ResourceProfile {
     pub connections: ConnectionProfile,
     pub arrivals: ArrivalProfile,
     pub hour_of_week: HourOfWeek,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One endpoint template, e.g. `GET /users/{id}/orders`.

@@ -108,6 +108,7 @@ pub(crate) fn sample_profile() -> ResourceProfile {
     ResourceProfile {
         resource: "shop.example@10.0.0.1:80".to_owned(),
         host: Some("shop.example".to_owned()),
+        connection_sample: 1,
         first_request_ms: 1_000,
         last_request_ms: 2_000,
         requests: 10,

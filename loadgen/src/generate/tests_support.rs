@@ -65,6 +65,7 @@ pub(crate) fn shop() -> ResourceProfile {
     ResourceProfile {
         resource: "shop@10.0.0.1:80".into(),
         host: Some("shop".into()),
+        connection_sample: 1,
         first_request_ms: 0,
         last_request_ms: 1,
         requests: 1600,
