@@ -10,7 +10,6 @@
 //! (agent, resource, window) and a window's scale event has a deterministic id.
 
 mod ownership;
-pub mod provisioner;
 pub mod service;
 pub mod state;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! Issue 4, test 1: rising demand built from a real capture → agent-side producer (spool +
-//! idempotent Kafka producer) → collector process → scale-out event → provisioner example
-//! (dry run), checked against the same observations run through the in-process fleet logic,
+//! idempotent Kafka producer) → collector process → scale-out event → `shadowtap-provisioner`'s
+//! exec driver (in-process, dry run), checked against the same observations run through the in-process fleet logic,
 //! and every published event validated against the checked-in JSON Schema.
 #![allow(clippy::too_many_lines, clippy::similar_names)] // long scenario tests; metric values are small integers
 

@@ -1,6 +1,6 @@
 //! Issue 4, end to end with the live agent: real HTTP traffic at a rising rate between two
 //! namespaces → XDP/tc → agent models → observations through the spool to a real Kafka-protocol
-//! broker (nisshi) → `shadowtap-collector` → scale-out event → `provisioner --dry-run`.
+//! broker (nisshi) → `shadowtap-collector` → scale-out event → `shadowtap-provisioner --dry-run`.
 //!
 //! Broker, collector and provisioner run inside the server namespace, on its own loopback, so
 //! nothing listens outside namespaces this test creates.
@@ -83,7 +83,7 @@ fn live_agent_to_kafka_collector_and_provisioner() {
     preflight_agent();
     let nisshi = must(require_tool("nisshi"));
     let collector_bin = workspace_bin("shadowtap-collector");
-    let provisioner_bin = workspace_bin("provisioner");
+    let provisioner_bin = workspace_bin("shadowtap-provisioner");
     let _serial = serial();
     let dir = work_dir("kafka");
     let pair = must(VethPair::create(VethConfig::default()));

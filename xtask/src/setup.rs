@@ -31,6 +31,7 @@ const DEMO_APT: &[&str] = &[
 /// nginx as the real server of the load-generator, fault and round-trip tests.
 const TEST_APT: &[&str] = &[
     "nginx-light",
+    "haproxy",
     "tshark",
     "tcpdump",
     "tcpreplay",

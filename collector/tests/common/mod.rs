@@ -5,7 +5,7 @@ pub mod broker;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -164,40 +164,69 @@ pub fn metric(page: &str, name_with_labels: &str) -> Option<f64> {
     })
 }
 
-/// Start the provisioner example in dry-run mode; its JSON lines arrive on the channel.
+/// The provisioner's exec driver running in-process (its own thread and runtime); dropping
+/// it stops the driver and joins the thread.
+pub struct ProvisionerGuard {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ProvisionerGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start `shadowtap-provisioner`'s exec driver in dry-run mode (in-process: a test binary can
+/// only name its own package's binaries); its JSON lines arrive on the channel.
 pub fn spawn_provisioner(
     broker: &Broker,
     group: &str,
-) -> (ChildGuard, mpsc::Receiver<serde_json::Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .args([
-            "--kafka-brokers",
-            &broker.bootstrap(),
-            "--group-id",
-            group,
-            "--exec",
-            "kubectl scale deployment/{resource} --replicas={target}",
-            "--dry-run",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn provisioner");
-    let stdout = child.stdout.take().expect("stdout piped");
+) -> (ProvisionerGuard, mpsc::Receiver<serde_json::Value>) {
+    use shadowtap_provisioner::{exec, input::Input};
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str(&line)
-                && tx.send(v).is_err()
-            {
-                break;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let settings = kafka(broker);
+    let group = group.to_owned();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("provisioner runtime");
+        rt.block_on(async move {
+            let input = Input::kafka(&settings, "shadowtap.scale-events", &group)
+                .expect("provisioner consumer");
+            let config = exec::ExecConfig {
+                template: "kubectl scale deployment/{resource} --replicas={target}".to_owned(),
+                dry_run: true,
+                remember: 100_000,
+                max_events: None,
+            };
+            let mut report = move |line: serde_json::Value| {
+                let _ = tx.send(line);
+            };
+            tokio::select! {
+                r = exec::run(&config, input, &mut report) => {
+                    if let Err(e) = r {
+                        eprintln!("provisioner: {e}");
+                    }
+                }
+                _ = stop_rx => {}
             }
-        }
+        });
     });
-    (ChildGuard(child), rx)
+    (
+        ProvisionerGuard {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        },
+        rx,
+    )
 }
 
 /// A record read back from a topic.
