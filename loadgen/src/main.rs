@@ -42,8 +42,10 @@ pub(crate) struct Cli {
     /// Required.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_requests: u64,
-    /// Requests per second, scheduled whatever the responses do (open model); or "max":
-    /// every connection back to back (closed model).
+    /// Requests per second, scheduled whatever the responses do (open model); "max": every
+    /// connection back to back (closed model); "profile": the --profile's hour-of-week curve;
+    /// "forecast": a running agent's forecast (--from-forecast). With --scenario, the
+    /// baseline rate; with --bottleneck-steps, the highest step's.
     #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     pub(crate) rate: Rate,
     /// Spacing of open-model arrivals [default: constant].
