@@ -83,20 +83,12 @@ pub fn from_pcap(
 /// `GET /v1/profile` (or `/v1/resources/{id}/profile`) of a running agent.
 pub fn from_api(url: &str, resource: Option<&str>) -> Result<ProfileDocument> {
     let path = match resource {
-        Some(id) => format!("/v1/resources/{}/profile", percent_encode(id)),
+        Some(id) => format!(
+            "/v1/resources/{}/profile",
+            shadowtap_core::http_client::percent_encode(id)
+        ),
         None => "/v1/profile".to_owned(),
     };
     let body = shadowtap_core::http_client::get(url, &path)?;
     ProfileDocument::from_json(&body).with_context(|| format!("profile from {url}{path}"))
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -69,3 +69,27 @@ pub fn get(base: &str, path: &str) -> Result<String, GetError> {
     }
     Ok(body.to_owned())
 }
+
+/// `s` as one URL path segment: unreserved bytes kept, every other byte `%XX` (resource ids
+/// hold `@`, `:` and IPv6 brackets).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_encode_keeps_unreserved_only() {
+        assert_eq!(
+            super::percent_encode("shop.example@[fd00::1]:80"),
+            "shop.example%40%5Bfd00%3A%3A1%5D%3A80"
+        );
+    }
+}

@@ -179,7 +179,10 @@ pub(crate) fn forecast_curve(cli: &Cli) -> Result<Box<dyn RateCurve>> {
     let (Some(url), Some(id)) = (&cli.shadow.from_forecast, &cli.shadow.resource) else {
         usage("--rate forecast needs --from-forecast URL and --resource ID");
     };
-    let path = format!("/v1/resources/{}/forecast", percent_encode(id));
+    let path = format!(
+        "/v1/resources/{}/forecast",
+        shadowtap_core::http_client::percent_encode(id)
+    );
     let body = shadowtap_core::http_client::get(url, &path)?;
     let curve = ForecastCurve::from_decision_json(&body, cli.shadow.forecast_bound, speed(cli))
         .with_context(|| format!("forecast from {url}{path}"))?;
@@ -202,17 +205,6 @@ impl<C: RateCurve> RateCurve for Scaled<C> {
     fn describe(&self) -> String {
         self.curve.describe()
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 pub(crate) fn print_fidelity(out: &mut dyn Write, f: &Fidelity) -> std::io::Result<()> {

@@ -164,7 +164,7 @@ fn loadgen_follows_a_live_agents_forecast() {
     let id = format!("forecast.test@{}:{PORT}", bed.server_v4);
     let path = format!(
         "/v1/resources/{}/forecast",
-        id.replace('@', "%40").replace(':', "%3A")
+        shadowtap_core::http_client::percent_encode(&id)
     );
     // Wait until the forecast has points and stops changing (no traffic, no new decision).
     let deadline = Instant::now() + Duration::from_secs(30);
