@@ -24,5 +24,6 @@ pub mod process;
 pub mod scenario;
 pub mod support;
 pub mod tshark;
+pub mod workdir;
 
 pub use error::{Error, Result};

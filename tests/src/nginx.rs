@@ -6,13 +6,12 @@
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::netns::{VethConfig, VethPair};
 use crate::process::BackgroundProcess;
+use crate::workdir::WorkDir;
 
 /// The port nginx listens on.
 pub const PORT: u16 = 8080;
@@ -22,55 +21,6 @@ pub const HOST: &str = "nginx.test";
 pub const PATH: &str = "/index.html";
 /// Its size.
 pub const FILE_BYTES: usize = 300;
-
-/// A scratch directory (nginx prefix, config, logs), removed on drop. World-readable because
-/// nginx's worker runs as `nobody`.
-pub struct WorkDir(pub PathBuf);
-
-const WORK_PREFIX: &str = "shadowtap-nginx-";
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-impl WorkDir {
-    pub fn create() -> Self {
-        sweep_stale_work_dirs();
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{WORK_PREFIX}{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(path.join("www")).expect("creating the work dir");
-        let status = Command::new("chmod")
-            .args(["-R", "0755"])
-            .arg(&path)
-            .status()
-            .expect("running chmod");
-        assert!(status.success(), "chmod {}", path.display());
-        Self(path)
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("removing {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// Removes work dirs of runs that died without cleaning up (their pid is gone).
-fn sweep_stale_work_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
 
 /// nginx in the server namespace of a veth pair. Fields drop in order after `Drop::drop` stopped nginx:
 /// then the namespaces (killing anything left in them), then the directory.
@@ -91,7 +41,8 @@ impl Nginx {
                 || crate::process::find_in_path("nginx").is_some(),
             "nginx not found: DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light"
         );
-        let dir = WorkDir::create();
+        let dir = WorkDir::create("shadowtap-nginx-");
+        std::fs::create_dir_all(dir.0.join("www")).expect("creating the web root");
         // IPv4 only: with IPv6 off the kernel sends nothing of its own on the link.
         let pair = VethPair::create(VethConfig {
             ipv6: false,

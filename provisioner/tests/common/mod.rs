@@ -36,47 +36,7 @@ pub fn can_run(test: &str) -> bool {
     true
 }
 
-/// A work dir world-readable for nginx's `nobody` worker, removed on drop.
-pub struct WorkDir(pub PathBuf);
-
-impl WorkDir {
-    fn create() -> Self {
-        sweep_stale_work_dirs();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{WORK_PREFIX}{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating the work dir");
-        let status = Command::new("chmod")
-            .arg("0755")
-            .arg(&path)
-            .status()
-            .expect("chmod");
-        assert!(status.success());
-        Self(path)
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sweep_stale_work_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
+pub use shadowtap_tests::workdir::WorkDir;
 
 /// Puts the calling thread into `ns` and back on drop (before the namespace itself goes: its
 /// cleanup kills every process whose namespace it is).
@@ -129,7 +89,7 @@ impl Bed {
         let index = 200 + NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = Netns::create(index, "p").expect("creating the namespace");
         ns.ip(["link", "set", "lo", "up"]).expect("lo up");
-        let dir = WorkDir::create();
+        let dir = WorkDir::create(WORK_PREFIX);
         let entered = Entered::enter(&ns);
         let frontend_port = 18_080;
         let d = dir.0.display();
