@@ -14,12 +14,15 @@
 //!
 //! The wire formats are documented in `collector/WIRE_FORMAT.md`.
 
+pub mod cli_config;
+pub mod dashboard;
 pub mod decision;
 pub mod fleet;
 pub mod forecast;
 pub mod http_client;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod lifecycle;
 pub mod metrics;
 pub mod profile;
 pub mod scale_event;

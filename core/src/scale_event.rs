@@ -75,7 +75,7 @@ pub fn event_id(resource: &str, window_start_ms: u64, window_end_ms: u64) -> Str
 }
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

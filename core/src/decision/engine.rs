@@ -14,7 +14,8 @@ use crate::forecast::{DemandForecast, ForecastPoint};
 
 use super::{
     Action, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
-    policy::format_duration,
+    band::ReactiveShadow,
+    policy::{PolicyMode, format_duration},
 };
 
 /// What the engine decides on.
@@ -40,6 +41,19 @@ struct WindowPeak {
 }
 
 impl WindowPeak {
+    /// The reactive view: only the window just observed counts.
+    fn observed(now: u64, forecast: &DemandForecast) -> Self {
+        let last = forecast.last_observed.unwrap_or(0.0).max(0.0);
+        Self {
+            end_ms: now,
+            points: Vec::new(),
+            covered: true,
+            peak_upper: last,
+            peak_point: last,
+            peak_at_ms: now,
+        }
+    }
+
     fn find(policy: &Policy, now: u64, forecast: &DemandForecast) -> Self {
         let end_ms = now
             .saturating_add(millis(policy.provisioning_lead_time))
@@ -77,6 +91,42 @@ impl WindowPeak {
     }
 }
 
+/// The reason as the basis of the decision says it: the reactive rule and a forecast without
+/// skill rest on the last observation; without a covering forecast the decision does too, and
+/// says so unless a timer or limit is what actually held it.
+fn basis_of(
+    reason: Reason,
+    reactive: bool,
+    no_skill: bool,
+    covered: bool,
+    action: Action,
+) -> Reason {
+    let timer_or_limit = matches!(
+        reason,
+        Reason::ScaleOutCooldown
+            | Reason::ScaleInCooldown
+            | Reason::Stabilising
+            | Reason::AtMaxInstances
+            | Reason::BelowReactiveFloor
+            | Reason::AboveCostCeiling
+    );
+    match reason {
+        Reason::ForecastAboveTarget if no_skill => Reason::ForecastWithoutSkill,
+        Reason::ForecastAboveTarget if reactive => Reason::ObservedAboveTarget,
+        Reason::ForecastBelowTarget if reactive => Reason::ObservedBelowTarget,
+        r if reactive || no_skill || covered || action == Action::ScaleIn || timer_or_limit => r,
+        _ => Reason::NoForecastCoverage,
+    }
+}
+
+fn action_text(action: Action) -> &'static str {
+    match action {
+        Action::ScaleOut => "scale out",
+        Action::ScaleIn => "scale in",
+        Action::Hold => "hold",
+    }
+}
+
 /// Scaling state machine of one resource. Serializable, so its cooldown and stabilisation
 /// timers survive a collector restart or a partition moving to another collector.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -88,6 +138,12 @@ pub struct DecisionEngine {
     last_scale_in_ms: Option<u64>,
     /// (time, required instances), oldest first, covering the stabilisation window.
     recommendations: VecDeque<(u64, u32)>,
+    /// The forecaster's online MASE against seasonal naive, as last told ([`Self::set_skill`]).
+    #[serde(default)]
+    mase: Option<f64>,
+    /// What the reactive rule would run: the floor and the base of the cost ceiling.
+    #[serde(default)]
+    shadow: ReactiveShadow,
 }
 
 fn millis(duration: std::time::Duration) -> u64 {
@@ -104,7 +160,15 @@ impl DecisionEngine {
             last_scale_out_ms: None,
             last_scale_in_ms: None,
             recommendations: VecDeque::new(),
+            mase: None,
+            shadow: ReactiveShadow::default(),
         }
+    }
+
+    /// The forecaster's current online MASE against seasonal naive (`None`: not scored yet).
+    /// With `skill_fallback_mase` in the policy, a forecast without skill is not followed.
+    pub fn set_skill(&mut self, mase: Option<f64>) {
+        self.mase = mase;
     }
 
     /// Adopts a (possibly changed) policy, keeping the timers and recommendation history.
@@ -118,47 +182,98 @@ impl DecisionEngine {
     }
 
     /// Decide. Calls must come with non-decreasing `now_ms`.
+    // One pass from forecast to explanation; splitting it would scatter the rule order.
+    #[allow(clippy::too_many_lines)]
     pub fn decide(&mut self, input: &DecisionInput<'_>) -> Decision {
         let now = input.now_ms;
         let current = input.current_instances;
         let forecast = input.forecast;
-        let window = WindowPeak::find(&self.policy, now, forecast);
-        let threshold = self.policy.threshold_per_instance();
-        let (required, at_max) = self.required_instances(window.peak_upper);
-        let stabilised = self.stabilised(now, required);
-        let (action, desired, reason) = self.choose(now, current, required, stabilised, at_max);
-        // Without a covering forecast the decision rests on the last observation; say so,
-        // unless a timer or limit is what actually held the decision.
-        let timer_or_limit = matches!(
-            reason,
-            Reason::ScaleOutCooldown
-                | Reason::ScaleInCooldown
-                | Reason::Stabilising
-                | Reason::AtMaxInstances
-        );
-        let reason = if window.covered || action == Action::ScaleIn || timer_or_limit {
-            reason
+        let reactive = self.policy.mode == PolicyMode::Reactive;
+        // A forecast that does no better than seasonal naive, or reaches its coverage only by
+        // widening its intervals, is not worth its cost: follow the last observation (with the
+        // policy's headroom) until it regains skill.
+        let no_skill = !reactive && (self.without_skill() || self.too_wide(forecast.widening));
+        let window = if reactive || no_skill {
+            WindowPeak::observed(now, forecast)
         } else {
-            Reason::NoForecastCoverage
+            WindowPeak::find(&self.policy, now, forecast)
         };
+        let threshold = self.policy.threshold_per_instance();
+        let (mut required, at_max) = self.required_instances(window.peak_upper);
+        // The cost band: never more than `max_cost_ratio` above what the reactive rule would
+        // run, never fewer than it (`reactive_floor`).
+        let band = (!reactive).then(|| {
+            let band = self
+                .shadow
+                .band(&self.policy, now, forecast.last_observed.unwrap_or(0.0));
+            let strong = self
+                .mase
+                .is_some_and(|m| m < super::band::POINT_FOLLOWING_MASE);
+            if no_skill || !window.covered || !strong {
+                band
+            } else {
+                let peak_point = window.points.iter().map(|p| p.point).fold(0.0, f64::max);
+                band.following_point(&self.policy, peak_point)
+            }
+        });
+        let ceiling = band.and_then(|b| b.ceiling);
+        let mut capped = ceiling.is_some_and(|cap| required > cap);
+        if let Some(cap) = ceiling {
+            required = required.min(cap);
+        }
+        let stabilised = self.stabilised(now, required);
+        let cooling = self.scale_out_cooling(now);
+        let (action, desired, reason) = self.choose(now, current, required, stabilised, at_max);
+        // The band holds whatever the timers say: a count left above the ceiling by the
+        // stabilisation window is cut, one below the floor is raised.
+        let (action, desired, reason, floored) = match (band.and_then(|b| b.floor), ceiling) {
+            (_, Some(cap)) if desired > cap => {
+                capped = true;
+                let (action, desired) = self.enforce(now, current, cap);
+                (action, desired, Reason::AboveCostCeiling, false)
+            }
+            // The floor waits for a running scale-out cooldown like any scale-out.
+            (Some(floor), _) if desired < floor && !cooling => {
+                let (action, desired) = self.enforce(now, current, floor);
+                (action, desired, Reason::BelowReactiveFloor, true)
+            }
+            _ => (action, desired, reason, false),
+        };
+        let reason = basis_of(reason, reactive, no_skill, window.covered, action);
 
         let lifecycle = self.lifecycle(now, current, desired);
-        let summary = format!(
-            "{action} {current} -> {desired}: peak upper bound {peak_upper:.1} ({level:.0}% \
+        let summary = if reactive {
+            format!(
+                "{action} {current} -> {desired}: reactive policy: last window {last:.1} needs \
+                 {required} x {threshold:.1} per instance ({reason:?})",
+                action = action_text(action),
+                last = window.peak_upper,
+            )
+        } else {
+            format!(
+                "{action} {current} -> {desired}: peak upper bound {peak_upper:.1} ({level:.0}% \
              interval, point {peak_point:.1}, widening x{widening:.2}) with {headroom:.0}% \
              headroom over the next {span} needs {required} x {threshold:.1} per instance \
              ({reason:?})",
-            action = match action {
-                Action::ScaleOut => "scale out",
-                Action::ScaleIn => "scale in",
-                Action::Hold => "hold",
-            },
-            peak_upper = window.peak_upper,
-            peak_point = window.peak_point,
-            level = forecast.level * 100.0,
-            widening = forecast.widening,
-            headroom = self.policy.headroom * 100.0,
-            span = format_duration(std::time::Duration::from_millis(window.end_ms - now)),
+                action = action_text(action),
+                peak_upper = window.peak_upper,
+                peak_point = window.peak_point,
+                level = forecast.level * 100.0,
+                widening = forecast.widening,
+                headroom = self.policy.headroom * 100.0,
+                span = format_duration(std::time::Duration::from_millis(window.end_ms - now)),
+            )
+        };
+        let summary = self.annotate(
+            summary,
+            (no_skill, forecast.widening),
+            (
+                capped.then_some(ceiling).flatten(),
+                floored.then_some(desired),
+            ),
+            (!reactive)
+                .then(|| forecast.changepoints_ms.last())
+                .flatten(),
         );
         Decision {
             resource: self.resource.clone(),
@@ -173,7 +288,13 @@ impl DecisionEngine {
                 summary,
                 window_start_ms: now,
                 window_end_ms: window.end_ms,
-                forecast: window.points,
+                // A fallback decision still shows what the forecaster predicted (dashboards,
+                // the API), though it did not follow it.
+                forecast: if no_skill {
+                    WindowPeak::find(&self.policy, now, forecast).points
+                } else {
+                    window.points
+                },
                 level: forecast.level,
                 widening: forecast.widening,
                 model: Some(forecast.model.clone()),
@@ -184,15 +305,109 @@ impl DecisionEngine {
                 threshold_per_instance: threshold,
                 required_instances: required,
                 stabilised_instances: stabilised,
+                outliers_ms: forecast.outliers_ms.clone(),
+                changepoints_ms: forecast.changepoints_ms.clone(),
+                gap_windows: 0,
+                skill_fallback: no_skill,
+                cost_capped: capped,
+                reactive_instances: band.map_or(0, |b| b.reactive),
+                reactive_floored: floored,
             },
         }
+    }
+
+    /// The online MASE is at or above the policy's `skill_fallback_mase`.
+    fn without_skill(&self) -> bool {
+        matches!((self.policy.skill_fallback_mase, self.mase), (Some(limit), Some(m)) if m >= limit)
+    }
+
+    /// The forecaster widened its intervals by `skill_fallback_widening` or more.
+    fn too_wide(&self, widening: f64) -> bool {
+        self.policy
+            .skill_fallback_widening
+            .is_some_and(|limit| widening >= limit)
+    }
+
+    /// The scale-out cooldown is running.
+    fn scale_out_cooling(&self, now: u64) -> bool {
+        self.last_scale_out_ms
+            .is_some_and(|t| now.saturating_sub(t) < millis(self.policy.scale_out_cooldown))
+    }
+
+    /// Move to `target` because of the cost band, recording the action for the timers.
+    fn enforce(&mut self, now: u64, current: u32, target: u32) -> (Action, u32) {
+        match target.cmp(&current) {
+            std::cmp::Ordering::Greater => {
+                self.last_scale_out_ms = Some(now);
+                (Action::ScaleOut, target)
+            }
+            std::cmp::Ordering::Less => {
+                self.last_scale_in_ms = Some(now);
+                (Action::ScaleIn, target)
+            }
+            std::cmp::Ordering::Equal => (Action::Hold, target),
+        }
+    }
+
+    /// Adds to the summary what else shaped the decision: no forecast skill, the cost
+    /// ceiling, a recent level change (the forecast then rests on a short history).
+    fn annotate(
+        &self,
+        mut summary: String,
+        (no_skill, widening): (bool, f64),
+        (capped_at, floored_at): (Option<u32>, Option<u32>),
+        changepoint_ms: Option<&u64>,
+    ) -> String {
+        use std::fmt::Write as _;
+        if no_skill && self.without_skill() {
+            let _ = write!(
+                summary,
+                "; the forecast has no skill (online MASE {:.2} >= {:.2}): decided on the last \
+                 observation with headroom",
+                self.mase.unwrap_or_default(),
+                self.policy.skill_fallback_mase.unwrap_or_default()
+            );
+        } else if no_skill {
+            let _ = write!(
+                summary,
+                "; the forecast has no skill (intervals widened x{widening:.2} >= x{:.2} to \
+                 reach their coverage): decided on the last observation with headroom",
+                self.policy.skill_fallback_widening.unwrap_or_default()
+            );
+        }
+        if let Some(cap) = capped_at {
+            let _ = write!(
+                summary,
+                "; capped at {cap} instances by max_cost_ratio {:.2} over the reactive rule",
+                self.policy.max_cost_ratio.unwrap_or_default()
+            );
+        }
+        if let Some(floor) = floored_at {
+            let _ = write!(
+                summary,
+                "; raised to {floor} instances, what the reactive rule runs (reactive_floor)"
+            );
+        }
+        if let Some(at) = changepoint_ms {
+            let _ = write!(
+                summary,
+                "; demand changed level at {} (changepoint)",
+                crate::scale_event::rfc3339_millis(*at)
+            );
+        }
+        summary
     }
 
     /// Instances for `peak_upper` plus headroom, clamped to the limits; and whether the limit
     /// cut it.
     fn required_instances(&self, peak_upper: f64) -> (u32, bool) {
         let policy = &self.policy;
-        let demand = peak_upper.max(0.0) * (1.0 + policy.headroom);
+        // Headroom covers forecast error; the reactive baseline has none, as an HPA has none.
+        let headroom = match policy.mode {
+            PolicyMode::Predictive => policy.headroom,
+            PolicyMode::Reactive => 0.0,
+        };
+        let demand = peak_upper.max(0.0) * (1.0 + headroom);
         let raw = (demand / policy.threshold_per_instance()).ceil();
         let required = if raw.is_finite() {
             (raw as u64).clamp(
@@ -347,6 +562,9 @@ mod tests {
             scale_in_cooldown: Duration::from_secs(120),
             scale_in_stabilisation: Duration::from_secs(300),
             headroom: 0.0,
+            // The rules alone; the band has its own tests.
+            max_cost_ratio: None,
+            reactive_floor: false,
             ..Policy::default()
         }
     }
@@ -563,5 +781,119 @@ mod tests {
         assert!(json.contains("\"stage\":\"provision\""), "{json}");
         let back: Decision = serde_json::from_str(&json).expect("deserialise");
         assert_eq!(back, d);
+    }
+
+    /// The reactive baseline ignores the forecast: only the last observation (80% of the first
+    /// upper bound in these fixtures) counts, without headroom, and it scales in after the
+    /// stabilisation window like the predictive mode.
+    #[test]
+    fn reactive_mode_follows_the_last_observation_only() {
+        let mut p = policy();
+        p.mode = PolicyMode::Reactive;
+        p.headroom = 0.5;
+        let mut e = DecisionEngine::new("api", p);
+        // Observed 400 (upper 500) with a forecast rising to 2000: 400 / 50 = 8, not 40.
+        let d = decide(&mut e, 0, &[500.0, 2000.0, 2000.0, 2000.0], 1);
+        assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 8));
+        assert_eq!(d.reason, Reason::ObservedAboveTarget);
+        assert!(
+            d.explanation.summary.contains("reactive"),
+            "{}",
+            d.explanation.summary
+        );
+        assert!(d.explanation.forecast.is_empty());
+        // Demand falls to 80: held while the stabilisation window runs, then 2.
+        let d = decide(&mut e, MIN, &[100.0], 8);
+        assert_eq!((d.action, d.desired_instances), (Action::Hold, 8));
+        let d = decide(&mut e, 7 * MIN, &[100.0], 8);
+        assert_eq!((d.action, d.desired_instances), (Action::ScaleIn, 2));
+        assert_eq!(d.reason, Reason::ObservedBelowTarget);
+    }
+
+    /// What the forecaster saw reaches the decision: changepoints and outliers are carried in
+    /// the explanation, and a level change is said in the summary.
+    #[test]
+    fn changepoints_and_outliers_reach_the_explanation() {
+        let mut e = DecisionEngine::new("api", policy());
+        let mut f = forecast(10 * MIN, &[100.0, 100.0, 100.0, 100.0]);
+        f.changepoints_ms = vec![3 * MIN, 7 * MIN];
+        f.outliers_ms = vec![5 * MIN];
+        let d = e.decide(&DecisionInput {
+            now_ms: 10 * MIN,
+            forecast: &f,
+            current_instances: 2,
+        });
+        assert_eq!(d.explanation.changepoints_ms, vec![3 * MIN, 7 * MIN]);
+        assert_eq!(d.explanation.outliers_ms, vec![5 * MIN]);
+        assert!(
+            d.explanation
+                .summary
+                .ends_with("demand changed level at 1970-01-01T00:07:00.000Z (changepoint)"),
+            "{}",
+            d.explanation.summary
+        );
+        let plain = decide(&mut e, 11 * MIN, &[100.0, 100.0, 100.0, 100.0], 2);
+        assert!(plain.explanation.changepoints_ms.is_empty());
+        assert!(!plain.explanation.summary.contains("changepoint"));
+    }
+
+    /// `skill_fallback_mase`: while the forecaster does no better than seasonal naive, the
+    /// decision follows the last observation (plus headroom) and says so.
+    #[test]
+    fn a_forecast_without_skill_is_not_followed() {
+        let mut p = policy();
+        p.skill_fallback_mase = Some(1.0);
+        p.headroom = 0.25;
+        let mut e = DecisionEngine::new("api", p);
+        // Observed 400 (80% of the first upper bound); the forecast's peak says 2000.
+        e.set_skill(Some(0.6));
+        let d = decide(&mut e, 0, &[500.0, 2000.0, 2000.0, 2000.0], 1);
+        assert_eq!(
+            d.desired_instances, 20,
+            "skilled: 2000 x 1.25 / 50, capped at max 20"
+        );
+        assert!(!d.explanation.skill_fallback);
+        e.set_skill(Some(1.3));
+        let d = decide(&mut e, MIN, &[500.0, 2000.0, 2000.0, 2000.0], 1);
+        // 400 x 1.25 / 50 = 10.
+        assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 10));
+        assert_eq!(d.reason, Reason::ForecastWithoutSkill);
+        assert!(d.explanation.skill_fallback);
+        assert!(
+            d.explanation
+                .summary
+                .contains("no skill (online MASE 1.30 >= 1.00)")
+        );
+    }
+
+    /// `max_cost_ratio`: the requirement is cut to that fraction over the reactive rule's
+    /// count for the last observation (or for the point forecast, when that is higher).
+    #[test]
+    fn the_cost_ceiling_caps_the_requirement() {
+        let mut p = policy();
+        p.max_cost_ratio = Some(0.5);
+        let mut e = DecisionEngine::new("api", p);
+        // Reactive needs 400 / 50 = 8; the point forecast stays at 400 but the upper bound
+        // would need 2000 / 50 = 40 -> 20 (max); the ceiling is 8 x 1.5 = 12.
+        let mut f = forecast(0, &[500.0, 2000.0, 2000.0, 2000.0]);
+        for p in &mut f.points {
+            p.point = 400.0;
+        }
+        let d = e.decide(&DecisionInput {
+            now_ms: 0,
+            forecast: &f,
+            current_instances: 1,
+        });
+        assert_eq!(d.desired_instances, 12);
+        assert!(d.explanation.cost_capped);
+        assert!(
+            d.explanation
+                .summary
+                .contains("capped at 12 instances by max_cost_ratio 0.50")
+        );
+        // Under the ceiling nothing changes.
+        let d = decide(&mut e, MIN, &[500.0, 520.0], 12);
+        assert!(!d.explanation.cost_capped);
+        assert_eq!(d.desired_instances, 12, "stabilisation holds the 12");
     }
 }

@@ -7,6 +7,7 @@
 //! self-contained (it carries the forecast points, interval, threshold and reason that led to it)
 //! and serialisable.
 
+pub mod band;
 pub mod engine;
 pub mod policy;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::forecast::{ForecastPoint, ModelKind};
 
 pub use engine::{DecisionEngine, DecisionInput};
-pub use policy::{Policy, PolicyError, PolicySet, format_duration, parse_duration};
+pub use policy::{Policy, PolicyError, PolicyMode, PolicySet, format_duration, parse_duration};
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,21 @@ pub enum Reason {
     AtMaxInstances,
     /// The forecast does not cover the decision window; decided on the last observation.
     NoForecastCoverage,
+    /// Reactive policy: the last observed window exceeds the target with the current instances.
+    ObservedAboveTarget,
+    /// Reactive policy: fewer instances would have carried every window of the stabilisation
+    /// window.
+    ObservedBelowTarget,
+    /// The forecast has no skill (online MASE at or above the policy's
+    /// `skill_fallback_mase`, or intervals widened by `skill_fallback_widening` or more): the
+    /// last observation with headroom exceeds the target.
+    ForecastWithoutSkill,
+    /// The forecast needs fewer instances than the reactive rule would run for the last
+    /// windows (policy `reactive_floor`): raised to the rule's count.
+    BelowReactiveFloor,
+    /// The forecast needs more than `max_cost_ratio` above what the reactive rule would run:
+    /// cut to the ceiling (a scale-in if the count was above it).
+    AboveCostCeiling,
 }
 
 /// A step in the life of a scaling operation.
@@ -80,7 +96,7 @@ pub struct LifecycleStep {
 }
 
 /// Everything that led to a decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
     /// One line a person can read.
     pub summary: String,
@@ -111,6 +127,31 @@ pub struct Explanation {
     pub required_instances: u32,
     /// Highest requirement within the scale-in stabilisation window.
     pub stabilised_instances: u32,
+    /// Observations the forecaster treated as outliers (bucket starts, unix ms), within the
+    /// history it fitted on.
+    #[serde(default)]
+    pub outliers_ms: Vec<u64>,
+    /// Where the demand's level changed (bucket starts, unix ms): the forecast rests on what
+    /// came after the last one.
+    #[serde(default)]
+    pub changepoints_ms: Vec<u64>,
+    /// Windows with no observations right before the decision's window (a gap in the demand
+    /// series: silent agents or a clock jump); 0 normally.
+    #[serde(default)]
+    pub gap_windows: u64,
+    /// The forecast had no skill (policy `skill_fallback_mase`): decided on the last
+    /// observation with headroom.
+    #[serde(default)]
+    pub skill_fallback: bool,
+    /// The requirement was cut to the policy's `max_cost_ratio` over the reactive rule.
+    #[serde(default)]
+    pub cost_capped: bool,
+    /// What the reactive rule would run now (the floor and the base of the cost ceiling).
+    #[serde(default)]
+    pub reactive_instances: u32,
+    /// The decision was raised to the reactive rule's count (policy `reactive_floor`).
+    #[serde(default)]
+    pub reactive_floored: bool,
 }
 
 /// A scaling decision for one resource.

@@ -85,7 +85,59 @@ pub struct Policy {
     pub headroom: f64,
     /// What a new instance copies while warming up (for the lifecycle hint).
     pub state_copy: Option<String>,
+    /// Whether decisions follow the forecast or only the last observation.
+    #[serde(default)]
+    pub mode: PolicyMode,
+    /// Wait after a failed provision before the same target is asked for again; doubled per
+    /// consecutive failure (at most 16×).
+    #[serde(default = "default_retry_backoff", with = "duration_text")]
+    pub provision_retry_backoff: Duration,
+    /// At most this fraction above the instances the reactive rule would run (0.25 = 25%
+    /// more; see `decision::band`); `None`: no ceiling.
+    #[serde(default)]
+    pub max_cost_ratio: Option<f64>,
+    /// Follow the forecast only while its online MASE against seasonal naive is below this;
+    /// at or above it, decide on the last observation with `headroom`. `None`: always follow.
+    #[serde(default)]
+    pub skill_fallback_mase: Option<f64>,
+    /// Also fall back to the last observation while the forecaster has widened its intervals
+    /// by this factor or more to reach their nominal coverage (coverage bought by width, not
+    /// skill). `None`: never on width.
+    #[serde(default)]
+    pub skill_fallback_widening: Option<f64>,
+    /// Never run fewer instances than the reactive rule would (so the forecast can only add
+    /// capacity, never take away what the last window showed was needed).
+    #[serde(default = "default_reactive_floor")]
+    pub reactive_floor: bool,
 }
+
+/// How a policy decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    /// Cover the forecast's upper bound over lead time + horizon, plus headroom.
+    #[default]
+    Predictive,
+    /// The HPA-like baseline: cover the last observed window at the target utilisation (no
+    /// forecast, no headroom); scale in after the stabilisation window. For comparisons and
+    /// for resources whose forecast cannot be trusted.
+    Reactive,
+}
+
+fn default_retry_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_reactive_floor() -> bool {
+    true
+}
+
+/// Default `max_cost_ratio`: predictive scaling may cost at most 25% more than reactive.
+pub const DEFAULT_MAX_COST_RATIO: f64 = 0.25;
+/// Default `skill_fallback_mase`: a forecast no better than seasonal naive is not followed.
+pub const DEFAULT_SKILL_FALLBACK_MASE: f64 = 1.0;
+/// Default `skill_fallback_widening`: intervals doubled to reach their coverage.
+pub const DEFAULT_SKILL_FALLBACK_WIDENING: f64 = 2.0;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -103,11 +155,19 @@ impl Default for Policy {
             scale_in_stabilisation: Duration::from_secs(300),
             headroom: 0.0,
             state_copy: None,
+            mode: PolicyMode::Predictive,
+            provision_retry_backoff: default_retry_backoff(),
+            max_cost_ratio: Some(DEFAULT_MAX_COST_RATIO),
+            skill_fallback_mase: Some(DEFAULT_SKILL_FALLBACK_MASE),
+            skill_fallback_widening: Some(DEFAULT_SKILL_FALLBACK_WIDENING),
+            reactive_floor: true,
         }
     }
 }
 
 /// One table of the TOML file: every field optional so `[defaults]` and resources can overlay.
+// Option<Option<_>>: unset (take the default), set to "off", or set to a value.
+#[allow(clippy::option_option)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicySpec {
@@ -131,6 +191,17 @@ struct PolicySpec {
     scale_in_stabilisation: Option<Duration>,
     headroom: Option<f64>,
     state_copy: Option<String>,
+    mode: Option<PolicyMode>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    provision_retry_backoff: Option<Duration>,
+    /// `Some(None)`: set to `"off"`.
+    #[serde(default, deserialize_with = "number_or_off")]
+    max_cost_ratio: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "number_or_off")]
+    skill_fallback_mase: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "number_or_off")]
+    skill_fallback_widening: Option<Option<f64>>,
+    reactive_floor: Option<bool>,
 }
 
 impl PolicySpec {
@@ -149,6 +220,16 @@ impl PolicySpec {
             scale_in_stabilisation: over.scale_in_stabilisation.or(self.scale_in_stabilisation),
             headroom: over.headroom.or(self.headroom),
             state_copy: over.state_copy.clone().or_else(|| self.state_copy.clone()),
+            mode: over.mode.or(self.mode),
+            provision_retry_backoff: over
+                .provision_retry_backoff
+                .or(self.provision_retry_backoff),
+            max_cost_ratio: over.max_cost_ratio.or(self.max_cost_ratio),
+            skill_fallback_mase: over.skill_fallback_mase.or(self.skill_fallback_mase),
+            skill_fallback_widening: over
+                .skill_fallback_widening
+                .or(self.skill_fallback_widening),
+            reactive_floor: over.reactive_floor.or(self.reactive_floor),
         }
     }
 
@@ -181,6 +262,16 @@ impl PolicySpec {
                 .unwrap_or(d.scale_in_stabilisation),
             headroom: self.headroom.unwrap_or(d.headroom),
             state_copy: self.state_copy.clone(),
+            mode: self.mode.unwrap_or(d.mode),
+            provision_retry_backoff: self
+                .provision_retry_backoff
+                .unwrap_or(d.provision_retry_backoff),
+            max_cost_ratio: self.max_cost_ratio.unwrap_or(d.max_cost_ratio),
+            skill_fallback_mase: self.skill_fallback_mase.unwrap_or(d.skill_fallback_mase),
+            skill_fallback_widening: self
+                .skill_fallback_widening
+                .unwrap_or(d.skill_fallback_widening),
+            reactive_floor: self.reactive_floor.unwrap_or(d.reactive_floor),
         };
         policy.validate_with_prefix(prefix)?;
         Ok(policy)
@@ -237,10 +328,54 @@ impl Policy {
                 ),
             );
         }
+        if self.provision_retry_backoff.is_zero() {
+            return bad(
+                "provision_retry_backoff",
+                "must be positive (a failed provision would be retried in a tight loop)".into(),
+            );
+        }
         if !(self.headroom.is_finite() && (0.0..=10.0).contains(&self.headroom)) {
             return bad(
                 "headroom",
                 format!("must be a fraction in [0, 10], got {}", self.headroom),
+            );
+        }
+        if let Some(ratio) = self.max_cost_ratio {
+            if !(ratio.is_finite() && (0.0..=10.0).contains(&ratio)) {
+                return bad(
+                    "max_cost_ratio",
+                    format!("must be a fraction in [0, 10], got {ratio}"),
+                );
+            }
+            if self.headroom > ratio {
+                return bad(
+                    "max_cost_ratio",
+                    format!(
+                        "{ratio} is below headroom {}: the headroom alone would break the \
+                         ceiling at every decision (max_cost_ratio defaults to \
+                         {DEFAULT_MAX_COST_RATIO}; raise it with the headroom)",
+                        self.headroom
+                    ),
+                );
+            }
+        }
+        if let Some(limit) = self.skill_fallback_mase
+            && !(limit.is_finite() && limit > 0.0)
+        {
+            return bad(
+                "skill_fallback_mase",
+                format!("must be a positive MASE (1 = seasonal naive), got {limit}"),
+            );
+        }
+        if let Some(widening) = self.skill_fallback_widening
+            && !(widening.is_finite() && widening > 1.0)
+        {
+            return bad(
+                "skill_fallback_widening",
+                format!(
+                    "must be a widening factor above 1 (1 = the model's own interval, which \
+                     would never be followed), got {widening}"
+                ),
             );
         }
         Ok(())
@@ -358,6 +493,12 @@ fn spec_of(policy: &Policy) -> PolicySpec {
         scale_in_stabilisation: Some(policy.scale_in_stabilisation),
         headroom: Some(policy.headroom),
         state_copy: policy.state_copy.clone(),
+        mode: Some(policy.mode),
+        provision_retry_backoff: Some(policy.provision_retry_backoff),
+        max_cost_ratio: Some(policy.max_cost_ratio),
+        skill_fallback_mase: Some(policy.skill_fallback_mase),
+        skill_fallback_widening: Some(policy.skill_fallback_widening),
+        reactive_floor: Some(policy.reactive_floor),
     }
 }
 
@@ -426,6 +567,24 @@ pub fn format_duration(duration: Duration) -> String {
         let _ = write!(out, "{ms}ms");
     }
     out
+}
+
+/// A number, or the string `"off"` (`Some(None)`) for a safeguard that is on by default.
+#[allow(clippy::option_option)] // see PolicySpec
+fn number_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(value) => Ok(Some(Some(value))),
+        Raw::Text(text) if text == "off" => Ok(Some(None)),
+        Raw::Text(text) => Err(serde::de::Error::custom(format!(
+            "expected a number or \"off\", got \"{text}\""
+        ))),
+    }
 }
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -510,6 +669,104 @@ mod tests {
             set.policy_for("other"),
             Err(PolicyError::UnknownResource(_))
         ));
+    }
+
+    #[test]
+    fn mode_and_retry_backoff_overlay_and_validate() {
+        let text = r#"
+[defaults]
+capacity_per_instance = 10
+mode = "reactive"
+provision_retry_backoff = "5s"
+[resources."api"]
+mode = "predictive"
+"#;
+        let set = PolicySet::from_toml(text).expect("valid");
+        assert_eq!(
+            set.policy_for("api").expect("api").mode,
+            PolicyMode::Predictive
+        );
+        let other = set.policy_for("other").expect("defaults");
+        assert_eq!(other.mode, PolicyMode::Reactive);
+        assert_eq!(other.provision_retry_backoff, Duration::from_secs(5));
+        let err = PolicySet::from_toml(
+            "[defaults]\ncapacity_per_instance = 10\nprovision_retry_backoff = \"0s\"\n",
+        )
+        .expect_err("zero backoff");
+        assert_eq!(field_of(&err), "defaults.provision_retry_backoff");
+        let err =
+            PolicySet::from_toml("[defaults]\ncapacity_per_instance = 10\nmode = \"psychic\"\n")
+                .expect_err("unknown mode");
+        assert!(err.to_string().contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn contradicting_cost_ceiling_and_headroom_are_refused_naming_the_field() {
+        let err = PolicySet::from_toml(
+            "[defaults]\ncapacity_per_instance = 10\nheadroom = 0.3\nmax_cost_ratio = 0.2\n",
+        )
+        .expect_err("headroom above the ceiling");
+        assert_eq!(field_of(&err), "defaults.max_cost_ratio");
+        assert!(err.to_string().contains("below headroom 0.3"), "{err}");
+        let err = PolicySet::from_toml(
+            "[defaults]\ncapacity_per_instance = 10\nskill_fallback_mase = -1\n",
+        )
+        .expect_err("negative MASE");
+        assert_eq!(field_of(&err), "defaults.skill_fallback_mase");
+        let ok = PolicySet::from_toml(
+            "[defaults]\ncapacity_per_instance = 10\nheadroom = 0.1\nmax_cost_ratio = 0.25\nskill_fallback_mase = 1.0\n",
+        )
+        .expect("consistent");
+        let p = ok.policy_for("x").expect("defaults");
+        assert_eq!(
+            (p.max_cost_ratio, p.skill_fallback_mase),
+            (Some(0.25), Some(1.0))
+        );
+    }
+
+    /// The cost band and skill fallback are on by default, can be switched off with `"off"`,
+    /// and a bad or contradicting value is refused naming the field.
+    #[test]
+    fn safeguards_default_on_switch_off_and_name_bad_values() {
+        let set = PolicySet::from_toml("[defaults]\ncapacity_per_instance = 10\n").expect("valid");
+        let p = set.policy_for("x").expect("defaults");
+        assert_eq!(
+            (
+                p.max_cost_ratio,
+                p.skill_fallback_mase,
+                p.skill_fallback_widening,
+                p.reactive_floor
+            ),
+            (Some(0.25), Some(1.0), Some(2.0), true)
+        );
+        let set = PolicySet::from_toml(
+            "[defaults]\ncapacity_per_instance = 10\nmax_cost_ratio = \"off\"\n\
+             skill_fallback_mase = \"off\"\nskill_fallback_widening = 3\nreactive_floor = false\n",
+        )
+        .expect("valid");
+        let p = set.policy_for("x").expect("defaults");
+        assert_eq!(
+            (
+                p.max_cost_ratio,
+                p.skill_fallback_mase,
+                p.skill_fallback_widening,
+                p.reactive_floor
+            ),
+            (None, None, Some(3.0), false)
+        );
+        let err = PolicySet::from_toml(
+            "[resources.\"api\"]\ncapacity_per_instance = 10\nskill_fallback_widening = 0.5\n",
+        )
+        .expect_err("widening below 1");
+        assert_eq!(field_of(&err), "resources.\"api\".skill_fallback_widening");
+        let err = PolicySet::from_toml("[defaults]\nmax_cost_ratio = \"never\"\n")
+            .expect_err("not a number");
+        assert!(err.to_string().contains("max_cost_ratio"), "{err}");
+        // A headroom above the default ceiling contradicts it, and the error says so.
+        let err = PolicySet::from_toml("[defaults]\ncapacity_per_instance = 10\nheadroom = 0.5\n")
+            .expect_err("headroom above the default ceiling");
+        assert_eq!(field_of(&err), "defaults.max_cost_ratio");
+        assert!(err.to_string().contains("defaults to 0.25"), "{err}");
     }
 
     #[test]

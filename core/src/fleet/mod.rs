@@ -25,6 +25,10 @@ use crate::{
     forecast::{DemandForecast, ForecastConfig, ModelKind, ResourceForecaster},
 };
 
+pub mod actuals;
+
+pub use actuals::{Actuals, LifecycleApplied};
+
 use crate::{
     scale_event::{ScaleEvent, WindowDigest},
     wire::{CountsDigest, Observation, WindowCounts},
@@ -66,7 +70,12 @@ impl Default for FleetConfig {
             merge_wait: Duration::from_millis(500),
             idle_close: Duration::from_secs(5),
             agent_expiry_windows: 10,
-            forecast: ForecastConfig::default(),
+            // The collector forecasts windows of 1 s to 1 min: refit hourly, and at least every
+            // 12 windows (2 min of 10 s windows), so the forecast follows the data.
+            forecast: ForecastConfig {
+                refit_max_steps: 12,
+                ..ForecastConfig::default()
+            },
             horizon_steps: 12,
             min_forecast_history: 8,
             history_limit: 512,
@@ -100,6 +109,22 @@ pub struct FleetStats {
     pub decisions_without_policy: u64,
     pub forecast_errors: u64,
     pub scale_events: u64,
+    /// Windows closed after a stretch with no observations (a gap in the demand series).
+    pub demand_gaps: u64,
+    /// Lifecycle events applied, dropped as repeats, older than the last applied, or for a
+    /// resource this fleet does not hold.
+    pub lifecycle_applied: u64,
+    pub lifecycle_duplicate: u64,
+    pub lifecycle_stale: u64,
+    pub lifecycle_unknown: u64,
+    /// Provision attempts the provisioner reported as failed.
+    pub provision_failures: u64,
+    /// Scale events re-published after a failed provision's backoff.
+    pub provision_retries: u64,
+    /// Scale events re-published because the request went unanswered.
+    pub requests_reissued: u64,
+    /// Scale-outs not re-published because the same target was still in flight.
+    pub requests_in_flight: u64,
 }
 
 /// A merged window that closed, with the decision it led to.
@@ -112,11 +137,18 @@ pub struct ClosedWindow {
     pub merged: WindowCounts,
     /// `None` when no policy covers the resource.
     pub decision: Option<Decision>,
+    /// False when the decision repeats a target that is still being provisioned (or waits
+    /// out a failed provision's backoff): nothing new to tell the provisioner.
+    pub publish: bool,
 }
 
 impl ClosedWindow {
-    /// The scale event to publish, if the decision changes the instance count.
+    /// The scale event to publish, if the decision changes the instance count and is not a
+    /// repeat of a request in flight.
     pub fn scale_event(&self, source: &str) -> Option<ScaleEvent> {
+        if !self.publish {
+            return None;
+        }
         let decision = self.decision.as_ref()?;
         ScaleEvent::from_decision(
             source,
@@ -157,6 +189,8 @@ struct ResourceState {
     /// (first bucket, points) of the forecaster's warm start.
     forecast_origin: Option<(u64, usize)>,
     engine: Option<DecisionEngine>,
+    /// What the provisioner reported.
+    actuals: Actuals,
 }
 
 /// Merges observations and decides, for any number of resources.
@@ -164,6 +198,9 @@ pub struct Fleet {
     config: FleetConfig,
     policies: PolicySet,
     resources: HashMap<String, ResourceState>,
+    /// Lifecycle reports for resources not (yet) held: a collector replays the lifecycle
+    /// topic before the resources' observations or snapshots arrive.
+    pending_actuals: HashMap<String, Actuals>,
     stats: FleetStats,
 }
 
@@ -180,6 +217,7 @@ impl Fleet {
             config,
             policies,
             resources: HashMap::new(),
+            pending_actuals: HashMap::new(),
             stats: FleetStats::default(),
         }
     }
@@ -223,13 +261,20 @@ impl Fleet {
         self.resources.remove(resource);
     }
 
-    /// Merge one observation; returns the windows this closed, oldest first.
+    /// Merge one observation; returns the windows of its resource this closed, oldest first.
+    /// Only its resource is looked at (a scan of every resource per record cost the collector
+    /// time proportional to the resources it owns): windows of other resources that the clock
+    /// alone made ready close at the next [`Fleet::tick`].
     pub fn ingest(&mut self, obs: Observation, now: Instant) -> (Ingested, Vec<ClosedWindow>) {
         let step = obs.window_end_ms - obs.window_start_ms;
-        let state = self
-            .resources
-            .entry(obs.resource.clone())
-            .or_insert_with(|| ResourceState::new(step, obs.window_start_ms));
+        let name = obs.resource.clone();
+        let state = self.resources.entry(name.clone()).or_insert_with(|| {
+            let mut state = ResourceState::new(step, obs.window_start_ms);
+            if let Some(actuals) = self.pending_actuals.remove(&obs.resource) {
+                state.actuals = actuals;
+            }
+            state
+        });
         let outcome = state.merge(obs, step, self.config.top_k, now);
         match outcome {
             Ingested::Merged => self.stats.observations_merged += 1,
@@ -237,7 +282,9 @@ impl Fleet {
             Ingested::Late => self.stats.observations_late += 1,
             Ingested::StepMismatch => self.stats.observations_step_mismatch += 1,
         }
-        (outcome, self.close_ready(now))
+        let mut closed = Vec::new();
+        self.close_ready_of(&name, now, &mut closed);
+        (outcome, closed)
     }
 
     /// Close what the clock alone makes ready (`merge_wait`, `idle_close`).
@@ -267,34 +314,40 @@ impl Fleet {
             .collect();
         let mut out = Vec::new();
         for name in ready {
-            loop {
-                let is_ready = self
-                    .resources
-                    .get(&name)
-                    .is_some_and(|s| s.oldest_ready(&self.config, now));
-                if !is_ready {
-                    break;
-                }
-                match self.close_oldest(&name) {
-                    Some(closed) => out.push(closed),
-                    None => break,
-                }
-            }
+            self.close_ready_of(&name, now, &mut out);
         }
         out
+    }
+
+    /// Close `name`'s ready windows, oldest first, into `out`.
+    fn close_ready_of(&mut self, name: &str, now: Instant, out: &mut Vec<ClosedWindow>) {
+        while self
+            .resources
+            .get(name)
+            .is_some_and(|s| s.oldest_ready(&self.config, now))
+        {
+            match self.close_oldest(name) {
+                Some(closed) => out.push(closed),
+                None => break,
+            }
+        }
     }
 
     fn close_oldest(&mut self, name: &str) -> Option<ClosedWindow> {
         let state = self.resources.get_mut(name)?;
         let (start_ms, window) = state.open.pop_first()?;
         state.closed_before_ms = state.closed_before_ms.max(start_ms + state.step_ms);
-        let mut merged = WindowCounts::default();
-        for counts in window.contributions.values() {
-            merged.merge(counts, self.config.top_k);
-        }
-        let agents: Vec<String> = window.contributions.keys().cloned().collect();
         let end_ms = window.end_ms;
+        let (merged, agents) = merge_contributions(window.contributions, self.config.top_k);
         let demand = merged.requests as f64;
+        // Windows nobody reported between the last closed one and this one: silent agents,
+        // or an agent clock that jumped. The decision says so rather than extrapolate quietly.
+        let gap_windows = state.history.last().map_or(0, |(prev, _)| {
+            (start_ms.saturating_sub(*prev) / state.step_ms.max(1)).saturating_sub(1)
+        });
+        if gap_windows > 0 {
+            self.stats.demand_gaps += 1;
+        }
         state.history.push((start_ms, demand));
         if state.history.len() > self.config.history_limit {
             let excess = state.history.len() - self.config.history_limit;
@@ -310,6 +363,7 @@ impl Fleet {
             .retain(|_, m| m.last_window_start_ms.saturating_add(horizon) >= start_ms);
         self.stats.windows_closed += 1;
 
+        let mut publish = false;
         let decision = match self.policies.policy_for(name) {
             Err(_) => {
                 self.stats.decisions_without_policy += 1;
@@ -328,15 +382,34 @@ impl Fleet {
                     end_ms,
                     demand,
                 );
+                let lead_time = policy.provisioning_lead_time;
                 let engine = state
                     .engine
                     .get_or_insert_with(|| DecisionEngine::new(name, policy));
-                let decision = engine.decide(&DecisionInput {
+                engine.set_skill(state.forecaster.as_ref().and_then(|f| f.accuracy().mase));
+                let mut decision = engine.decide(&DecisionInput {
                     now_ms: end_ms,
                     forecast: &forecast,
-                    current_instances: state.instances,
+                    current_instances: state.actuals.current(state.instances),
                 });
+                if gap_windows > 0 {
+                    decision.explanation.gap_windows = gap_windows;
+                    decision.explanation.summary = format!(
+                        "{}; {gap_windows} window(s) before this one had no observations \
+                         (silent agents or a clock jump): the demand series has a gap",
+                        decision.explanation.summary
+                    );
+                }
                 state.instances = decision.desired_instances;
+                if decision.delta() != 0 {
+                    publish = state.actuals.should_publish(
+                        &decision,
+                        end_ms,
+                        lead_time,
+                        state.step_ms,
+                        &mut self.stats,
+                    );
+                }
                 state.last_decision = Some(decision.clone());
                 self.stats.decisions += 1;
                 Some(decision)
@@ -349,12 +422,38 @@ impl Fleet {
             agents,
             merged,
             decision,
+            publish,
         };
-        if closed.decision.as_ref().is_some_and(|d| d.delta() != 0) {
+        if publish {
             self.stats.scale_events += 1;
         }
         Some(closed)
     }
+}
+
+/// A window's contributions merged, and who contributed. The first contribution becomes the
+/// merged window and the rest are added to it: merging into an empty summary grew its latency
+/// histogram from nothing to the contribution's range (a fresh zeroed allocation per window,
+/// and every later quantile scanned the larger array), which was most of the collector's time
+/// with one agent per resource. Contributions are already cut to `top_k` endpoints.
+fn merge_contributions(
+    contributions: BTreeMap<String, WindowCounts>,
+    top_k: usize,
+) -> (WindowCounts, Vec<String>) {
+    let mut agents: Vec<String> = Vec::with_capacity(contributions.len());
+    let mut contributions = contributions.into_iter();
+    let mut merged = match contributions.next() {
+        Some((agent, counts)) => {
+            agents.push(agent);
+            counts
+        }
+        None => WindowCounts::default(),
+    };
+    for (agent, counts) in contributions {
+        merged.merge(&counts, top_k);
+        agents.push(agent);
+    }
+    (merged, agents)
 }
 
 impl ResourceState {
@@ -371,6 +470,7 @@ impl ResourceState {
             forecaster: None,
             forecast_origin: None,
             engine: None,
+            actuals: Actuals::default(),
         }
     }
 
@@ -512,6 +612,7 @@ fn merged_forecast(
     base
 }
 
+mod metrics;
 mod snapshot;
 
 pub use snapshot::{

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{AgentMark, Fleet, FleetError, OpenWindow, ResourceState};
+use super::{Actuals, AgentMark, Fleet, FleetError, OpenWindow, ResourceState};
 use crate::{
     decision::{Decision, DecisionEngine},
     wire::{WindowCounts, histogram_bytes, histogram_from_bytes},
@@ -51,6 +51,7 @@ impl Fleet {
             last_decision: s.last_decision.clone(),
             forecast_origin: s.forecast_origin,
             engine: s.engine.clone(),
+            actuals: s.actuals.clone(),
         })
     }
 
@@ -103,6 +104,13 @@ impl Fleet {
         state.last_decision.clone_from(&snap.last_decision);
         state.history.clone_from(&snap.history);
         state.forecast_origin = snap.forecast_origin;
+        state.actuals.clone_from(&snap.actuals);
+        // A report read before the snapshot arrived wins if it is newer.
+        if let Some(pending) = self.pending_actuals.remove(&snap.resource)
+            && pending.reported_at_ms >= snap.actuals.reported_at_ms
+        {
+            state.actuals = pending;
+        }
         // Timers come from the snapshot; the policy is the one in force here now.
         state.engine = snap.engine.clone().map(|mut engine| {
             if let Ok(policy) = self.policies.policy_for(&snap.resource) {
@@ -138,6 +146,9 @@ pub struct ResourceSnapshot {
     /// The decision engine with its cooldown and stabilisation timers.
     #[serde(default)]
     pub engine: Option<DecisionEngine>,
+    /// What the provisioner reported (instances, a request in flight, failures).
+    #[serde(default)]
+    pub actuals: Actuals,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

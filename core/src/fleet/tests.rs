@@ -247,3 +247,187 @@ fn restored_fleet_keeps_the_scale_out_cooldown() {
         "without the engine's timers the restored fleet would decide differently (else this test proves nothing)"
     );
 }
+
+/// A lifecycle event from the provisioner for `api`.
+fn lifecycle(id: &str, ok: bool, healthy: u32, at_ms: u64) -> crate::lifecycle::LifecycleEvent {
+    crate::lifecycle::LifecycleEvent::new(
+        "test",
+        crate::lifecycle::LifecycleData {
+            schema_version: crate::lifecycle::LIFECYCLE_DATA_VERSION,
+            resource: "api".into(),
+            scale_event_id: id.into(),
+            instance: format!("stp-{id}"),
+            stage: crate::decision::LifecycleStage::Provision,
+            attempt: 1,
+            ok,
+            error: (!ok).then(|| "instance exited".to_owned()),
+            started_at: String::new(),
+            finished_at: String::new(),
+            started_at_ms: at_ms,
+            finished_at_ms: at_ms,
+            duration_ms: 0,
+            healthy_instances: healthy,
+            target_instances: 5,
+            warm: None,
+        },
+    )
+}
+
+/// Demand of 500 per window needs 5 instances at capacity 100. The provisioner reports that
+/// only 2 serve: decisions start from 2, the same target is not re-published while in flight,
+/// and after a failed provision it is re-published once the backoff (here 1 min, from the
+/// policy default of 30 s overridden below) has passed.
+#[test]
+fn decisions_start_from_the_reported_count_and_failed_provisions_are_retried() {
+    let policies = PolicySet::from_toml(
+        r#"
+[defaults]
+capacity_per_instance = 100.0
+target_utilisation = 1.0
+provisioning_lead_time = "1m"
+horizon = "1m"
+provision_retry_backoff = "3m"
+"#,
+    )
+    .expect("policy");
+    let mut f = Fleet::new(
+        FleetConfig {
+            merge_wait: Duration::from_secs(3600),
+            idle_close: Duration::from_secs(3600),
+            ..FleetConfig::default()
+        },
+        policies,
+    );
+    let now = Instant::now();
+    let run = |f: &mut Fleet, w: u64| -> Vec<ClosedWindow> {
+        let mut closed = f.ingest(obs("a", "api", w, 500), now).1;
+        closed.extend(f.ingest(obs("a", "api", w + 1, 500), now).1);
+        closed
+    };
+    // Window 0 closes when window 1 arrives (grace one window): scale out 1 -> 5, published.
+    let c = run(&mut f, 0);
+    let d = c[0].decision.as_ref().expect("decision");
+    assert_eq!((d.current_instances, d.desired_instances), (1, 5));
+    assert!(c[0].scale_event("t").is_some());
+
+    // The provisioner reports 2 healthy; the next window decides from 2, in flight: no event.
+    assert_eq!(
+        f.observe_lifecycle(&lifecycle("p1", true, 2, 2 * STEP)),
+        LifecycleApplied::Applied
+    );
+    assert_eq!(
+        f.observe_lifecycle(&lifecycle("p1", true, 2, 2 * STEP)),
+        LifecycleApplied::Duplicate
+    );
+    let c = f.ingest(obs("a", "api", 2, 500), now).1;
+    let d = c[0].decision.as_ref().expect("decision");
+    assert_eq!(
+        d.current_instances, 2,
+        "the decision starts from the reported count"
+    );
+    assert_eq!(d.desired_instances, 5);
+    assert!(c[0].scale_event("t").is_none(), "same target in flight");
+    assert_eq!(f.stats().requests_in_flight, 1);
+
+    // A failed provision at the end of window 2: backoff 3 min from there.
+    f.observe_lifecycle(&lifecycle("p2", false, 2, 3 * STEP));
+    assert_eq!(f.stats().provision_failures, 1);
+    let mut published = Vec::new();
+    for w in 3..8 {
+        for c in f.ingest(obs("a", "api", w, 500), now).1 {
+            if c.scale_event("t").is_some() {
+                published.push(c.end_ms);
+            }
+        }
+    }
+    // Windows ending at 4..7 min close here; only the one at or after 3 + 3 = 6 min retries.
+    assert_eq!(published, vec![6 * STEP]);
+    assert_eq!(f.stats().provision_retries, 1);
+    assert_eq!(f.stats().scale_events, 2);
+
+    // The actual count survives a snapshot.
+    let snap = f.snapshot("api").expect("snapshot");
+    assert_eq!(snap.actuals.healthy, Some(2));
+}
+
+#[test]
+fn lifecycle_events_that_come_before_their_resource_are_kept_for_it() {
+    let mut f = fleet();
+    assert_eq!(
+        f.observe_lifecycle(&lifecycle("x", true, 3, 0)),
+        LifecycleApplied::Applied
+    );
+    assert_eq!(f.actuals("api").and_then(|a| a.healthy), Some(3));
+    let now = Instant::now();
+    f.ingest(obs("a", "api", 0, 10), now);
+    let closed = f.ingest(obs("a", "api", 1, 10), now).1;
+    let d = closed[0].decision.as_ref().expect("decision");
+    assert_eq!(
+        d.current_instances, 3,
+        "the pending report applies to the new resource"
+    );
+}
+
+/// A level shift in merged demand reaches the decision: the collector's own forecaster finds
+/// the changepoint and the decision's explanation carries it.
+#[test]
+fn a_level_shift_is_a_changepoint_in_the_decision() {
+    let mut f = Fleet::new(
+        FleetConfig {
+            merge_wait: Duration::from_secs(3600),
+            idle_close: Duration::from_secs(3600),
+            forecast: ForecastConfig {
+                refit_interval: Duration::from_secs(60),
+                ..ForecastConfig::default()
+            },
+            ..FleetConfig::default()
+        },
+        policies(),
+    );
+    let now = Instant::now();
+    for w in 0..144u64 {
+        // A 12-window cycle, level 300, then 900 from window 96 (two cycles learned first).
+        let level = if w < 96 { 300.0 } else { 900.0 };
+        let cycle = (w % 12) as f64 / 12.0 * std::f64::consts::TAU;
+        let demand = level + 250.0 * cycle.sin() + ((w * 7) % 5) as f64;
+        f.ingest(obs("a", "api", w, demand as u64), now);
+    }
+    f.flush();
+    let d = f.last_decision("api").expect("decision");
+    // The detector runs on season-long block means of the deseasonalised series, and MSTL's
+    // trend smoother spreads the step over about a season on each side: the block [72, 84)
+    // already rises, so the change is placed two blocks (24 windows) before the true shift.
+    assert_eq!(d.explanation.changepoints_ms, vec![72 * STEP]);
+    assert!(
+        d.explanation.summary.contains("changepoint"),
+        "{}",
+        d.explanation.summary
+    );
+}
+
+/// A stretch of windows nobody reported (an agent down, or its clock jumped ahead) is said in
+/// the next decision and counted.
+#[test]
+fn a_gap_in_the_demand_series_is_said_in_the_decision() {
+    let mut f = fleet();
+    let now = Instant::now();
+    for w in [0, 1, 2, 3, 9, 10] {
+        f.ingest(obs("a", "api", w, 100), now);
+    }
+    f.flush();
+    let d = f.last_decision("api").expect("decision");
+    assert_eq!(d.explanation.gap_windows, 0, "window 10 follows 9");
+    assert_eq!(f.stats().demand_gaps, 1);
+    let mut f = fleet();
+    for w in [0, 1, 2, 3, 9] {
+        f.ingest(obs("a", "api", w, 100), now);
+    }
+    f.flush();
+    let d = f.last_decision("api").expect("decision");
+    assert_eq!(d.explanation.gap_windows, 5, "windows 4..=8 are missing");
+    assert!(
+        d.explanation
+            .summary
+            .contains("5 window(s) before this one had no observations")
+    );
+}

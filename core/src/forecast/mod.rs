@@ -77,6 +77,11 @@ pub struct ForecastConfig {
     pub level: f64,
     /// How often the model is refitted.
     pub refit_interval: Duration,
+    /// Refit at least every this many steps, whatever `refit_interval` says: between fits the
+    /// forecast is read off the fitted path and does not follow new observations, so with
+    /// short steps (1 s windows, a time-compressed replay) an hourly refit would leave a
+    /// model fitted on the first minutes in force for thousands of steps.
+    pub refit_max_steps: usize,
     /// Wall-time budget of one fit; the training window shrinks when fits exceed it.
     pub fit_time_budget: Duration,
     /// Most recent points used for a fit (upper bound; the budget may lower it).
@@ -111,6 +116,7 @@ impl Default for ForecastConfig {
             step: Duration::from_secs(60),
             level: 0.95,
             refit_interval: Duration::from_secs(3600),
+            refit_max_steps: usize::MAX,
             fit_time_budget: Duration::from_millis(500),
             max_fit_points: 4032,
             max_season: Duration::from_hours(7 * 24),
@@ -347,7 +353,10 @@ impl ResourceForecaster {
         Ok(Self {
             resource: resource.into(),
             step_ms: config.step_ms(),
-            refit_every: config.steps_in(config.refit_interval).max(1),
+            refit_every: config
+                .steps_in(config.refit_interval)
+                .min(config.refit_max_steps)
+                .max(1),
             history: VecDeque::with_capacity(config.max_fit_points),
             next_start_ms: None,
             active: None,

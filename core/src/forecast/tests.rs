@@ -111,3 +111,35 @@ fn re_anchoring_follows_a_level_shift_between_refits() {
         "after {after}, expected about {expected} (before the shift {before})"
     );
 }
+
+/// With 1 s steps an hourly refit would keep one fitted path for 3,600 steps; the step cap
+/// makes the model follow the data: a seasonal model replaces the early ETS once two cycles
+/// exist, instead of an hour later.
+#[test]
+fn refit_max_steps_caps_the_refit_interval_in_steps() {
+    let run = |cap: usize| {
+        let mut f = ResourceForecaster::new(
+            "api",
+            ForecastConfig {
+                step: Duration::from_secs(1),
+                refit_interval: Duration::from_secs(3600),
+                refit_max_steps: cap,
+                max_horizon: 24,
+                ..ForecastConfig::default()
+            },
+        )
+        .expect("config");
+        for i in 0..24 * 6 {
+            f.observe(i as u64 * 1000, cycle(i)).expect("observe");
+        }
+        (f.model().cloned(), f.stats().fits)
+    };
+    let (stale, stale_fits) = run(usize::MAX);
+    let (fresh, fresh_fits) = run(12);
+    assert!(
+        !matches!(stale, Some(ModelKind::Mstl { .. })),
+        "uncapped: the first fitted model stays, {stale:?}"
+    );
+    assert!(matches!(fresh, Some(ModelKind::Mstl { .. })), "{fresh:?}");
+    assert!(fresh_fits > stale_fits, "{fresh_fits} vs {stale_fits}");
+}

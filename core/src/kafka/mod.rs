@@ -36,6 +36,10 @@ pub const OBSERVATIONS_TOPIC: &str = "shadowtap.observations";
 /// Default topic of scale events.
 pub const SCALE_EVENTS_TOPIC: &str = "shadowtap.scale-events";
 
+/// Fetch settings of the collector's consumers (see [`KafkaSettings::consumer_config`]).
+pub const CONSUMER_FETCH: &[(&str, &str)] =
+    &[("fetch.wait.max.ms", "10"), ("fetch.min.bytes", "1")];
+
 /// Where Kafka is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -78,6 +82,17 @@ impl KafkaSettings {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
             _ => Err(format!("expected key=value, got `{text}`")),
         }
+    }
+
+    /// Settings of a consumer that sees a record soon after it lands: librdkafka's default
+    /// `fetch.wait.max.ms` (500 ms) is how long the broker may hold an empty fetch, and a
+    /// broker that does not answer a held fetch when data arrives (nisshi) makes every record
+    /// wait for it, 250 ms on average. `defaults` come after these (so they win), then the
+    /// pass-through properties.
+    pub fn consumer_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut all: Vec<(&str, &str)> = CONSUMER_FETCH.to_vec();
+        all.extend_from_slice(defaults);
+        self.client_config(&all)
     }
 
     /// Settings of an idempotent, acks=all, compressing producer.

@@ -12,6 +12,8 @@
 
 mod compare;
 mod distribution;
+#[doc(hidden)]
+pub mod example;
 mod zipf;
 
 use std::collections::{BTreeMap, BTreeSet};
