@@ -139,9 +139,9 @@ fn synthetic(n: usize, start_ns: u64) -> Vec<Event> {
                 out.push(Event::HttpRequest(HttpRequestEvent {
                     common: common(ts, client, port, server, server_port),
                     method: method.into(),
-                    path: p.clone(),
+                    path: p.as_str().into(),
                     version: Some("HTTP/1.1".into()),
-                    host: Some(hosts[h].clone()),
+                    host: Some(hosts[h].as_str().into()),
                     bytes: 200 + rng.below(600) as u32,
                     content_length: (method == "POST").then(|| rng.below(4096)),
                     truncated: false,
@@ -162,8 +162,8 @@ fn synthetic(n: usize, start_ns: u64) -> Vec<Event> {
                     truncated: false,
                     latency_us: Some(latency),
                     method: Some(method.into()),
-                    path: Some(p),
-                    host: Some(hosts[h].clone()),
+                    path: Some(p.as_str().into()),
+                    host: Some(hosts[h].as_str().into()),
                 }));
             }
         }

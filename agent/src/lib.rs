@@ -4,6 +4,7 @@
 
 pub mod backtest;
 pub mod capture;
+pub mod config;
 pub mod decode;
 pub mod events;
 pub mod model;

@@ -171,6 +171,12 @@ fn forecast_scales_out_before_the_rise_that_a_reactive_rule_misses() {
         horizon: Duration::from_secs(600),
         min_instances: 1,
         max_instances: 50,
+        // The forecast engine on its own: the default cost band (reactive floor, 1.25x
+        // ceiling, skill fallback) is what this rise would otherwise be held to.
+        max_cost_ratio: None,
+        reactive_floor: false,
+        skill_fallback_mase: None,
+        skill_fallback_widening: None,
         ..Policy::default()
     };
     let reactive = (series[now as usize - 1].1

@@ -69,7 +69,7 @@ fn first_hosts(events: &[Event]) -> HashMap<Conn, Option<String>> {
                 let c = &r.common;
                 (
                     endpoints(c.src, c.src_port, c.dst, c.dst_port),
-                    r.host.clone(),
+                    r.host.as_deref().map(str::to_owned),
                 )
             }
             Event::TlsClientHello(t) => {

@@ -6,6 +6,7 @@
 //! far, the provisioner applies their decisions (new instances arrive after
 //! `--provision-delay`), and the bucket's demand is played against the running capacity.
 
+pub mod frontier;
 mod pcap;
 mod plot;
 pub mod series;
@@ -60,9 +61,14 @@ pub struct BacktestArgs {
     /// Print one JSON object instead of a text report.
     #[arg(long)]
     pub json: bool,
-    /// Draw demand, forecast band and both capacity curves to this PNG.
+    /// Draw demand, forecast band and both capacity curves to this PNG (with `--frontier`,
+    /// both frontiers to FILE-frontier.png too).
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
+    /// Also sweep the reactive rule's target utilisation and the forecast's interval level and
+    /// print both Pareto frontiers (under-provisioned minutes against instance-hours).
+    #[arg(long)]
+    pub frontier: bool,
     /// Prediction-interval level of the forecast.
     #[arg(long, default_value_t = 0.95)]
     pub level: f64,
@@ -228,6 +234,25 @@ pub fn run_backtest(args: &BacktestArgs) -> anyhow::Result<()> {
             println!("plot written to {}", path.display());
         }
     }
+    if args.frontier {
+        let frontiers = frontier::sweep(&series, &options)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&frontiers).context("serialising the frontiers")?
+            );
+        } else {
+            frontier::print(&frontiers);
+        }
+        if let Some(path) = &args.plot {
+            let path = plot::frontier_path(path);
+            plot::draw_frontiers(&report.series, &frontiers, &path)
+                .with_context(|| format!("drawing {}", path.display()))?;
+            if !args.json {
+                println!("frontier plot written to {}", path.display());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -319,6 +344,8 @@ pub fn run_series_backtest(
         let forecast = forecaster
             .forecast(decision_buckets)
             .with_context(|| format!("forecasting at interval {i}"))?;
+        // The engine falls back to the reactive rule while the forecast has no skill.
+        engine.set_skill(forecaster.accuracy().mase);
         let capacity_at_start = (predictive.capacity(capacity), baseline.capacity(capacity));
         let bucket = Bucket {
             start_ms: bucket_start,
@@ -565,5 +592,7 @@ fn print_text_report(report: &BacktestReport) {
     );
 }
 
+#[cfg(test)]
+mod goal_tests;
 #[cfg(test)]
 mod tests;

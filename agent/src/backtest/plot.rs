@@ -6,7 +6,10 @@ use std::path::Path;
 use anyhow::{anyhow, bail};
 use plotters::prelude::*;
 
-use super::{BacktestReport, TracePoint};
+use super::{
+    BacktestReport, TracePoint,
+    frontier::{FrontierPoint, Frontiers},
+};
 
 const WIDTH: u32 = 1600;
 const HEIGHT: u32 = 1000;
@@ -147,5 +150,105 @@ where
         .border_style(BLACK)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// `FILE.png` → `FILE-frontier.png`, beside it.
+pub fn frontier_path(plot: &Path) -> std::path::PathBuf {
+    let stem = plot
+        .file_stem()
+        .map_or_else(|| "backtest".into(), |s| s.to_string_lossy().into_owned());
+    plot.with_file_name(format!("{stem}-frontier.png"))
+}
+
+/// Both Pareto frontiers: under-provisioned minutes against instance-hours, each point
+/// labelled with its setting.
+pub fn draw_frontiers(series: &str, frontiers: &Frontiers, path: &Path) -> anyhow::Result<()> {
+    let all = frontiers.reactive.iter().chain(&frontiers.predictive);
+    let (x_min, x_max, y_max) = all.fold((f64::INFINITY, 0.0_f64, 1.0_f64), |(lo, hi, y), p| {
+        (
+            lo.min(p.instance_hours),
+            hi.max(p.instance_hours),
+            y.max(p.under_provisioned_minutes),
+        )
+    });
+    if !x_min.is_finite() {
+        bail!("no frontier points to plot");
+    }
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let pad = (x_max - x_min).max(1.0) * 0.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{series}: under-provisioned minutes vs instance-hours (predictive on or below \
+                 reactive: {})",
+                if frontiers.predictive_on_or_below {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d((x_min - pad)..(x_max + pad), 0.0..(y_max * 1.08))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("instance-hours")
+        .y_desc("under-provisioned minutes")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (points, colour, name, unit) in [
+        (
+            &frontiers.reactive,
+            REACTIVE,
+            "reactive, by target utilisation",
+            "u",
+        ),
+        (
+            &frontiers.predictive,
+            PREDICTIVE,
+            "predictive, by interval level",
+            "l",
+        ),
+    ] {
+        let mut sorted: Vec<FrontierPoint> = points.clone();
+        sorted.sort_by(|a, b| a.instance_hours.total_cmp(&b.instance_hours));
+        chart
+            .draw_series(LineSeries::new(
+                sorted
+                    .iter()
+                    .map(|p| (p.instance_hours, p.under_provisioned_minutes)),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+        chart
+            .draw_series(sorted.iter().map(|p| {
+                EmptyElement::at((p.instance_hours, p.under_provisioned_minutes))
+                    + Circle::new((0, 0), 4, colour.filled())
+                    + Text::new(
+                        format!("{unit}={:.2}", p.setting),
+                        (6, -14),
+                        ("sans-serif", 13),
+                    )
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

@@ -29,12 +29,24 @@ fn surge_series(days: usize) -> DemandSeries {
     }
 }
 
+/// The default policy without its cost band and skill fallback: these tests measure what the
+/// forecast alone buys (`goal_tests` measure the defaults).
+fn forecast_only() -> Policy {
+    Policy {
+        max_cost_ratio: None,
+        reactive_floor: false,
+        skill_fallback_mase: None,
+        skill_fallback_widening: None,
+        ..Policy::default()
+    }
+}
+
 fn options(series: &DemandSeries, capacity: f64, delay: Duration) -> BacktestOptions {
     BacktestOptions {
         policy: Policy {
             capacity_per_instance: capacity,
             provisioning_lead_time: delay,
-            ..Policy::default()
+            ..forecast_only()
         },
         provision_delay: delay,
         // Three days: enough for the periodogram to see the daily cycle three times.
@@ -98,6 +110,7 @@ fn args(series: Option<PathBuf>, pcap: Option<PathBuf>) -> BacktestArgs {
         resource: None,
         json: true,
         plot: None,
+        frontier: false,
         level: 0.95,
         transform: DemandTransform::None,
         refit_interval: None,
@@ -137,7 +150,7 @@ fn nyc_options(series: &DemandSeries, history_points: usize, refit: Duration) ->
         policy: Policy {
             capacity_per_instance: 2500.0,
             provisioning_lead_time: Duration::from_secs(600),
-            ..Policy::default()
+            ..forecast_only()
         },
         provision_delay: Duration::from_secs(600),
         history_points,

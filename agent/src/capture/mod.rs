@@ -22,7 +22,7 @@ use shadowtap_common::{
 };
 use tracing::{info, warn};
 
-pub use error::CaptureError;
+pub use error::{CaptureError, explain_attach_errno};
 pub use maps::{CounterSnapshot, FlowEntry, KernelMaps};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -96,9 +96,19 @@ pub fn default_wakeup_bytes(ringbuf_bytes: u32) -> u32 {
 }
 
 impl TapOptions {
+    /// The first of [`TapOptions::problems`].
     pub fn validate(&self) -> Result<(), CaptureError> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every option out of range (each a [`CaptureError::InvalidOption`]).
+    pub fn problems(&self) -> Vec<CaptureError> {
+        let mut out = Vec::new();
         if self.snaplen < MIN_SNAPLEN || self.snaplen > MAX_SNAPLEN {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "snaplen",
                 reason: format!(
                     "must be between {MIN_SNAPLEN} and {MAX_SNAPLEN}, got {}",
@@ -107,13 +117,13 @@ impl TapOptions {
             });
         }
         if self.sample_n == 0 {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "sample",
                 reason: "must be at least 1 (1 keeps every connection)".into(),
             });
         }
         if self.ports.len() > MAX_FILTER_PORTS as usize {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "port",
                 reason: format!("at most {MAX_FILTER_PORTS} ports, got {}", self.ports.len()),
             });
@@ -123,7 +133,7 @@ impl TapOptions {
             || !(self.ringbuf_bytes / page).is_power_of_two()
             || !self.ringbuf_bytes.is_multiple_of(page)
         {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "ringbuf-size",
                 reason: format!(
                     "must be a power-of-two multiple of 4 KiB, got {} bytes",
@@ -132,7 +142,7 @@ impl TapOptions {
             });
         }
         if self.wakeup_bytes >= self.ringbuf_bytes {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "wakeup-bytes",
                 reason: format!(
                     "the early-wakeup mark ({} bytes) must be below the ring size ({} bytes)",
@@ -141,12 +151,12 @@ impl TapOptions {
             });
         }
         if self.flow_entries == 0 {
-            return Err(CaptureError::InvalidOption {
+            out.push(CaptureError::InvalidOption {
                 field: "flow-entries",
                 reason: "must be at least 1".into(),
             });
         }
-        Ok(())
+        out
     }
 
     fn kernel_config(&self) -> Config {
@@ -268,7 +278,10 @@ impl Tap {
             XdpMode::Auto => match xdp.attach(index, AyaXdpMode::Driver) {
                 Ok(_) => "driver",
                 Err(e) => {
-                    warn!(iface, error = %e, "driver-mode XDP failed; falling back to skb (generic) mode");
+                    let meaning = error::errno_of(&e)
+                        .and_then(|n| error::explain_attach_errno(n, "xdp driver mode", iface))
+                        .unwrap_or_default();
+                    warn!(iface, error = %e, meaning, "driver-mode XDP failed; falling back to skb (generic) mode");
                     xdp.attach(index, AyaXdpMode::Skb)
                         .map_err(|e| CaptureError::attach(iface, "xdp skb mode", e))?;
                     "skb"

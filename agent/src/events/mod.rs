@@ -51,6 +51,65 @@ fn serialize_arc_str<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(v)
 }
 
+/// A string shared by the events of one request: the request event, the response paired
+/// with it and the tracker's pending entry hold the same allocation, and a keep-alive
+/// connection's next request with the same bytes reuses it (no allocation or copy per
+/// request for a repeated method, path, version or Host). Serialises as a plain string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SharedStr(Arc<str>);
+
+impl SharedStr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `bytes` as text (invalid UTF-8 replaced), reusing `previous` when it holds the same
+    /// text.
+    pub fn reuse_or_new(previous: Option<&Self>, bytes: &[u8]) -> Self {
+        match previous {
+            Some(p) if p.0.as_bytes() == bytes => p.clone(),
+            _ => Self(Arc::from(String::from_utf8_lossy(bytes).as_ref())),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 /// Fields every packet-derived event carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventCommon {
@@ -106,11 +165,11 @@ pub struct ConnCloseEvent {
 pub struct HttpRequestEvent {
     #[serde(flatten)]
     pub common: EventCommon,
-    pub method: String,
-    pub path: String,
+    pub method: SharedStr,
+    pub path: SharedStr,
     /// `HTTP/1.x`, null when the request line was cut before it.
-    pub version: Option<String>,
-    pub host: Option<String>,
+    pub version: Option<SharedStr>,
+    pub host: Option<SharedStr>,
     /// On-wire TCP payload length of the segment carrying the head.
     pub bytes: u32,
     pub content_length: Option<u64>,
@@ -129,9 +188,9 @@ pub struct HttpResponseEvent {
     /// From the paired request's head to this response's head.
     pub latency_us: Option<u64>,
     /// Of the paired request.
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub host: Option<String>,
+    pub method: Option<SharedStr>,
+    pub path: Option<SharedStr>,
+    pub host: Option<SharedStr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -76,9 +76,9 @@ fn events(seed: u64) -> Vec<Event> {
             out.push(Event::HttpRequest(HttpRequestEvent {
                 common: common(ts, client, server),
                 method: "GET".into(),
-                path: format!("/api/items/{}", rng.below(1000)),
+                path: format!("/api/items/{}", rng.below(1000)).as_str().into(),
                 version: Some("HTTP/1.1".into()),
-                host: host.clone(),
+                host: host.as_deref().map(Into::into),
                 bytes: 100 + rng.below(500) as u32,
                 content_length: None,
                 truncated: false,
@@ -95,7 +95,11 @@ fn events(seed: u64) -> Vec<Event> {
                 latency_us: paired.then(|| 100 + rng.below(10_000)),
                 method: paired.then(|| "GET".into()),
                 path: paired.then(|| "/api/items/1".into()),
-                host: if paired { host } else { None },
+                host: if paired {
+                    host.as_deref().map(Into::into)
+                } else {
+                    None
+                },
             }));
         }
         if rng.below(6) != 0 {

@@ -15,7 +15,9 @@
 mod conn_events;
 mod conns;
 mod demand;
+mod hours;
 mod ids;
+mod limits;
 mod param_counter;
 mod profile;
 mod profile_conns;
@@ -102,6 +104,15 @@ impl EmitConfig {
     }
 }
 
+/// Default of [`ModelConfig::max_resources`].
+pub const DEFAULT_MAX_RESOURCES: usize = 4096;
+/// Default of [`ModelConfig::max_clients`].
+pub const DEFAULT_MAX_CLIENTS: usize = 16_384;
+/// Default of [`ModelConfig::max_templates`].
+pub const DEFAULT_MAX_TEMPLATES: usize = 4096;
+/// Default of [`ModelConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
@@ -138,78 +149,113 @@ pub struct ModelConfig {
     /// about as much again as the rest of it (`cargo xtask bench windows`); on a busy host a
     /// sample keeps the shape for a fraction of that.
     pub profile_sample: u32,
+    /// Exact `{id}` values a profile lists per template (twice as many are counted). More
+    /// names a bigger cache warm set; each takeover of a counter scans all of them, so the
+    /// cost per new value grows with it.
+    pub profile_values: u32,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            max_resources: 4096,
-            max_clients: 16_384,
+            max_resources: DEFAULT_MAX_RESOURCES,
+            max_clients: DEFAULT_MAX_CLIENTS,
             client_prefix_v4: 32,
             client_prefix_v6: 128,
             refine_by_host: true,
             allowed_lateness_ns: BASE_NS,
             top_k: 10,
             endpoint_counters: 32,
-            max_templates: 4096,
-            max_connections: 65_536,
+            max_templates: DEFAULT_MAX_TEMPLATES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             demand_step_secs: 60,
             demand_history: 1440,
             emit: EmitConfig::default(),
             profiles: true,
             profile_sample: 1,
+            profile_values: profile::PARAM_TOP as u32,
         }
     }
 }
 
 impl ModelConfig {
+    /// The first of [`ModelConfig::problems`].
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |field, reason: &str| {
-            Err(ModelError::Config {
-                field,
-                reason: reason.to_owned(),
-            })
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every field out of range, in declaration order (so a settings check names them all).
+    pub fn problems(&self) -> Vec<ModelError> {
+        let mut out = Vec::new();
+        let mut bad = |broken: bool, field, reason: &str| {
+            if broken {
+                out.push(ModelError::Config {
+                    field,
+                    reason: reason.to_owned(),
+                });
+            }
         };
-        if self.profile_sample == 0 {
-            return bad(
-                "profile_sample",
-                "must be at least 1 (1 profiles every connection)",
-            );
-        }
-        if self.max_resources == 0 || self.max_resources > u32::MAX as usize / 2 {
-            return bad("max_resources", "must be in 1..=2^31");
-        }
-        if self.max_clients == 0 || self.max_clients > u32::MAX as usize / 2 {
-            return bad("max_clients", "must be in 1..=2^31");
-        }
-        if self.client_prefix_v4 > 32 {
-            return bad("client_prefix_v4", "must be at most 32");
-        }
-        if self.client_prefix_v6 > 128 {
-            return bad("client_prefix_v6", "must be at most 128");
-        }
-        if self.allowed_lateness_ns > 600 * BASE_NS {
-            return bad("allowed_lateness_ns", "must be at most 10 minutes");
-        }
-        if self.top_k == 0 {
-            return bad("top_k", "must be at least 1");
-        }
-        if self.endpoint_counters < self.top_k || self.endpoint_counters > 1024 {
-            return bad("endpoint_counters", "must be in top_k..=1024");
-        }
-        if self.max_templates < 2 || self.max_templates > u32::MAX as usize / 2 {
-            return bad("max_templates", "must be in 2..=2^31");
-        }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1");
-        }
-        if self.demand_step_secs == 0 || self.demand_step_secs > 7 * 86_400 {
-            return bad("demand_step_secs", "must be in 1..=604800");
-        }
-        if self.demand_history == 0 || self.demand_history > 1_000_000 {
-            return bad("demand_history", "must be in 1..=1000000");
-        }
-        Ok(())
+        let half_u32 = u32::MAX as usize / 2;
+        bad(
+            self.max_resources == 0 || self.max_resources > half_u32,
+            "max_resources",
+            "must be in 1..=2^31",
+        );
+        bad(
+            self.max_clients == 0 || self.max_clients > half_u32,
+            "max_clients",
+            "must be in 1..=2^31",
+        );
+        bad(
+            self.client_prefix_v4 > 32,
+            "client_prefix_v4",
+            "must be at most 32",
+        );
+        bad(
+            self.client_prefix_v6 > 128,
+            "client_prefix_v6",
+            "must be at most 128",
+        );
+        bad(
+            self.allowed_lateness_ns > 600 * BASE_NS,
+            "allowed_lateness_ns",
+            "must be at most 10 minutes",
+        );
+        bad(self.top_k == 0, "top_k", "must be at least 1");
+        bad(
+            self.endpoint_counters < self.top_k || self.endpoint_counters > 1024,
+            "endpoint_counters",
+            "must be in top_k..=1024",
+        );
+        bad(
+            self.max_templates < 2 || self.max_templates > half_u32,
+            "max_templates",
+            "must be in 2..=2^31",
+        );
+        bad(
+            self.max_connections == 0,
+            "max_connections",
+            "must be at least 1",
+        );
+        bad(
+            self.demand_step_secs == 0 || self.demand_step_secs > 7 * 86_400,
+            "demand_step_secs",
+            "must be in 1..=604800",
+        );
+        bad(
+            self.demand_history == 0 || self.demand_history > 1_000_000,
+            "demand_history",
+            "must be in 1..=1000000",
+        );
+        bad(
+            self.profile_sample == 0,
+            "profile_sample",
+            "must be at least 1 (1 profiles every connection)",
+        );
+        out
     }
 }
 

@@ -25,6 +25,8 @@ pub(super) struct ParamCounter {
     observed: u64,
     /// Distinct values inserted (exact until the first takeover, an upper bound after).
     inserted: u64,
+    /// Counters; `0` means the default [`PARAM_COUNTERS`].
+    capacity: usize,
 }
 
 /// The serialised form: values with their counts and error bounds (the index is rebuilt).
@@ -33,6 +35,9 @@ struct ParamCounterForm {
     values: Vec<(String, u64, u64)>,
     observed: u64,
     inserted: u64,
+    /// Absent in snapshots of older versions: the default.
+    #[serde(default)]
+    capacity: usize,
 }
 
 impl From<ParamCounterForm> for ParamCounter {
@@ -40,9 +45,11 @@ impl From<ParamCounterForm> for ParamCounter {
         let mut c = Self {
             observed: form.observed,
             inserted: form.inserted,
+            capacity: form.capacity,
             ..Self::default()
         };
-        for (value, count, error) in form.values.into_iter().take(PARAM_COUNTERS) {
+        let capacity = c.capacity();
+        for (value, count, error) in form.values.into_iter().take(capacity) {
             if c.find(&value, hash(&value)).is_none() {
                 c.push(value, count, error);
             }
@@ -63,6 +70,7 @@ impl From<ParamCounter> for ParamCounterForm {
                 .collect(),
             observed: c.observed,
             inserted: c.inserted,
+            capacity: c.capacity,
         }
     }
 }
@@ -85,6 +93,22 @@ fn hash(value: &str) -> u64 {
 }
 
 impl ParamCounter {
+    /// Counters for a profile that lists `top` values (twice as many counters).
+    pub(super) fn listing(top: usize) -> Self {
+        Self {
+            capacity: if top == PARAM_TOP { 0 } else { top.max(1) * 2 },
+            ..Self::default()
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        if self.capacity == 0 {
+            PARAM_COUNTERS
+        } else {
+            self.capacity
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.values.len()
@@ -116,7 +140,7 @@ impl ParamCounter {
             return;
         }
         self.inserted += 1;
-        if self.values.len() < PARAM_COUNTERS {
+        if self.values.len() < self.capacity() {
             self.push(value.to_owned(), 1, 0);
             return;
         }
@@ -156,7 +180,7 @@ impl ParamCounter {
         let counts: Vec<u64> = ranked.iter().map(|r| r.1).collect();
         let top: Vec<ParamValue> = ranked
             .iter()
-            .take(PARAM_TOP)
+            .take(self.capacity() / 2)
             .map(|&(v, n, _)| ParamValue {
                 value: v.to_owned(),
                 count: n,
@@ -183,6 +207,29 @@ impl ParamCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--profile-values 100`: 200 counters, 100 listed values, and the setting survives a
+    /// snapshot round trip.
+    #[test]
+    fn a_larger_listing_names_more_values_exactly() {
+        let mut c = ParamCounter::listing(100);
+        // 150 values, value k asked for 300 - k times: all fit in 200 counters, counts exact.
+        for k in 0..150u64 {
+            for _ in 0..300 - k {
+                c.count(&k.to_string());
+            }
+        }
+        let p = c.popularity();
+        assert_eq!(p.top.len(), 100);
+        assert_eq!(p.top[99].value, "99");
+        assert_eq!(p.top[99].count, 201);
+        let json = serde_json::to_string(&c).expect("json");
+        let back: ParamCounter = serde_json::from_str(&json).expect("back");
+        assert_eq!(back.popularity().top.len(), 100);
+        assert_eq!(ParamCounter::default().popularity().top.len(), 0);
+        // The default listing is the default table.
+        assert_eq!(ParamCounter::listing(PARAM_TOP).capacity(), PARAM_COUNTERS);
+    }
 
     #[test]
     fn space_saving_keeps_heavy_hitters_and_bounds_memory() {

@@ -19,9 +19,10 @@ use crate::windows::{LogHistogram, bucket_high, bucket_low};
 
 /// Markov transitions kept per resource; further ones are counted in `transitions_other`.
 pub const MAX_TRANSITIONS: usize = 4096;
-/// Space-saving counters of parameter values per template.
+/// Space-saving counters of parameter values per template, by default.
 pub const PARAM_COUNTERS: usize = 64;
-/// Parameter values listed per template in a profile.
+/// Parameter values listed per template in a profile, by default (half the counters: the
+/// top half of a space-saving table is the part whose counts are reliable).
 pub const PARAM_TOP: usize = 32;
 /// Template id of "no template yet" on a connection (the Markov start state).
 pub(crate) const NO_TEMPLATE: u32 = u32::MAX;
@@ -120,7 +121,16 @@ impl TemplateAcc {
 
 impl ProfileAcc {
     /// A request of `template` (name `name`), `size` bytes, at `ts_ns`, with target `target`.
-    pub fn on_request(&mut self, template: u32, name: &str, target: &str, size: u64, ts_ns: u64) {
+    /// `values`: exact parameter values listed per template (see `ModelConfig::profile_values`).
+    pub fn on_request(
+        &mut self,
+        template: u32,
+        name: &str,
+        target: &str,
+        size: u64,
+        ts_ns: u64,
+        values: usize,
+    ) {
         if self.first_request_ns == 0 {
             self.first_request_ns = ts_ns;
         }
@@ -133,7 +143,9 @@ impl ProfileAcc {
             .templates
             .entry(template)
             .or_insert_with(|| TemplateAcc {
-                params: name.contains(ID_PLACEHOLDER).then(ParamCounter::default),
+                params: name
+                    .contains(ID_PLACEHOLDER)
+                    .then(|| ParamCounter::listing(values)),
                 ..TemplateAcc::default()
             });
         t.requests += 1;

@@ -15,7 +15,15 @@ pub(crate) struct ProfileConns {
     capacity: usize,
     /// Connections not followed because the table was full of active ones.
     pub full: u64,
+    /// Event time of the last sweep for idle connections of a full table.
+    last_full_sweep_ns: Option<u64>,
 }
+
+/// A full table is swept for idle connections at most this often (event time). The sweep
+/// walks the whole table: run per new connection while the table is full of active ones (a
+/// host with more concurrent connections than `max_connections`), it stalled the agent (a
+/// 100,000-client replay: the ring overflowed and SIGINT went unanswered for 15 s).
+const FULL_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ProfileConn {
@@ -94,6 +102,7 @@ impl ProfileConns {
             map: FxHashMap::default(),
             capacity: capacity.max(1),
             full: 0,
+            last_full_sweep_ns: None,
         }
     }
 
@@ -133,6 +142,14 @@ impl ProfileConns {
         }
         let saw_open = saw_open();
         if self.map.len() >= self.capacity {
+            if self
+                .last_full_sweep_ns
+                .is_some_and(|last| ts_ns < last.saturating_add(FULL_SWEEP_INTERVAL_NS))
+            {
+                self.full += 1;
+                return None;
+            }
+            self.last_full_sweep_ns = Some(ts_ns);
             let before = ended.len();
             self.map.retain(|_, c| {
                 let keep = c.last_seen_ns.saturating_add(PROFILE_CONN_IDLE_NS) > ts_ns;
@@ -184,5 +201,59 @@ impl ProfileConns {
 
     pub fn heap_bytes(&self) -> usize {
         self.map.capacity() * (std::mem::size_of::<(ConnKey, ProfileConn)>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    fn key(n: u8) -> ConnKey {
+        ConnKey::new(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
+            40_000,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80)),
+            80,
+        )
+    }
+
+    const RESOURCE: EntityRef = EntityRef { slot: 0, serial: 1 };
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second_and_misses_are_counted() {
+        let mut t = ProfileConns::new(2);
+        let mut ended = Vec::new();
+        let s = 1_000_000_000;
+        assert!(
+            t.on_request(key(1), RESOURCE, 0, || true, s, &mut ended)
+                .is_some()
+        );
+        assert!(
+            t.on_request(key(2), RESOURCE, 0, || true, s, &mut ended)
+                .is_some()
+        );
+        // Full of active connections: swept, nothing idle, counted.
+        assert!(
+            t.on_request(key(3), RESOURCE, 0, || true, 2 * s, &mut ended)
+                .is_none()
+        );
+        assert_eq!((t.full, t.last_full_sweep_ns), (1, Some(2 * s)));
+        // Within the interval no sweep runs (the marker stays), the miss is counted.
+        assert!(
+            t.on_request(key(4), RESOURCE, 0, || true, 2 * s + 1, &mut ended)
+                .is_none()
+        );
+        assert_eq!((t.full, t.last_full_sweep_ns), (2, Some(2 * s)));
+        // Once the first two are idle and the interval has passed, the sweep makes room.
+        let later = s + PROFILE_CONN_IDLE_NS + 1;
+        assert!(
+            t.on_request(key(5), RESOURCE, 0, || true, later, &mut ended)
+                .is_some()
+        );
+        assert_eq!(ended.len(), 2);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.full, 2);
     }
 }

@@ -37,11 +37,7 @@ impl ModelStore {
             EntityId::Resource(r) => &self.find_resource(r)?.hour_of_week,
             EntityId::Client(c) => &self.clients.lookup(c.hash64(), |k| k == c)?.hour_of_week,
         };
-        let mut out = [0u64; HOURS_PER_WEEK];
-        for (o, v) in out.iter_mut().zip(profile) {
-            *o = *v;
-        }
-        Some(out)
+        Some(profile.dense())
     }
 
     /// The `n` busiest hours of week, busiest first: `(hour, requests)`.
@@ -117,7 +113,7 @@ impl ModelStore {
                     id,
                     e.key.host.clone(),
                     names,
-                    &e.hour_of_week,
+                    &e.hour_of_week.dense(),
                     &self.observed_seconds,
                     self.profile_conns.open_requests(e.serial),
                     self.config.profile_sample,

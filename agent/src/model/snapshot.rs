@@ -127,13 +127,10 @@ impl ModelStore {
         let closed_until = store.clock.closed_until();
         let template_count = store.templates.len();
         let config = store.config.clone();
+        // The hour-of-week profile's length is checked as it is read (`HourCounts`).
         let check = |windows: &crate::windows::EntityWindows,
-                     profile: &[u64],
                      demand: &super::demand::DemandSeries| {
             windows.validate(ring_len, closed_until, template_count)?;
-            if !profile.is_empty() && profile.len() != HOURS_PER_WEEK {
-                return Err(format!("hour-of-week profile of {} hours", profile.len()));
-            }
             demand.validate(config.demand_step_secs, config.demand_history)
         };
         restore_entities(
@@ -141,14 +138,14 @@ impl ModelStore {
             snap.resources,
             &mut store.resources,
             config.max_resources,
-            &|e| check(&e.windows, &e.hour_of_week, &e.demand),
+            &|e| check(&e.windows, &e.demand),
         )?;
         restore_entities(
             "client",
             snap.clients,
             &mut store.clients,
             config.max_clients,
-            &|e| check(&e.windows, &e.hour_of_week, &e.demand),
+            &|e| check(&e.windows, &e.demand),
         )?;
         let stats = snap.stats;
         store.resources.created = stats.resources_created;

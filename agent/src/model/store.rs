@@ -111,10 +111,7 @@ fn close_entity<K: EntityKey>(
         detail,
         &mut |level, start, acc| {
             if level == Level::Second {
-                if profile.len() != HOURS_PER_WEEK {
-                    profile.resize(HOURS_PER_WEEK, 0);
-                }
-                profile[hour_of_week(start)] += acc.requests;
+                profile.add(hour_of_week(start), acc.requests);
                 if with_demand {
                     demand.add(
                         start,
@@ -469,7 +466,14 @@ impl ModelStore {
             .map_or("", |n| &**n);
         if let Some(e) = self.resources.get_mut(rs) {
             let p = e.profile.get_or_insert_with(Box::default);
-            p.on_request(template, name, &r.path, size, ts);
+            p.on_request(
+                template,
+                name,
+                &r.path,
+                size,
+                ts,
+                self.config.profile_values as usize,
+            );
             if let Some(step) = step {
                 if let Some(from) = step.from {
                     p.on_transition(from, template);

@@ -6,6 +6,7 @@ use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 
 use super::demand::DemandSeries;
+use super::hours::HourCounts;
 use super::ids::EntityId;
 use super::profile::ProfileAcc;
 use crate::windows::EntityWindows;
@@ -44,7 +45,7 @@ pub(crate) struct Entity<K> {
     pub hash: u64,
     pub key: K,
     /// Requests per hour of week; empty until the first window closes.
-    pub hour_of_week: Vec<u64>,
+    pub hour_of_week: HourCounts,
     /// Requests per demand step (resources only).
     #[serde(default)]
     pub demand: DemandSeries,
@@ -62,7 +63,7 @@ impl<K> Entity<K> {
             referenced: false,
             windows: EntityWindows::default(),
             open_conns: 0,
-            hour_of_week: Vec::new(),
+            hour_of_week: HourCounts::default(),
             demand: DemandSeries::default(),
             profile: None,
         }
@@ -70,7 +71,7 @@ impl<K> Entity<K> {
 
     pub fn heap_bytes(&self) -> usize {
         self.windows.heap_bytes()
-            + self.hour_of_week.capacity() * 8
+            + self.hour_of_week.heap_bytes()
             + self.demand.heap_bytes()
             + self
                 .profile
@@ -122,6 +123,15 @@ impl<K> EntityTable<K> {
 
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Lets the table grow to `capacity` (never shrinks: that would drop entities).
+    pub fn raise_capacity(&mut self, capacity: usize) {
+        self.capacity = self.capacity.max(capacity);
     }
 
     /// The slot of the entity with this hash for which `eq` holds, marked as used.

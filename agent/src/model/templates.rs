@@ -31,6 +31,11 @@ impl Templates {
         }
     }
 
+    /// Lets the table hold `max` templates (never fewer than now).
+    pub fn raise_max(&mut self, max: usize) {
+        self.max = self.max.max(max);
+    }
+
     /// Rebuilds a table from its names (snapshot restore); `names[0]` must be
     /// [`OTHER_TEMPLATE`] and names must be distinct.
     pub fn from_names(names: Vec<Box<str>>, max: usize) -> Result<Self, String> {

@@ -1,6 +1,7 @@
 //! The agent's local HTTP endpoint (127.0.0.1 by default): Prometheus `/metrics`, `/healthz`
 //! and the JSON API `/v1/resources`, `/v1/resources/{id}`, `/v1/resources/{id}/forecast`,
-//! `/v1/resources/{id}/profile` and `/v1/profile` (every resource's request profile).
+//! `/v1/resources/{id}/profile` and `/v1/profile` (every resource's request profile); the
+//! dashboard page at `/` (assets under `/ui/`) and its document `/v1/dashboard`.
 //!
 //! Views are rendered by the pipeline once a second into [`ApiState`]; requests only copy a
 //! rendered string out, so a slow client never holds up capture.
@@ -26,6 +27,8 @@ pub struct ApiViews {
     pub profile_all: String,
     /// `GET /v1/resources/{id}/profile`: a profile document of one resource.
     pub profiles: HashMap<String, String>,
+    /// `GET /v1/dashboard`: what the dashboard page draws.
+    pub dashboard: String,
 }
 
 /// Before the pipeline's first render: valid, empty answers (a client asking at start-up gets
@@ -39,6 +42,11 @@ impl Default for ApiViews {
             forecast: HashMap::new(),
             profile_all: String::new(),
             profiles: HashMap::new(),
+            dashboard: shadowtap_core::dashboard::render(
+                "agent",
+                &[],
+                &std::collections::BTreeMap::new(),
+            ),
         }
     }
 }
@@ -55,6 +63,9 @@ impl ApiState {
 
     fn respond(&self, path: &str) -> Response {
         const JSON: &str = "application/json";
+        if let Some(asset) = shadowtap_core::dashboard::asset(path) {
+            return asset;
+        }
         let Ok(v) = self.0.lock() else {
             return (
                 "500 Internal Server Error",
@@ -73,6 +84,7 @@ impl ApiState {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", v.metrics.clone()),
             "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
             "/v1/resources" => ("200 OK", JSON, v.resources.clone()),
+            "/v1/dashboard" => ("200 OK", JSON, v.dashboard.clone()),
             "/v1/profile" if v.profile_all.is_empty() => {
                 not_found("no profile yet (the first is made within seconds of start)")
             }
@@ -182,6 +194,12 @@ mod tests {
         assert!(body.contains("cold start"));
         assert_eq!(state.respond("/v1/resources/nope").0, "404 Not Found");
         assert_eq!(state.respond("/nope").0, "404 Not Found");
+        let (status, kind, _) = state.respond("/");
+        assert_eq!((status, kind), ("200 OK", "text/html; charset=utf-8"));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&state.respond("/v1/dashboard").2).expect("dashboard JSON");
+        assert_eq!(dashboard["source"], "agent");
+        assert_eq!(dashboard["resources"], serde_json::json!([]));
     }
 
     #[test]

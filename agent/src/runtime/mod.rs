@@ -10,12 +10,14 @@
 //! was read.
 
 mod http;
+mod lifecycle_in;
 mod pipeline;
 mod publish;
 mod state;
 mod views;
 
 pub use publish::PublishArgs;
+pub(crate) use publish::level_of as publish_level;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -27,105 +29,138 @@ use tracing::{info, warn};
 
 use self::{
     http::{AbortOnDrop, ApiState},
-    pipeline::{LineSink, Pipeline, StatsOut, drain, open_output},
+    pipeline::{LineSink, Pipeline, StatsOut, drain, open_output, wall_clock_ns},
     publish::Publisher,
     views::LatestMinute,
 };
 use crate::{
     capture::{self, KernelMaps, Mode, Tap, TapOptions, XdpMode},
+    config::ModelLimits,
     events::{Tracker, TrackerConfig},
     model::{ModelConfig, WindowSummary},
 };
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
-    #[arg(long = "iface", required = true)]
+    /// Settings file (TOML): every option below is a key in the section of its heading, e.g.
+    /// `model.max_clients`. Flags beat `SHADOWTAP_*` variables, which beat the file (see
+    /// docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to (repeat for several, or separate with commas). Required.
+    #[arg(long = "iface", value_delimiter = ',', help_heading = "Capture")]
     pub ifaces: Vec<String>,
     /// host: pass frames on and also watch egress; tap: dedicated mirror port, drop after accounting.
-    #[arg(long, value_enum, default_value = "host")]
+    #[arg(long, value_enum, default_value = "host", help_heading = "Capture")]
     pub mode: Mode,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How XDP is attached: driver (native, fastest; not every driver or MTU allows it), skb
+    /// (generic, works everywhere) or auto (driver, falling back to skb with a warning).
+    #[arg(long, value_enum, default_value = "auto", help_heading = "Capture")]
     pub xdp_mode: XdpMode,
-    /// HTTP payload head bytes copied per record (1..=256).
-    #[arg(long, default_value_t = shadowtap_common::DEFAULT_SNAPLEN)]
+    /// HTTP payload head bytes copied per record (16..=256).
+    #[arg(long, default_value_t = shadowtap_common::DEFAULT_SNAPLEN, help_heading = "Capture")]
     pub snaplen: u16,
     /// Keep one connection in N for L7 records (sampled-out records are counted).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Capture")]
     pub sample: u32,
     /// Only track packets to or from these ports (repeatable; default: all).
-    #[arg(long = "port")]
+    #[arg(long = "port", value_delimiter = ',', help_heading = "Capture")]
     pub ports: Vec<u16>,
     /// Ring buffer size in MiB (power of two).
-    #[arg(long = "ringbuf-size", default_value_t = 8)]
+    #[arg(long = "ringbuf-size", default_value_t = 8, help_heading = "Capture")]
     pub ringbuf_mib: u32,
     /// Milliseconds between ring-buffer drains. The kernel does not wake the agent per record
     /// (that costs the host an interrupt each); it wakes it early only when a quarter of the
     /// ring is unread.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), help_heading = "Capture")]
     pub ringbuf_poll_ms: u64,
     /// Capacity of the kernel's per-flow LRU map.
-    #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES)]
+    #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES, help_heading = "Capture")]
     pub flow_entries: u32,
     /// Write the per-request event stream (JSON lines: connections, requests, responses, TLS,
     /// flows, stats) to FILE, or "-" for stdout. Off by default: models, metrics, the API and
     /// scale events run without it, and formatting every event costs CPU on a busy host.
-    #[arg(long = "events", visible_alias = "output", value_name = "FILE|-")]
+    #[arg(
+        long = "events",
+        visible_alias = "output",
+        value_name = "FILE|-",
+        help_heading = "Output"
+    )]
     pub events: Option<String>,
     /// Write stats lines (every --stats-interval, and a final one) to FILE, or "-" for stdout.
     /// Default: into the event stream when --events is given; otherwise only /metrics and the
     /// final stats log line carry them.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", help_heading = "Output")]
     pub stats: Option<String>,
     /// Seconds between flow exports and stats lines.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, help_heading = "Output")]
     pub stats_interval: u64,
     /// Flows idle this many seconds are exported one last time and removed from the map.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, help_heading = "Capture")]
     pub flow_idle_timeout: u64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<u64>,
     /// Kernel log level forwarded through aya-log (off, error, warn, info, debug, trace).
-    #[arg(long, default_value = "warn")]
+    #[arg(long, default_value = "warn", help_heading = "Capture")]
     pub kernel_log: String,
     /// Serve Prometheus /metrics and the JSON API (/v1/resources) on this address ("off" to disable).
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(long, default_value = "127.0.0.1:9464", help_heading = "Output")]
     pub metrics_listen: String,
-    /// Directory for model snapshots: restored on start, saved periodically and on shutdown.
+    /// Allow --metrics-listen on a non-loopback address: the API and dashboard have no
+    /// authentication, and this flag says that exposing them is intended.
     #[arg(long)]
+    pub expose_api: bool,
+    /// Directory for model snapshots: restored on start, saved periodically and on shutdown.
+    #[arg(long, help_heading = "Model")]
     pub state_dir: Option<PathBuf>,
     /// Seconds between model snapshots (with --state-dir).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, help_heading = "Model")]
     pub snapshot_interval: u64,
     /// Keep request profiles for one connection in N (1: every connection). Profiles cost
     /// the model about as much again as the rest of it; on a busy host a sample keeps the
     /// shape of the traffic for a fraction of that (see docs/profiles.md).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Model")]
     pub profile_sample: u32,
+    /// Exact `{id}` values a request profile lists per template (twice as many are counted).
+    /// A cache warm set can only name listed values; each new value's counter takeover
+    /// scans all counters, so raise this only where it is used (see docs/profiles.md).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Model")]
+    pub profile_values: u32,
     /// No request profiles (`/v1/profile` answers 404).
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub no_profiles: bool,
     /// Benchmarking only: attach programs that do nothing (XDP_PASS, a pass-through tc
     /// program) on the same hooks and modes instead of the tap, to measure what the hooks
     /// themselves cost the host. Nothing is captured.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, help_heading = "Capture")]
     pub baseline_programs: bool,
+    #[command(flatten)]
+    pub limits: ModelLimits,
     #[command(flatten)]
     pub publish: PublishArgs,
 }
 
 impl RunArgs {
-    /// The model's settings: defaults, with profiling as the flags say.
-    fn model_config(&self) -> ModelConfig {
+    /// The model's settings: defaults, with limits and profiling as the flags say.
+    pub(crate) fn model_config(&self) -> ModelConfig {
         ModelConfig {
             profiles: !self.no_profiles,
             profile_sample: self.profile_sample,
-            ..ModelConfig::default()
+            profile_values: self.profile_values,
+            ..self.limits.apply(&ModelConfig::default())
         }
     }
 
-    fn tap_options(&self) -> Result<TapOptions> {
+    /// The request/response tracker's settings: defaults, with the connection limit.
+    fn tracker_config(&self) -> TrackerConfig {
+        TrackerConfig {
+            max_connections: self.limits.max_connections,
+            ..TrackerConfig::default()
+        }
+    }
+
+    pub(crate) fn tap_options(&self) -> Result<TapOptions> {
         let kernel_log_level = match self.kernel_log.as_str() {
             "off" => 0,
             "error" => 1,
@@ -159,7 +194,13 @@ impl RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    if args.ifaces.is_empty() {
+        bail!(
+            "no interface to attach to: give --iface IF (or SHADOWTAP_IFACE, or `capture.iface` in the --config file)"
+        );
+    }
     let opts = args.tap_options()?;
+    let api = api_addr(&args.metrics_listen, args.expose_api)?;
     // Resolve interfaces before touching the kernel so a typo is reported as such.
     for iface in &args.ifaces {
         capture::ifindex(iface)?;
@@ -168,7 +209,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(run_async(args, &opts))
+    rt.block_on(run_async(args, &opts, api))
 }
 
 /// Everything the live loop owns besides the kernel objects.
@@ -209,8 +250,15 @@ impl Live {
     }
 
     /// Every second: close model windows up to now, refresh metrics and API views.
-    fn on_second(&mut self) -> Result<()> {
-        let closed = self.pipe.close_windows();
+    ///
+    /// Windows close up to the wall clock read before a last drain of the ring: every record
+    /// the kernel submitted by then is read first, so a consumer that fell behind (a busy
+    /// host) never closes a window its backlog still has events for (they would be dropped
+    /// as late).
+    fn on_second(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        let now_ns = wall_clock_ns();
+        drain(ring, &mut self.pipe)?;
+        let closed = self.pipe.close_windows(now_ns);
         self.on_summaries(&closed)?;
         self.publisher.tick()?;
         let kernel = self.maps.counters()?;
@@ -219,9 +267,26 @@ impl Live {
         self.latest.render_metrics(&mut page);
         let metrics = page.finish();
         let profiles = self.profiles.tick(&self.pipe.model);
+        if let Some(fleet) = self.publisher.fleet() {
+            self.latest.timeline.observe(fleet);
+        }
+        let dashboard = shadowtap_core::dashboard::render(
+            "agent",
+            &views::dashboard_resources(
+                &self.latest,
+                &self.pipe.model,
+                self.publisher.fleet(),
+                &self.latest.timeline,
+            ),
+            &shadowtap_core::dashboard::losses_from_metrics(
+                &metrics,
+                shadowtap_core::dashboard::AGENT_LOSSES,
+            ),
+        );
         let (latest, model, publisher) = (&mut self.latest, &self.pipe.model, &self.publisher);
         self.api.update(|v| {
             v.metrics = metrics;
+            v.dashboard = dashboard;
             if let Some((all, per_resource)) = profiles {
                 v.profile_all = all;
                 v.profiles = per_resource;
@@ -289,19 +354,31 @@ fn kernel_logger(tap: &mut Tap) -> Option<AsyncFd<aya_log::EbpfLogger<&'static d
     }
 }
 
-fn spawn_api(listen: &str, api: &ApiState) -> Result<Option<AbortOnDrop>> {
+/// The API address: `None` for "off"; a non-loopback address only with `--expose-api`.
+fn api_addr(listen: &str, expose: bool) -> Result<Option<std::net::SocketAddr>> {
     if listen == "off" {
         return Ok(None);
     }
     let addr: std::net::SocketAddr = listen
         .parse()
         .with_context(|| format!("invalid option --metrics-listen: {listen:?} is not ADDR:PORT"))?;
+    if !addr.ip().is_loopback() && !expose {
+        bail!(
+            "invalid option --metrics-listen: {addr} is not a loopback address; the API and \
+             dashboard have no authentication: pass --expose-api to serve them there anyway"
+        );
+    }
+    Ok(Some(addr))
+}
+
+fn spawn_api(addr: Option<std::net::SocketAddr>, api: &ApiState) -> Option<AbortOnDrop> {
+    let addr = addr?;
     let api = api.clone();
-    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+    Some(AbortOnDrop(tokio::spawn(async move {
         if let Err(e) = http::serve(addr, api).await {
             tracing::error!(%addr, error = %e, "API/metrics endpoint failed; capture continues");
         }
-    }))))
+    })))
 }
 
 /// The event stream (`--events`, off by default) and where stats lines go (`--stats`; with the
@@ -321,7 +398,11 @@ fn outputs(args: &RunArgs) -> Result<(Option<LineSink>, StatsOut)> {
     Ok((events, stats_out))
 }
 
-async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
+async fn run_async(
+    args: &RunArgs,
+    opts: &TapOptions,
+    api_addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let (model, _) = state::load_model(args.state_dir.as_deref(), &args.model_config())?;
     // Bad policy or Kafka settings are reported before anything is attached.
     let mut publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
@@ -351,7 +432,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     let (events, stats_out) = outputs(args)?;
     let mut live = Live {
         pipe: Pipeline::new(
-            Tracker::new(TrackerConfig::default()),
+            Tracker::new(args.tracker_config()),
             model,
             events,
             stats_out,
@@ -371,7 +452,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
         .context("installing SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing SIGINT handler")?;
-    let _api_task = spawn_api(&args.metrics_listen, &live.api)?;
+    let _api_task = spawn_api(api_addr, &live.api);
     // Records arrive without wakeups (see `Config::wakeup_bytes`): drain on a timer.
     let mut poll = tokio::time::interval(Duration::from_millis(args.ringbuf_poll_ms));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -413,7 +494,7 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = second.tick() => live.on_second()?,
+            _ = second.tick() => live.on_second(ring.get_mut())?,
             _ = stats_tick.tick() => live.on_stats_tick()?,
             _ = snapshot_tick.tick() => live.snapshot(),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
@@ -428,4 +509,21 @@ async fn run_async(args: &RunArgs, opts: &TapOptions) -> Result<()> {
     live.publisher.finish().await;
     info!("detached; final stats written");
     Ok(())
+}
+
+#[cfg(test)]
+mod api_addr_tests {
+    use super::api_addr;
+
+    #[test]
+    fn loopback_by_default_elsewhere_only_with_expose_api() {
+        assert_eq!(api_addr("off", false).expect("off"), None);
+        assert!(api_addr("127.0.0.1:9464", false).is_ok_and(|a| a.is_some()));
+        assert!(api_addr("[::1]:9464", false).is_ok_and(|a| a.is_some()));
+        let err = api_addr("0.0.0.0:9464", false).expect_err("needs the flag");
+        assert!(format!("{err:#}").contains("--expose-api"), "{err:#}");
+        assert!(api_addr("10.0.0.1:9464", false).is_err());
+        assert!(api_addr("0.0.0.0:9464", true).is_ok_and(|a| a.is_some()));
+        assert!(api_addr("nonsense", true).is_err());
+    }
 }

@@ -137,11 +137,10 @@ impl Pipeline {
         self.live_flows
     }
 
-    /// Closes model windows up to the wall clock (quiet resources too) and hands back the
-    /// summaries that closed.
-    pub(crate) fn close_windows(&mut self) -> Vec<WindowSummary> {
-        let now = u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap_or(0);
-        self.model.advance_to(now);
+    /// Closes model windows up to `now_ns`, the wall clock (quiet resources too), and hands
+    /// back the summaries that closed. The caller reads the clock before it drains the ring.
+    pub(crate) fn close_windows(&mut self, now_ns: u64) -> Vec<WindowSummary> {
+        self.model.advance_to(now_ns);
         self.model.drain_summaries().collect()
     }
 
@@ -400,6 +399,11 @@ pub(crate) fn open_output(path: &str, what: &str) -> Result<LineSink> {
 }
 
 /// Reads every record the ring holds, then writes out the events they made.
+/// Wall-clock nanoseconds (`CLOCK_REALTIME`), the clock event timestamps are converted to.
+pub(crate) fn wall_clock_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap_or(0)
+}
+
 pub(crate) fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<usize> {
     let mut n = 0;
     while let Some(item) = ring.next() {

@@ -16,6 +16,7 @@ use shadowtap_core::{
     metrics::Exposition,
 };
 
+use super::lifecycle_in::LifecycleTail;
 use crate::{
     model::WindowSummary,
     sink::{EmbeddedCollector, observation_from_summary},
@@ -25,6 +26,7 @@ use crate::{
 const DEFAULT_POLICY: &str = include_str!("default-policy.toml");
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Publish")]
 pub struct PublishArgs {
     /// Kafka bootstrap servers: publish observations instead of deciding in-process.
     #[arg(long)]
@@ -46,6 +48,10 @@ pub struct PublishArgs {
     /// In-process mode: where scale events go ("-" for stdout).
     #[arg(long, default_value = "-")]
     pub scale_events: String,
+    /// In-process mode: the provisioner's lifecycle events file (its --lifecycle-out), followed
+    /// so that decisions start from the instances that really serve.
+    #[arg(long, value_name = "FILE")]
+    pub lifecycle_in: Option<PathBuf>,
     /// Identifies this agent in observations (default: the host name).
     #[arg(long)]
     pub agent_id: Option<String>,
@@ -65,10 +71,11 @@ pub enum Publisher {
         agent_id: String,
         level: Level,
         seq: u64,
+        lifecycle: Option<LifecycleTail>,
     },
 }
 
-fn level_of(text: &str) -> Result<Level> {
+pub(crate) fn level_of(text: &str) -> Result<Level> {
     Ok(match text {
         "1s" => Level::Second,
         "10s" => Level::TenSeconds,
@@ -145,6 +152,7 @@ impl Publisher {
             agent_id,
             level,
             seq: 0,
+            lifecycle: args.lifecycle_in.clone().map(LifecycleTail::new),
         })
     }
 
@@ -190,9 +198,27 @@ impl Publisher {
         Ok(())
     }
 
-    /// About once a second: the in-process collector closes windows that are ready.
+    /// About once a second: the in-process collector takes in the provisioner's lifecycle
+    /// events, then closes windows that are ready.
     pub fn tick(&mut self) -> Result<()> {
-        if let Self::Embedded { collector, .. } = self {
+        if let Self::Embedded {
+            collector,
+            lifecycle,
+            ..
+        } = self
+        {
+            if let Some(tail) = lifecycle {
+                match tail.read_new() {
+                    Ok(events) => {
+                        for e in &events {
+                            collector.fleet_mut().observe_lifecycle(e);
+                        }
+                    }
+                    // The provisioner's file is not ours: a read error is logged, decisions
+                    // go on from the last count that was read.
+                    Err(e) => warn!(error = %e, "reading --lifecycle-in"),
+                }
+            }
             collector.tick().context("writing scale events")?;
         }
         Ok(())
@@ -229,6 +255,14 @@ impl Publisher {
         failed
     }
 
+    /// The in-process collector's fleet (none with Kafka), for the dashboard.
+    pub fn fleet(&self) -> Option<&shadowtap_core::Fleet> {
+        match self {
+            Self::Embedded { collector, .. } => Some(collector.fleet()),
+            Self::Kafka { .. } => None,
+        }
+    }
+
     /// The last decision for `resource`, as JSON (in-process mode).
     pub fn decision_json(&self, resource: &str) -> Option<String> {
         match self {
@@ -243,7 +277,19 @@ impl Publisher {
     pub fn render_metrics(&self, page: &mut Exposition) {
         match self {
             Self::Kafka { sink, .. } => sink.render_metrics(page),
-            Self::Embedded { collector, .. } => {
+            Self::Embedded {
+                collector,
+                lifecycle,
+                ..
+            } => {
+                if let Some(tail) = lifecycle {
+                    page.family(
+                        "shadowtap_lifecycle_invalid_lines_total",
+                        "counter",
+                        "Lines of --lifecycle-in that were not lifecycle events.",
+                        &[(&[], tail.invalid_lines as f64)],
+                    );
+                }
                 let stats = serde_json::to_value(collector.stats()).unwrap_or_default();
                 if let serde_json::Value::Object(map) = stats {
                     for (k, v) in map {
@@ -257,7 +303,7 @@ impl Publisher {
                         }
                     }
                 }
-                render_resource_metrics(collector.fleet(), page);
+                collector.fleet().render_resource_metrics(page);
                 page.family(
                     "shadowtap_scale_events_written_total",
                     "counter",
@@ -285,61 +331,5 @@ impl Publisher {
                 sink.shutdown().await;
             }
         }
-    }
-}
-
-/// Per-resource gauges: instances, the forecast the last decision rested on, and accuracy.
-fn render_resource_metrics(fleet: &shadowtap_core::Fleet, page: &mut Exposition) {
-    type Getter = fn(&shadowtap_core::Fleet, &str) -> Option<f64>;
-    let mut names: Vec<&str> = fleet.resources().collect();
-    names.sort_unstable();
-    let families: [(&str, &str, Getter); 7] = [
-        (
-            "shadowtap_resource_current_instances",
-            "Instances before the last decision.",
-            |f, r| f.last_decision(r).map(|d| f64::from(d.current_instances)),
-        ),
-        (
-            "shadowtap_resource_desired_instances",
-            "Instances the last decision asked for.",
-            |f, r| f.last_decision(r).map(|d| f64::from(d.desired_instances)),
-        ),
-        (
-            "shadowtap_resource_forecast_peak_point",
-            "Point forecast at the decision window's peak.",
-            |f, r| f.last_decision(r).map(|d| d.explanation.peak_point),
-        ),
-        (
-            "shadowtap_resource_forecast_peak_upper",
-            "Upper interval bound at the decision window's peak.",
-            |f, r| f.last_decision(r).map(|d| d.explanation.peak_upper),
-        ),
-        (
-            "shadowtap_resource_forecast_interval_widening",
-            "Widening applied after coverage misses.",
-            |f, r| f.accuracy(r).map(|a| a.widening),
-        ),
-        (
-            "shadowtap_resource_forecast_mase",
-            "Online MASE against seasonal naive.",
-            |f, r| f.accuracy(r).and_then(|a| a.mase),
-        ),
-        (
-            "shadowtap_resource_forecast_coverage",
-            "Share of observations inside the interval.",
-            |f, r| f.accuracy(r).and_then(|a| a.coverage),
-        ),
-    ];
-    for (name, help, get) in families {
-        let samples: Vec<(Vec<(&str, &str)>, f64)> = names
-            .iter()
-            .filter_map(|r| get(fleet, r).map(|v| (vec![("resource", *r)], v)))
-            .collect();
-        if samples.is_empty() {
-            continue;
-        }
-        let refs: Vec<(&[(&str, &str)], f64)> =
-            samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-        page.family(name, "gauge", help, &refs);
     }
 }

@@ -37,8 +37,17 @@ pub fn load_model(
     match ModelStore::load_snapshot(&path) {
         Ok(mut model) => {
             info!(path = %path.display(), resources = model.resource_count(), "restored model snapshot");
-            // The snapshot's model settings hold, but profiling follows the command line.
+            // The snapshot's model settings hold, but profiling follows the command line,
+            // and raised limits apply.
             model.set_profiling(config.profiles, config.profile_sample);
+            let kept = model.apply_limits(config);
+            if !kept.is_empty() {
+                warn!(
+                    kept = kept.join(", "),
+                    "model snapshot: these settings stay as the snapshot had them; move {} aside to start fresh with the new ones",
+                    path.display()
+                );
+            }
             Ok((model, None))
         }
         Err(e) => {

@@ -15,22 +15,27 @@ use crate::{
 #[derive(Default)]
 pub struct LatestMinute {
     by_resource: HashMap<String, WindowSummary>,
+    /// The latest closed ten-second summary: the dashboard shows it until a minute closes.
+    ten_seconds: HashMap<String, WindowSummary>,
+    /// The dashboard's decision timeline (of the in-process collector).
+    pub timeline: shadowtap_core::dashboard::DecisionTimeline,
 }
 
 impl LatestMinute {
     pub fn absorb(&mut self, summaries: &[WindowSummary]) {
         for s in summaries {
-            if s.level() != Some(Level::Minute) {
-                continue;
-            }
+            let table = match s.level() {
+                Some(Level::Minute) => &mut self.by_resource,
+                Some(Level::TenSeconds) => &mut self.ten_seconds,
+                _ => continue,
+            };
             if let EntityId::Resource(r) = &s.entity {
                 let id = r.to_string();
-                let newer = self
-                    .by_resource
+                let newer = table
                     .get(&id)
                     .is_none_or(|old| old.window_start_ns <= s.window_start_ns);
                 if newer {
-                    self.by_resource.insert(id, s.clone());
+                    table.insert(id, s.clone());
                 }
             }
         }
@@ -86,6 +91,7 @@ impl LatestMinute {
         let live_ids: std::collections::HashSet<String> =
             live.iter().map(ToString::to_string).collect();
         self.by_resource.retain(|id, _| live_ids.contains(id));
+        self.ten_seconds.retain(|id, _| live_ids.contains(id));
         let mut list = Vec::with_capacity(live.len());
         views.detail.clear();
         for resource in &live {
@@ -132,6 +138,59 @@ impl LatestMinute {
         }
         views.resources = Value::Array(list).to_string();
     }
+}
+
+/// The dashboard's resources: the last closed minute and hour-of-week profile from the
+/// model; instances, forecast, capacity, decisions and demand from the in-process collector's
+/// fleet when there is one (its demand is in the forecast's unit), else the model's demand.
+pub fn dashboard_resources(
+    latest: &LatestMinute,
+    model: &ModelStore,
+    fleet: Option<&shadowtap_core::Fleet>,
+    timeline: &shadowtap_core::dashboard::DecisionTimeline,
+) -> Vec<shadowtap_core::dashboard::ResourceView> {
+    use shadowtap_core::dashboard::{DEMAND_POINTS, ResourceView};
+    let mut resources: Vec<_> = model.resources().cloned().collect();
+    resources.sort_by_cached_key(ToString::to_string);
+    resources
+        .into_iter()
+        .map(|resource| {
+            let id = resource.to_string();
+            let mut view = ResourceView {
+                id: id.clone(),
+                ..ResourceView::default()
+            };
+            let summary = latest
+                .by_resource
+                .get(&id)
+                .or_else(|| latest.ten_seconds.get(&id));
+            if let Some(s) = summary {
+                let secs = s.window_end_ns().saturating_sub(s.window_start_ns) as f64 / 1e9;
+                view.rate_per_sec = (secs > 0.0).then(|| s.requests as f64 / secs);
+                view.error_rate = Some(s.error_rate());
+                view.latency_us_p50 = Some(s.latency_us.value_at_quantile(0.5));
+                view.latency_us_p99 = Some(s.latency_us.value_at_quantile(0.99));
+                view.set_endpoints(&s.endpoints);
+            }
+            let entity = EntityId::Resource(resource.clone());
+            view.hour_of_week = model
+                .hour_of_week(&entity)
+                .map(|h| h.to_vec())
+                .unwrap_or_default();
+            if let Some(fleet) = fleet {
+                view = view.with_fleet(fleet, timeline);
+            }
+            if view.demand.is_empty() {
+                let demand = model
+                    .demand_series(&resource, model.demand_step())
+                    .unwrap_or_default();
+                let start = demand.len().saturating_sub(DEMAND_POINTS);
+                view.demand = demand[start..].to_vec();
+                view.demand_step_secs = model.demand_step().as_secs_f64();
+            }
+            view
+        })
+        .collect()
 }
 
 /// Seconds between renders of the request profiles for the API: they change slowly and

@@ -149,7 +149,13 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("event json"))
             .collect();
-        assert!(!events.is_empty());
+        // Under 8 windows there is no forecast yet: each decision covers the last window,
+        // demand / 10 per instance (window 0's 10 requests need the 1 instance there is).
+        let steps: Vec<(u32, u32)> = events
+            .iter()
+            .map(|e| (e.data.current_instances, e.data.target_instances))
+            .collect();
+        assert_eq!(steps, vec![(1, 5), (5, 9), (9, 13), (13, 17)]);
         assert_eq!(events.len() as u64, c.events_written());
         assert!(
             events

@@ -465,6 +465,11 @@ impl EntityWindows {
         if self.minute.used && self.minute.end(Level::Minute.secs()) <= closed_until {
             self.close_minute(emit);
         }
+        if second_due == u64::MAX && !self.seconds.is_empty() {
+            // No 1 s window open: free the ring (most of a large table is idle entities;
+            // one busy every second keeps it) until the entity records again.
+            self.seconds = Vec::new();
+        }
         let due = second_due.min(self.rollups_due());
         self.next_due = due;
         debug_assert_eq!(due, self.due());
