@@ -1,43 +1,39 @@
-//! Collector throughput and latency against a real broker (nisshi on 127.0.0.1), each next to
-//! a baseline measured in the same run on the same broker:
+//! `cargo xtask bench collector`: real `shadowtap-collector` processes against a real broker
+//! (nisshi on 127.0.0.1), each figure next to a baseline measured in the same run on the same
+//! broker:
 //!
-//! - throughput: observations/s through one collector (decode, merge, decide, publish events
-//!   and state, commit) vs a bare consumer reading the same records;
 //! - latency: wall time from a window closing at the agent (its observation handed to the
-//!   spool) to the scale event it caused being acknowledged, vs a bare produce → consume round
-//!   trip of one record.
+//!   agent's spool and producer, [`ObservationSink`]) to the scale event it caused being
+//!   acknowledged by the broker (the collector's own histogram), vs a produce → consume round
+//!   trip of one record, with librdkafka's default consumer and with the collector's;
+//! - throughput: observations/s through one collector and through two sharing a 4-partition
+//!   topic (each one's own rate), vs a bare consumer reading the same records.
 //!
-//! `cargo bench -p shadowtap-collector --bench pipeline` (env `BENCH_OBSERVATIONS`,
-//! `BENCH_LATENCY_SECS` to change the sizes).
+//! Sizes: env `BENCH_OBSERVATIONS` (default 200,000), `BENCH_LATENCY_SECS` (default 20).
 
-#[allow(dead_code)]
-#[path = "../tests/common/broker.rs"]
-mod broker;
+#[allow(unused_imports)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "pipeline/load.rs"]
+mod load;
+#[path = "pipeline/procs.rs"]
+mod procs;
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use broker::Broker;
+use common::Broker;
 use hdrhistogram::Histogram;
-use rdkafka::{
-    Message as _,
-    consumer::{Consumer as _, StreamConsumer},
-    producer::{FutureProducer, FutureRecord},
-};
-use shadowtap_collector::{Collector, CollectorConfig, CollectorStats};
-use shadowtap_core::{
-    FleetConfig, KafkaSettings, Observation, ObservationSink, SinkConfig, WindowCounts,
-    decision::PolicySet, encode_observation,
-};
+use load::Workload;
+use procs::{CollectorProc, Rate, RunTopics};
 
-/// The same allocator as the shipped binaries (see `agent/src/main.rs`), so that what is
-/// measured is what runs.
+/// The same allocator as the shipped binaries, so that the bench's own producers cost what
+/// the agent's do.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Capacity 100 per instance and demand that grows every window: every window of every
+/// resource scales out, so every closed window publishes a scale event.
 const POLICY: &str = r#"
 [defaults]
 capacity_per_instance = 100.0
@@ -51,6 +47,13 @@ scale_in_cooldown = "1h"
 scale_in_stabilisation = "1h"
 "#;
 
+/// The collector's default: its own forecaster of merged demand once 8 windows are merged.
+const DEFAULT_MIN_FORECAST_HISTORY: usize = 8;
+/// Never reached: decisions on the last observed window only.
+const NO_FORECASTER: usize = 1_000_000;
+const THROUGHPUT_GOAL: f64 = 100_000.0;
+const LATENCY_P99_GOAL_MS: f64 = 200.0;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -58,319 +61,347 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+fn goal(met: bool, text: &str) {
+    println!(
+        "{}  {text}",
+        if met {
+            "goal met     "
+        } else {
+            "goal NOT met "
+        }
+    );
 }
 
-fn observation(resource: &str, start_ms: u64, step_ms: u64, requests: u64) -> Observation {
-    let mut c = WindowCounts {
-        requests,
-        responses: requests,
-        bytes_in: requests * 300,
-        bytes_out: requests * 2000,
-        ..WindowCounts::default()
-    };
-    for i in 0..50 {
-        c.latency_us.record(500 + i * 97).expect("latency");
-    }
-    for e in 0..8 {
-        c.endpoints
-            .insert(format!("GET /api/v1/items/{e}"), requests / 8);
-    }
-    Observation {
-        agent_id: "bench-agent".to_owned(),
-        resource: resource.to_owned(),
-        window_start_ms: start_ms,
-        window_end_ms: start_ms + step_ms,
-        seq: start_ms / step_ms,
-        summary: c,
-    }
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn settings(broker: &Broker, suffix: &str) -> KafkaSettings {
-    KafkaSettings {
-        observations_topic: format!("bench.observations.{suffix}"),
-        scale_events_topic: format!("bench.scale-events.{suffix}"),
-        ..KafkaSettings::new(broker.bootstrap())
-    }
+struct Throughput {
+    label: String,
+    per: Vec<Rate>,
+    all: Rate,
+    scale_events: u64,
 }
 
-fn collector_config(
-    kafka: KafkaSettings,
+/// Preload `n` observations on a fresh 4-partition topic, then run `collectors` processes on
+/// it until every observation is processed and committed.
+fn throughput(
+    rt: &tokio::runtime::Runtime,
+    broker: &Broker,
+    dir: &std::path::Path,
     suffix: &str,
+    collectors: usize,
     min_forecast_history: usize,
-) -> CollectorConfig {
-    let mut c = CollectorConfig::new(kafka, PolicySet::from_toml(POLICY).expect("policy"));
-    c.group_id = format!("bench-collector-{suffix}");
-    c.state_topic = format!("bench.state.{suffix}");
-    c.dead_letter_topic = format!("bench.dlq.{suffix}");
-    c.partitions = 4;
-    c.fleet = FleetConfig {
-        merge_wait: Duration::ZERO,
-        idle_close: Duration::from_secs(2),
-        min_forecast_history,
-        ..FleetConfig::default()
+    workload: Workload,
+) -> Throughput {
+    let topics = RunTopics::new(suffix);
+    let policy = common::write_policy(dir, POLICY);
+    let spawn_all = || -> Vec<CollectorProc> {
+        (0..collectors)
+            .map(|i| {
+                procs::spawn(
+                    broker,
+                    &topics,
+                    &policy,
+                    min_forecast_history,
+                    &dir.join(format!("collector-{suffix}-{i}.log")),
+                )
+            })
+            .collect()
     };
-    c
+    if collectors > 1 {
+        // Several: let them split the partitions first (else the first to join takes the
+        // whole backlog), then produce; the rates then start while records still arrive.
+        let procs = spawn_all();
+        for p in &procs {
+            p.wait_ready(Duration::from_secs(60));
+        }
+        let n = rt.block_on(load::preload(broker, &topics, workload));
+        return finish(&procs, n, collectors, min_forecast_history, workload);
+    }
+    let n = rt.block_on(load::preload(broker, &topics, workload));
+    let procs = spawn_all();
+    finish(&procs, n, collectors, min_forecast_history, workload)
 }
 
-async fn preload(kafka: &KafkaSettings, resources: u64, windows: u64) -> u64 {
-    shadowtap_collector::topics::ensure_topics(
-        kafka,
-        &[(kafka.observations_topic.as_str(), false)],
-        4,
-    )
-    .await
-    .expect("topics");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(30))
-        .create()
-        .expect("producer");
-    let mut futures = Vec::new();
-    for w in 0..windows {
-        for r in 0..resources {
-            let resource = format!("svc-{r}");
-            let value = encode_observation(&observation(
-                &resource,
-                1_700_000_000_000 + w * 1000,
-                1000,
-                1000 * (w + 1),
-            ));
-            loop {
-                match producer.send_result(
-                    FutureRecord::to(&kafka.observations_topic)
-                        .key(&resource)
-                        .payload(&value),
-                ) {
-                    Ok(f) => {
-                        futures.push(f);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
+fn finish(
+    procs: &[CollectorProc],
+    n: u64,
+    collectors: usize,
+    min_forecast_history: usize,
+    workload: Workload,
+) -> Throughput {
+    let (per, all) = procs::watch(procs, n, Duration::from_mins(15));
+    let scale_events = procs
+        .iter()
+        .filter_map(CollectorProc::scrape)
+        .map(|s| s.scale_events)
+        .sum();
+    Throughput {
+        label: format!(
+            "{collectors} collector{}, {} agent{}/resource, {}",
+            if collectors == 1 { "" } else { "s" },
+            workload.agents,
+            if workload.agents == 1 { "" } else { "s" },
+            if min_forecast_history == NO_FORECASTER {
+                "decisions on observed demand"
+            } else {
+                "own forecaster (default)"
             }
-        }
+        ),
+        per,
+        all,
+        scale_events,
     }
-    for f in futures {
-        f.await.expect("delivery").expect("delivered");
-    }
-    resources * windows
 }
 
-/// Bare consumer: records/s from the first record to the last.
-async fn raw_consume(kafka: &KafkaSettings, n: u64) -> f64 {
-    let consumer: StreamConsumer = kafka
-        .client_config(&[
-            ("group.id", "bench-raw"),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-        ])
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[kafka.observations_topic.as_str()])
-        .expect("subscribe");
-    let mut got = 0u64;
-    let mut bytes = 0usize;
-    let mut first: Option<Instant> = None;
-    while got < n {
-        let m = consumer.recv().await.expect("recv");
-        first.get_or_insert_with(Instant::now);
-        bytes += m.payload().map_or(0, <[u8]>::len);
-        got += 1;
-    }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    assert!(bytes > 0);
-    n as f64 / secs
-}
-
-/// The collector: observations/s from the first consumed to all processed and committed.
-async fn collector_throughput(config: CollectorConfig, n: u64) -> (f64, Arc<CollectorStats>) {
-    let collector = Collector::new(config);
-    let stats = collector.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(collector.run(async {
-        let _ = stop_rx.await;
-    }));
-    let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let consumed = stats.observations_consumed.load(Ordering::Relaxed);
-        if consumed > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if stats.observations_processed.load(Ordering::Relaxed) >= n
-            && stats.commits.load(Ordering::Relaxed) > 0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "collector did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    let _ = stop_tx.send(());
-    task.await.expect("join").expect("collector run");
-    (n as f64 / secs, stats)
-}
-
-fn pct(h: &Histogram<u64>, q: f64) -> u64 {
-    h.value_at_quantile(q)
-}
-
-/// Produce → consume round trip of single records (the broker's own latency floor).
-async fn raw_roundtrip(kafka: &KafkaSettings, samples: u64) -> Histogram<u64> {
-    let topic = "bench.roundtrip";
-    shadowtap_collector::topics::ensure_topics(kafka, &[(topic, false)], 1)
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(10))
-        .create()
-        .expect("producer");
-    let consumer: StreamConsumer = kafka
-        .client_config(&[
-            ("group.id", "bench-rt"),
-            ("auto.offset.reset", "latest"),
-            ("enable.auto.commit", "false"),
-        ])
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    // Wait for the assignment before measuring.
-    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut h = Histogram::<u64>::new(3).expect("hist");
-    for i in 0..samples {
-        let t = Instant::now();
-        let payload = i.to_le_bytes();
-        producer
-            .send(
-                FutureRecord::to(topic).key("k").payload(&payload[..]),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("produce");
-        loop {
-            let m = consumer.recv().await.expect("recv");
-            if m.payload() == Some(&payload[..]) {
-                break;
-            }
-        }
-        h.record(t.elapsed().as_millis() as u64).expect("record");
-    }
-    h
-}
-
-/// Live: windows closing on the wall clock, one agent, `resources` resources per window.
-async fn live_latency(broker: &Broker, secs: u64, resources: u64) -> (Histogram<u64>, u64) {
-    let kafka = settings(broker, "live");
-    let config = collector_config(kafka.clone(), "live", 1_000_000);
-    shadowtap_collector::topics::ensure_topics(
-        &kafka,
-        &[
-            (kafka.observations_topic.as_str(), false),
-            (kafka.scale_events_topic.as_str(), false),
-            (config.state_topic.as_str(), true),
-            (config.dead_letter_topic.as_str(), false),
-        ],
-        4,
-    )
-    .await
-    .expect("topics");
-    let collector = Collector::new(config);
-    let stats = collector.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(collector.run(async {
-        let _ = stop_rx.await;
-    }));
-    let spool = tempfile::tempdir().expect("tempdir");
-    let sink =
-        ObservationSink::start(SinkConfig::new(kafka, spool.path().join("spool"))).expect("sink");
-    // Let the collector join its group first.
-    while stats.partitions_owned.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let step = 100u64;
-    let mut window = 0u64;
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        let now = now_ms();
-        let start = now - step;
-        for r in 0..resources {
-            sink.send(&observation(
-                &format!("live-{r}"),
-                start,
-                step,
-                1000 * (window + 1),
-            ))
-            .expect("send");
-        }
-        window += 1;
-        tokio::time::sleep(Duration::from_millis(step)).await;
-    }
-    assert!(sink.flush(Duration::from_secs(30)).await);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    sink.shutdown().await;
-    let _ = stop_tx.send(());
-    task.await.expect("join").expect("collector");
-    (
-        stats.event_latency().expect("scale events were published"),
-        window * resources,
-    )
-}
-
+#[allow(clippy::too_many_lines)] // one report, top to bottom
 fn main() {
-    let n_obs = env_or("BENCH_OBSERVATIONS", 20_000);
-    let latency_secs = env_or("BENCH_LATENCY_SECS", 10);
-    let resources = 200u64;
-    let windows = n_obs.div_ceil(resources);
+    let n_obs = env_or("BENCH_OBSERVATIONS", 200_000);
+    let latency_secs = env_or("BENCH_LATENCY_SECS", 20);
+    // `BENCH_ONLY`: comma-separated subset of latency, observed, forecast, fleet, two.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let runs_part = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+    // One agent per resource: every observation closes a window (the collector's worst case).
+    let single = Workload {
+        resources: 200,
+        windows: n_obs.div_ceil(200),
+        agents: 1,
+    };
+    // A fleet: 20 agents observe each of 50 resources (a window closes on the last report).
+    // Runs with the forecaster cost milliseconds per window: `BENCH_FORECAST_OBSERVATIONS`.
+    let n_forecast = env_or("BENCH_FORECAST_OBSERVATIONS", 20_000);
+    let single_forecast = Workload {
+        windows: n_forecast.div_ceil(200),
+        ..single
+    };
+    let fleet = Workload {
+        resources: 50,
+        windows: n_forecast.div_ceil(50 * 20),
+        agents: 20,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let plain = settings(&broker, "plain");
-        let full = settings(&broker, "full");
-        let n = preload(&plain, resources, windows).await;
-        preload(&full, resources, windows).await;
-        println!("collector pipeline bench: {n} observations ({resources} resources x {windows} windows), nisshi on 127.0.0.1");
-        let raw = raw_consume(&plain, n).await;
-        let (merge_only, _) = collector_throughput(collector_config(plain.clone(), "plain", 1_000_000), n).await;
-        let (with_forecast, stats) = collector_throughput(collector_config(full.clone(), "full", 8), n).await;
-        println!("throughput (observations/s):");
-        println!("  baseline: bare consumer, same records          {raw:>10.0}");
-        println!("  collector, decisions on observed demand        {merge_only:>10.0}   ({:.3}x baseline)", merge_only / raw);
+    let rt = common::runtime();
+    println!(
+        "collector bench: nisshi on {}, release shadowtap-collector processes; throughput runs of {} observations ({} resources x {} windows x 1 agent; {} with the forecaster) and {} ({} resources x {} windows x {} agents); latency {latency_secs} s",
+        broker.bootstrap(),
+        single.observations(),
+        single.resources,
+        single.windows,
+        single_forecast.observations(),
+        fleet.observations(),
+        fleet.resources,
+        fleet.windows,
+        fleet.agents,
+    );
+    let extra = procs::extra_args();
+    if !extra.is_empty() {
         println!(
-            "  collector, + own forecaster (augurs) per window {with_forecast:>10.0}   ({:.3}x baseline; {} scale events, {} snapshots)",
-            with_forecast / raw,
-            stats.scale_events_published.load(Ordering::Relaxed),
-            stats.snapshots_written.load(Ordering::Relaxed)
+            "collector arguments added (BENCH_COLLECTOR_ARGS): {}",
+            extra.join(" ")
         );
+    }
 
-        let rt_hist = raw_roundtrip(&plain, 200).await;
-        let (lat, sent) = live_latency(&broker, latency_secs, 20).await;
-        println!("latency (ms):                                      p50    p99    max  samples");
+    if runs_part("latency") {
+        latency_part(&rt, &broker, dir.path(), latency_secs);
+    }
+    let raw_topics = RunTopics::new("raw");
+    let raw_n = rt.block_on(load::preload(&broker, &raw_topics, single));
+    let raw = rt.block_on(load::raw_consume(&broker, &raw_topics, raw_n));
+    let mut runs = Vec::new();
+    let d = dir.path();
+    if runs_part("observed") {
+        runs.push((
+            "observed",
+            throughput(&rt, &broker, d, "one-observed", 1, NO_FORECASTER, single),
+        ));
+    }
+    if runs_part("forecast") {
+        runs.push((
+            "forecast",
+            throughput(
+                &rt,
+                &broker,
+                d,
+                "one-default",
+                1,
+                DEFAULT_MIN_FORECAST_HISTORY,
+                single_forecast,
+            ),
+        ));
+    }
+    if runs_part("fleet") {
+        runs.push((
+            "fleet",
+            throughput(
+                &rt,
+                &broker,
+                d,
+                "one-fleet",
+                1,
+                DEFAULT_MIN_FORECAST_HISTORY,
+                fleet,
+            ),
+        ));
+    }
+    if runs_part("two") {
+        runs.push((
+            "two",
+            throughput(
+                &rt,
+                &broker,
+                d,
+                "two-fleet",
+                2,
+                DEFAULT_MIN_FORECAST_HISTORY,
+                fleet,
+            ),
+        ));
+    }
+    println!();
+    println!("throughput (observations/s; each from its first batch committed to its last)");
+    println!(
+        "  {:<62}{raw:>10.0}",
+        format!("baseline: bare consumer, same records ({raw_n})")
+    );
+    for (_, run) in &runs {
         println!(
-            "  baseline: produce -> consume one record        {:>6} {:>6} {:>6} {:>8}",
-            pct(&rt_hist, 0.5),
-            pct(&rt_hist, 0.99),
-            rt_hist.max(),
-            rt_hist.len()
+            "  {:<62}{:>10.0}   ({:.3}x baseline; {} scale events)",
+            run.label,
+            run.all.per_second(),
+            run.all.per_second() / raw,
+            run.scale_events
         );
+        if run.per.len() > 1 {
+            for (i, r) in run.per.iter().enumerate() {
+                println!(
+                    "    collector {i}: {:>10.0} observations/s ({} observations in {:.2} s)",
+                    r.per_second(),
+                    r.observations,
+                    r.seconds
+                );
+            }
+        }
+    }
+    println!();
+    let find = |name: &str| runs.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+    for name in ["observed", "forecast", "fleet"] {
+        if let Some(run) = find(name) {
+            let rate = run.all.per_second();
+            goal(
+                rate >= THROUGHPUT_GOAL,
+                &format!(
+                    "one collector >= 100k observations/s, {}: {rate:.0}",
+                    run.label
+                ),
+            );
+        }
+    }
+    if let Some(two) = find("two") {
+        let min_per = two
+            .per
+            .iter()
+            .map(Rate::per_second)
+            .fold(f64::INFINITY, f64::min);
+        let one = find("fleet").map_or(f64::NAN, |r| r.all.per_second());
+        goal(
+            min_per >= THROUGHPUT_GOAL,
+            &format!(
+                "each of two collectors >= 100k observations/s ({}): {} (together {:.0}, {:.2}x one collector)",
+                two.label,
+                two.per
+                    .iter()
+                    .map(|r| format!("{:.0}", r.per_second()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                two.all.per_second(),
+                two.all.per_second() / one
+            ),
+        );
+    }
+}
+
+/// Latency, printed at once (so a long throughput part does not hide it).
+fn latency_part(rt: &tokio::runtime::Runtime, broker: &Broker, dir: &std::path::Path, secs: u64) {
+    let rt_default = rt.block_on(load::roundtrip(broker, "default", &[], 300));
+    let rt_collector = rt.block_on(load::roundtrip(
+        broker,
+        "collector",
+        shadowtap_core::kafka::CONSUMER_FETCH,
+        300,
+    ));
+    let observed = load::live_latency(rt, broker, dir, POLICY, secs, 20, NO_FORECASTER);
+    let latency = load::live_latency(
+        rt,
+        broker,
+        dir,
+        POLICY,
+        secs,
+        20,
+        DEFAULT_MIN_FORECAST_HISTORY,
+    );
+    println!();
+    println!(
+        "latency (ms)                                          p50      p99    p99.9      max  samples"
+    );
+    for (label, h) in [
+        (
+            "baseline: produce -> consume, librdkafka defaults",
+            &rt_default,
+        ),
+        (
+            "baseline: produce -> consume, collector's consumer",
+            &rt_collector,
+        ),
+    ] {
         println!(
-            "  window closed -> scale event acknowledged      {:>6} {:>6} {:>6} {:>8}   (p50 {:.2}x, p99 {:.2}x baseline; {sent} observations sent)",
-            pct(&lat, 0.5),
-            pct(&lat, 0.99),
-            lat.max(),
-            lat.len(),
-            pct(&lat, 0.5) as f64 / pct(&rt_hist, 0.5).max(1) as f64,
-            pct(&lat, 0.99) as f64 / pct(&rt_hist, 0.99).max(1) as f64
+            "  {label:<52}{:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>8}",
+            pct(h, 0.5),
+            pct(h, 0.99),
+            pct(h, 0.999),
+            h.max() as f64 / 1000.0,
+            h.len()
         );
-    });
+    }
+    for (label, l) in [
+        (
+            "window closed -> event acked, own forecaster (default)",
+            &latency,
+        ),
+        (
+            "window closed -> event acked, observed demand only",
+            &observed,
+        ),
+    ] {
+        println!(
+            "  {label:<52}{:>6.1} {:>8.1} {:>8.1} {:>8.1} {:>8}   ({} observations sent)",
+            l.p50, l.p99, l.p999, l.max, l.events, l.sent
+        );
+    }
+    println!(
+        "  ratios to the collector-consumer baseline: p50 {:.2}x, p99 {:.2}x; to librdkafka defaults: p50 {:.2}x, p99 {:.2}x",
+        latency.p50 / pct(&rt_collector, 0.5).max(0.001),
+        latency.p99 / pct(&rt_collector, 0.99).max(0.001),
+        latency.p50 / pct(&rt_default, 0.5).max(0.001),
+        latency.p99 / pct(&rt_default, 0.99).max(0.001),
+    );
+    goal(
+        latency.p99 <= LATENCY_P99_GOAL_MS,
+        &format!(
+            "window closed -> scale event acknowledged p99 <= {LATENCY_P99_GOAL_MS} ms, default config: p99 {:.0} ms (p50 {:.0}, p99.9 {:.0}; {} events; baseline p99 {:.1} ms)",
+            latency.p99,
+            latency.p50,
+            latency.p999,
+            latency.events,
+            pct(&rt_collector, 0.99)
+        ),
+    );
+    goal(
+        observed.p99 <= LATENCY_P99_GOAL_MS,
+        &format!(
+            "the same, decisions on observed demand (no forecaster): p99 {:.0} ms (p50 {:.0}, p99.9 {:.0}; {} events)",
+            observed.p99, observed.p50, observed.p999, observed.events
+        ),
+    );
 }

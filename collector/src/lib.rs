@@ -9,6 +9,8 @@
 //! partition next resumes from it. Replays are harmless: observations are deduplicated by
 //! (agent, resource, window) and a window's scale event has a deterministic id.
 
+pub mod config;
+pub mod http;
 mod ownership;
 pub mod service;
 pub mod state;

@@ -1,117 +1,113 @@
 //! `shadowtap-collector`: see the library docs.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::Parser;
-use shadowtap_collector::{Collector, CollectorConfig};
-use shadowtap_core::{
-    FleetConfig, KafkaSettings,
-    decision::{PolicySet, parse_duration},
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use shadowtap_collector::{
+    Collector,
+    config::{CollectorArgs, check_file, describe_problems},
 };
+use shadowtap_core::cli_config::{self, ConfigError, LayeredError};
 
 /// The same allocator as the agent (see `agent/src/main.rs`), for the same reason.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-}
-
 /// Merge agents' observations from Kafka and publish scale events.
 #[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Kafka bootstrap servers (host:port,...).
-    #[arg(long)]
-    kafka_brokers: String,
-    /// librdkafka property passed through, `key=value` (SASL, TLS, ...); repeatable.
-    #[arg(long = "kafka-property", value_parser = KafkaSettings::parse_property)]
-    kafka_properties: Vec<(String, String)>,
-    #[arg(long, default_value = "shadowtap.observations")]
-    observations_topic: String,
-    #[arg(long, default_value = "shadowtap.scale-events")]
-    scale_events_topic: String,
-    #[arg(long, default_value = "shadowtap.collector-state")]
-    state_topic: String,
-    #[arg(long, default_value = "shadowtap.observations.dlq")]
-    dead_letter_topic: String,
-    #[arg(long, default_value = "shadowtap-collector")]
-    group_id: String,
-    /// Scaling policy file (TOML, same format as the agent's).
-    #[arg(long)]
-    policy: PathBuf,
-    /// Partitions of topics created at start.
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
-    /// Do not create missing topics.
-    #[arg(long)]
-    no_create_topics: bool,
-    /// Prometheus /metrics and /healthz address.
-    #[arg(long, default_value = "127.0.0.1:9465")]
-    metrics_addr: SocketAddr,
-    /// `CloudEvents` source of published events.
-    #[arg(long, default_value = "urn:shadowtap:collector")]
-    source: String,
-    /// Close a window every known agent reported after this long.
-    #[arg(long, default_value = "500ms", value_parser = duration)]
-    merge_wait: Duration,
-    /// Close a window after this long whoever is missing.
-    #[arg(long, default_value = "5s", value_parser = duration)]
-    idle_close: Duration,
-    /// Close a window once stream time is this many windows past it.
-    #[arg(long, default_value_t = 1)]
-    grace_windows: u64,
-    /// Endpoints kept per merged window.
-    #[arg(long, default_value_t = 20)]
-    top_k: usize,
-    /// Forecast buckets the decision looks at.
-    #[arg(long, default_value_t = 12)]
-    horizon_steps: usize,
-    /// Merged windows needed before the collector's own forecast is used (before that,
-    /// decisions use the last observation and the agents' forecasts).
-    #[arg(long, default_value_t = 8)]
-    min_forecast_history: usize,
-    /// Consumer group session timeout.
-    #[arg(long, default_value = "10s", value_parser = duration)]
-    session_timeout: Duration,
-    /// Delivery timeout of published records (failed ones are retried).
-    #[arg(long, default_value = "10s", value_parser = duration)]
-    delivery_timeout: Duration,
+#[command(
+    name = "shadowtap-collector",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: CollectorArgs,
+    #[command(subcommand)]
+    command: Option<Tool>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    shadowtap_core::init_tracing();
-    let args = Args::parse();
-    let policies = PolicySet::load(&args.policy)
-        .with_context(|| format!("loading policy {}", args.policy.display()))?;
-    let kafka = KafkaSettings {
-        brokers: args.kafka_brokers,
-        observations_topic: args.observations_topic,
-        scale_events_topic: args.scale_events_topic,
-        properties: args.kafka_properties,
-    };
-    let mut config = CollectorConfig::new(kafka, policies);
-    config.group_id = args.group_id;
-    config.state_topic = args.state_topic;
-    config.dead_letter_topic = args.dead_letter_topic;
-    config.partitions = args.partitions;
-    config.create_topics = !args.no_create_topics;
-    config.metrics_addr = Some(args.metrics_addr);
-    config.session_timeout = args.session_timeout;
-    config.delivery_timeout = args.delivery_timeout;
-    config.fleet = FleetConfig {
-        top_k: args.top_k,
-        grace_windows: args.grace_windows,
-        merge_wait: args.merge_wait,
-        idle_close: args.idle_close,
-        horizon_steps: args.horizon_steps,
-        min_forecast_history: args.min_forecast_history,
-        source: args.source,
-        ..FleetConfig::default()
-    };
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Settings files (see docs/configuration.md).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per subcommand into a directory.
+    Man {
+        /// Write shadowtap-collector.1 and shadowtap-collector-SUBCOMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a settings file: names every bad key (unknown, wrong type, out of range,
+    /// contradicting another) and exits 2 if there is one.
+    Check {
+        /// The TOML settings file.
+        file: PathBuf,
+    },
+}
+
+/// Exit status of bad settings (clap's own for a bad command line).
+const SETTINGS_ERROR: u8 = 2;
+
+/// The command line, with `SHADOWTAP_*` variables for the collector's options.
+fn command() -> clap::Command {
+    cli_config::with_env(Cli::command())
+}
+
+fn tool(tool: Tool) -> anyhow::Result<ExitCode> {
+    match tool {
+        Tool::Config(ConfigCommand::Check { file }) => {
+            let problems = check_file(&file);
+            if problems.is_empty() {
+                println!("{}: ok", file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "{}",
+                ConfigError {
+                    path: file,
+                    problems
+                }
+            );
+            Ok(ExitCode::from(SETTINGS_ERROR))
+        }
+        Tool::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut command(),
+                "shadowtap-collector",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Tool::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Tool::Man { dir: None } => {
+            clap_mangen::Man::new(command())
+                .render(&mut std::io::stdout().lock())
+                .context("writing the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: CollectorArgs) -> anyhow::Result<()> {
+    let config = args.collector_config()?;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -131,4 +127,37 @@ async fn main() -> anyhow::Result<()> {
         .run(shutdown)
         .await
         .context("collector failed")
+}
+
+fn main() -> ExitCode {
+    shadowtap_core::init_tracing();
+    let cmd = command();
+    let layered = cli_config::parse_layered(&cmd, std::env::args_os().collect(), |m| {
+        m.subcommand().is_none().then_some((m, &cmd))
+    });
+    let matches = match layered {
+        Ok(m) => m,
+        Err(LayeredError::Clap(e)) => e.exit(),
+        Err(LayeredError::File(e)) => {
+            eprintln!("shadowtap-collector: error: bad settings file\n{e}");
+            return ExitCode::from(SETTINGS_ERROR);
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = if let Some(t) = cli.command {
+        tool(t)
+    } else {
+        if let Some(problems) = describe_problems(&cli.args) {
+            eprintln!("shadowtap-collector: error: {problems}");
+            return ExitCode::from(SETTINGS_ERROR);
+        }
+        tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")
+            .and_then(|rt| rt.block_on(serve(cli.args)))
+            .map(|()| ExitCode::SUCCESS)
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("shadowtap-collector: error: {e:#}");
+        ExitCode::FAILURE
+    })
 }

@@ -17,8 +17,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use shadowtap_core::{
-    Fleet, FleetConfig, KafkaSettings, decision::PolicySet, decode_observation,
-    metrics::MetricsPage,
+    Fleet, FleetConfig, KafkaSettings, decision::PolicySet, decode_observation, metrics::Exposition,
 };
 
 use crate::{
@@ -50,12 +49,20 @@ pub struct CollectorConfig {
     pub policies: PolicySet,
     /// Records per batch (one commit per batch).
     pub batch_max: usize,
-    /// How long a batch collects records after the first.
+    /// How long a batch collects records after the first. Zero: a batch is what the consumer
+    /// already holds (up to `batch_max`), so a lone record is not held back, and under load
+    /// batches grow by themselves with what arrived while the previous one was processed.
     pub batch_wait: Duration,
+    /// Shortest interval between renderings of the metrics page and the dashboard (each
+    /// renders every resource; per batch they cost as much as the batch under load).
+    pub render_interval: Duration,
     pub delivery_timeout: Duration,
     /// Consumer group session timeout: how soon a dead collector's partitions move.
     pub session_timeout: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// The provisioner's lifecycle topic, read so that decisions start from the instances
+    /// that really serve (`None`: decide on the requested counts).
+    pub lifecycle_topic: Option<String>,
 }
 
 impl CollectorConfig {
@@ -69,11 +76,13 @@ impl CollectorConfig {
             create_topics: true,
             fleet: FleetConfig::default(),
             policies,
-            batch_max: 1000,
-            batch_wait: Duration::from_millis(20),
+            batch_max: 5000,
+            batch_wait: Duration::ZERO,
+            render_interval: Duration::from_millis(200),
             delivery_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             metrics_addr: None,
+            lifecycle_topic: Some(shadowtap_core::lifecycle::LIFECYCLE_TOPIC.to_owned()),
         }
     }
 }
@@ -98,9 +107,25 @@ pub enum CollectorError {
 struct GroupContext {
     topic: String,
     notes: Mutex<Vec<RebalanceNote>>,
+    stats: Arc<CollectorStats>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of the
+    /// observation partitions this member fetches, for the "collector lagging" alert.
+    /// Partitions it does not fetch report -1 and are left out.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics.topics.get(&self.topic).map_or(0, |t| {
+            t.partitions
+                .iter()
+                .filter(|(p, _)| **p >= 0)
+                .map(|(_, p)| p.consumer_lag.max(0))
+                .sum()
+        });
+        self.stats.consumer_lag.store(lag, Ordering::Relaxed);
+        self.stats.consumer_lag_seen.store(true, Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -149,6 +174,16 @@ pub struct Collector {
     stats: Arc<CollectorStats>,
 }
 
+/// The next lifecycle record, or never when lifecycle events are not read.
+async fn next_lifecycle(
+    consumer: Option<&StreamConsumer>,
+) -> Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError> {
+    match consumer {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,28 +209,30 @@ impl Collector {
         let cfg = &self.config;
         let kafka = &cfg.kafka;
         if cfg.create_topics {
-            topics::ensure_topics(
-                kafka,
-                &[
-                    (kafka.observations_topic.as_str(), false),
-                    (kafka.scale_events_topic.as_str(), false),
-                    (cfg.state_topic.as_str(), true),
-                    (cfg.dead_letter_topic.as_str(), false),
-                ],
-                cfg.partitions,
-            )
-            .await?;
+            let mut wanted = vec![
+                (kafka.observations_topic.as_str(), false),
+                (kafka.scale_events_topic.as_str(), false),
+                (cfg.state_topic.as_str(), true),
+                (cfg.dead_letter_topic.as_str(), false),
+            ];
+            if let Some(t) = &cfg.lifecycle_topic {
+                wanted.push((t.as_str(), false));
+            }
+            topics::ensure_topics(kafka, &wanted, cfg.partitions).await?;
         }
-        let page = MetricsPage::default();
+        let lifecycle = self.lifecycle_consumer()?;
+        let pages = crate::http::Pages::default();
+        let page = pages.metrics.clone();
+        let mut timeline = shadowtap_core::dashboard::DecisionTimeline::default();
         let _metrics = match cfg.metrics_addr {
             Some(addr) => {
                 // Bind here so a taken port is a start-up error, then serve in the background.
                 let probe = std::net::TcpListener::bind(addr)
                     .map_err(|source| CollectorError::Metrics { addr, source })?;
                 drop(probe);
-                let page = page.clone();
+                let pages = pages.clone();
                 Some(AbortOnDrop(tokio::spawn(async move {
-                    if let Err(e) = shadowtap_core::metrics::serve(addr, page).await {
+                    if let Err(e) = crate::http::serve(addr, pages).await {
                         tracing::error!(%addr, error = %e, "metrics endpoint stopped");
                     }
                 })))
@@ -204,7 +241,7 @@ impl Collector {
         };
         let session = cfg.session_timeout.as_millis().max(1000);
         let consumer: StreamConsumer<GroupContext> = kafka
-            .client_config(&[
+            .consumer_config(&[
                 ("group.id", &cfg.group_id),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
@@ -212,10 +249,12 @@ impl Collector {
                 ("enable.partition.eof", "false"),
                 ("session.timeout.ms", &session.to_string()),
                 ("heartbeat.interval.ms", &(session / 5).to_string()),
+                ("statistics.interval.ms", "2000"),
             ])
             .create_with_context(GroupContext {
                 topic: kafka.observations_topic.clone(),
                 notes: Mutex::new(Vec::new()),
+                stats: Arc::clone(&self.stats),
             })?;
         consumer.subscribe(&[kafka.observations_topic.as_str()])?;
         let producer: FutureProducer = kafka.producer_config(cfg.delivery_timeout).create()?;
@@ -224,6 +263,8 @@ impl Collector {
         tracing::info!(group = %cfg.group_id, topic = %kafka.observations_topic, "collector started");
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut rendered: Option<Instant> = None;
+        let mut resource_page = String::new();
         loop {
             let mut batch: Vec<OwnedMessage> = Vec::new();
             tokio::select! {
@@ -232,6 +273,10 @@ impl Collector {
                     Ok(m) => batch.push(m.detach()),
                     Err(e) => tracing::warn!(error = %e, "consume error"),
                 },
+                l = next_lifecycle(lifecycle.as_ref()) => {
+                    self.apply_lifecycle(&mut fleet, l);
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let deadline = tokio::time::Instant::now() + cfg.batch_wait;
@@ -275,11 +320,72 @@ impl Collector {
                 i64::try_from(fleet.open_windows()).unwrap_or(i64::MAX),
                 Ordering::Relaxed,
             );
-            page.set(self.stats.render());
+            // The collector's counters every batch; what walks every resource (their
+            // decisions and forecast accuracy, the dashboard) at most every render_interval.
+            let render_all = rendered.is_none_or(|r| r.elapsed() >= cfg.render_interval);
+            if render_all {
+                rendered = Some(Instant::now());
+                let mut resources = Exposition::default();
+                fleet.render_resource_metrics(&mut resources);
+                resource_page = resources.finish();
+            }
+            let metrics = self.stats.render() + &resource_page;
+            if render_all {
+                pages.render_dashboard(&fleet, &mut timeline, &metrics);
+            }
+            page.set(metrics);
         }
         tracing::info!("collector stopping");
         consumer.unsubscribe();
         Ok(())
+    }
+
+    /// Every collector reads the whole lifecycle topic (each may own any resource), from the
+    /// start: its own group, never committed. A report for a resource owned elsewhere is
+    /// kept by the fleet in case the resource moves here.
+    fn lifecycle_consumer(&self) -> Result<Option<StreamConsumer>, CollectorError> {
+        let Some(topic) = &self.config.lifecycle_topic else {
+            return Ok(None);
+        };
+        let group = format!(
+            "{}.lifecycle.{}.{}",
+            self.config.group_id,
+            std::process::id(),
+            now_ms()
+        );
+        let consumer: StreamConsumer = self
+            .config
+            .kafka
+            .consumer_config(&[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()?;
+        consumer.subscribe(&[topic.as_str()])?;
+        Ok(Some(consumer))
+    }
+
+    fn apply_lifecycle(
+        &self,
+        fleet: &mut Fleet,
+        message: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) {
+        match message {
+            Ok(m) => match m
+                .payload()
+                .and_then(shadowtap_core::lifecycle::parse_lifecycle)
+            {
+                Some(event) => {
+                    fleet.observe_lifecycle(&event);
+                }
+                None => {
+                    self.stats.lifecycle_invalid.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "lifecycle consume error"),
+        }
     }
 
     fn apply_rebalances(

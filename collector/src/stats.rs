@@ -4,7 +4,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -15,6 +15,8 @@ use shadowtap_core::{FleetStats, metrics::Exposition};
 #[derive(Debug, Default)]
 pub struct CollectorStats {
     pub observations_consumed: AtomicU64,
+    /// Lifecycle topic records that were not lifecycle events.
+    pub lifecycle_invalid: AtomicU64,
     pub observations_processed: AtomicU64,
     /// Records below the partition's next offset (already applied; fetched again after a
     /// rebalance).
@@ -30,6 +32,10 @@ pub struct CollectorStats {
     pub rebalances: AtomicU64,
     pub partitions_owned: AtomicI64,
     pub open_windows: AtomicI64,
+    /// Observation records behind the partitions' high watermarks (librdkafka statistics);
+    /// exported once the first statistics arrived.
+    pub consumer_lag: AtomicI64,
+    pub consumer_lag_seen: AtomicBool,
     malformed: Mutex<BTreeMap<&'static str, u64>>,
     fleet: Mutex<FleetStats>,
     /// Wall time from a window's end to its scale event's acknowledgement, ms.
@@ -176,7 +182,7 @@ impl CollectorStats {
             &samples,
         );
         let f = self.fleet();
-        let fleet: [(&str, u64); 8] = [
+        let fleet: [(&str, u64); 18] = [
             ("merged", f.observations_merged),
             ("duplicate", f.observations_duplicate),
             ("late", f.observations_late),
@@ -185,6 +191,19 @@ impl CollectorStats {
             ("decisions", f.decisions),
             ("decisions_without_policy", f.decisions_without_policy),
             ("forecast_errors", f.forecast_errors),
+            ("demand_gaps", f.demand_gaps),
+            ("lifecycle_applied", f.lifecycle_applied),
+            ("lifecycle_duplicate", f.lifecycle_duplicate),
+            ("lifecycle_stale", f.lifecycle_stale),
+            ("lifecycle_unknown", f.lifecycle_unknown),
+            ("provision_failures", f.provision_failures),
+            ("provision_retries", f.provision_retries),
+            ("requests_reissued", f.requests_reissued),
+            ("requests_in_flight", f.requests_in_flight),
+            (
+                "lifecycle_invalid",
+                self.lifecycle_invalid.load(Ordering::Relaxed),
+            ),
         ];
         let labels: Vec<[(&str, &str); 1]> = fleet.iter().map(|(k, _)| [("what", *k)]).collect();
         let samples: Vec<(&[(&str, &str)], f64)> = labels
@@ -210,8 +229,16 @@ impl CollectorStats {
             "Merged windows waiting to close.",
             &[(&[], self.open_windows.load(Ordering::Relaxed) as f64)],
         );
+        if self.consumer_lag_seen.load(Ordering::Relaxed) {
+            e.family(
+                "shadowtap_collector_consumer_lag_records",
+                "gauge",
+                "Observation records not yet consumed and committed on this collector's partitions.",
+                &[(&[], self.consumer_lag.load(Ordering::Relaxed) as f64)],
+            );
+        }
         if let Some(h) = self.event_latency() {
-            let q: Vec<(String, f64)> = [0.5, 0.99, 1.0]
+            let q: Vec<(String, f64)> = [0.5, 0.99, 0.999, 1.0]
                 .iter()
                 .map(|q| (q.to_string(), h.value_at_quantile(*q) as f64))
                 .collect();

@@ -3,7 +3,7 @@ use std::time::Duration;
 use shadowtap_core::decision::PolicySet;
 
 use super::*;
-use crate::generate::tests_support::shop;
+use shadowtap_core::profile::example::shop;
 
 const FLASH: &str = r#"
 name = "flash sale"

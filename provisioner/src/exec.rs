@@ -7,7 +7,12 @@ use std::collections::{HashSet, VecDeque};
 
 use shadowtap_core::ScaleEvent;
 
-use crate::{Result, input::Input, io_context};
+use crate::{
+    Result,
+    input::Input,
+    io_context,
+    metrics::{EventOutcome, metrics},
+};
 
 /// Remembers the last `capacity` event ids.
 #[derive(Debug)]
@@ -96,10 +101,12 @@ pub async fn run(
         match serde_json::from_slice::<ScaleEvent>(&incoming.payload) {
             Err(e) => {
                 malformed += 1;
+                metrics().event(EventOutcome::Malformed);
                 tracing::warn!(error = %e, malformed, "not a scale event; skipped");
             }
             Ok(event) if !seen.insert(&event.id) => {
                 duplicates += 1;
+                metrics().event(EventOutcome::Duplicate);
                 tracing::info!(id = %event.id, duplicates, "duplicate scale event dropped");
             }
             Ok(event) => {
@@ -113,9 +120,11 @@ pub async fn run(
                         .status()
                         .await
                         .map_err(io_context(format!("running `{command}`")))?;
+                    metrics().command(out.success());
                     Some(out.code().unwrap_or(-1))
                 };
                 handled += 1;
+                metrics().event(EventOutcome::Handled);
                 report(serde_json::json!({
                     "id": event.id,
                     "resource": event.data.resource,

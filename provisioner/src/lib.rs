@@ -14,7 +14,9 @@ pub mod haproxy;
 pub mod input;
 pub mod instance;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pool;
+pub mod prewarm;
 pub mod state;
 
 /// Failures of the provisioner's library parts.

@@ -1,118 +1,19 @@
-//! `shadowtap.lifecycle.v1`: one CloudEvent per executed lifecycle stage of one instance
-//! (schema: `provisioner/schema/lifecycle.schema.json`).
-//!
-//! The id is a digest of (scale event id, instance, stage, attempt): a stage re-reported after a
-//! restart carries the same id, so consumers drop the repeat.
+//! Where `shadowtap.lifecycle.v1` events go (Kafka, a file or stdout). The event type itself
+//! lives in `shadowtap_core::lifecycle`, shared with the collectors that read it back.
 
 use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-use shadowtap_core::{KafkaSettings, decision::LifecycleStage, scale_event::rfc3339_millis};
+use shadowtap_core::KafkaSettings;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{Error, Result, io_context};
 
-/// `CloudEvents` `type` of lifecycle events.
-pub const LIFECYCLE_TYPE: &str = "shadowtap.lifecycle.v1";
-/// Default topic.
-pub const LIFECYCLE_TOPIC: &str = "shadowtap.lifecycle";
-/// Version of the `data` payload.
-pub const LIFECYCLE_DATA_VERSION: u32 = 1;
-
-/// A lifecycle event (`CloudEvents` 1.0 structured JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LifecycleEvent {
-    pub specversion: String,
-    pub id: String,
-    pub source: String,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The resource.
-    pub subject: String,
-    /// When the stage finished, RFC 3339 UTC.
-    pub time: String,
-    pub datacontenttype: String,
-    pub data: LifecycleData,
-}
-
-/// What happened in one stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LifecycleData {
-    pub schema_version: u32,
-    pub resource: String,
-    pub scale_event_id: String,
-    pub instance: String,
-    pub stage: LifecycleStage,
-    pub attempt: u32,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub started_at: String,
-    pub finished_at: String,
-    pub started_at_ms: u64,
-    pub finished_at_ms: u64,
-    pub duration_ms: u64,
-    /// Instances that passed their health check when the stage finished.
-    pub healthy_instances: u32,
-    pub target_instances: u32,
-}
-
-/// The deterministic id of one stage attempt.
-pub fn lifecycle_id(event_id: &str, instance: &str, stage: LifecycleStage, attempt: u32) -> String {
-    let mut h = Sha256::new();
-    for part in [event_id, instance, stage_name(stage)] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.update(attempt.to_be_bytes());
-    h.finalize()[..16]
-        .iter()
-        .fold(String::with_capacity(32), |mut out, b| {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-pub fn stage_name(stage: LifecycleStage) -> &'static str {
-    match stage {
-        LifecycleStage::Provision => "provision",
-        LifecycleStage::WarmUp => "warm_up",
-        LifecycleStage::ShiftTraffic => "shift_traffic",
-        LifecycleStage::Decommission => "decommission",
-    }
-}
-
-impl LifecycleEvent {
-    pub fn new(source: &str, data: LifecycleData) -> Self {
-        Self {
-            specversion: "1.0".to_owned(),
-            id: lifecycle_id(
-                &data.scale_event_id,
-                &data.instance,
-                data.stage,
-                data.attempt,
-            ),
-            source: source.to_owned(),
-            event_type: LIFECYCLE_TYPE.to_owned(),
-            subject: data.resource.clone(),
-            time: rfc3339_millis(data.finished_at_ms),
-            datacontenttype: "application/json".to_owned(),
-            data,
-        }
-    }
-
-    /// Fills the timestamps of a stage that ran from `started_ms` to now.
-    pub fn timing(started_ms: u64, finished_ms: u64) -> (String, String, u64) {
-        (
-            rfc3339_millis(started_ms),
-            rfc3339_millis(finished_ms),
-            finished_ms.saturating_sub(started_ms),
-        )
-    }
-}
+pub use shadowtap_core::lifecycle::{
+    LIFECYCLE_DATA_VERSION, LIFECYCLE_TOPIC, LIFECYCLE_TYPE, LifecycleData, LifecycleEvent,
+    lifecycle_id, stage_name,
+};
 
 /// Where lifecycle events go.
 pub enum Sink {
@@ -177,19 +78,5 @@ impl Sink {
             Self::Stdout => println!("{json}"),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_deterministic_per_attempt() {
-        let a = lifecycle_id("e", "i", LifecycleStage::Provision, 1);
-        assert_eq!(a, lifecycle_id("e", "i", LifecycleStage::Provision, 1));
-        assert_ne!(a, lifecycle_id("e", "i", LifecycleStage::Provision, 2));
-        assert_ne!(a, lifecycle_id("e", "i", LifecycleStage::WarmUp, 1));
-        assert_eq!(a.len(), 32);
     }
 }

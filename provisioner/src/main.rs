@@ -47,6 +47,10 @@ struct Args {
     /// Exit after this many distinct events.
     #[arg(long)]
     max_events: Option<u64>,
+    /// Serve Prometheus counters on `http://ADDR/metrics` (events, failed commands and
+    /// lifecycle stages); off when absent.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 
     /// exec: command template; {resource} {target} {current} {action} {id} {stage} are
     /// substituted shell-quoted.
@@ -71,9 +75,22 @@ struct Args {
     /// haproxy: starts one instance; {name} {addr} {port} substituted shell-quoted.
     #[arg(long, required_if_eq("driver", "haproxy"))]
     instance_cmd: Option<String>,
-    /// haproxy: run after provisioning (cache pre-warm); same placeholders.
+    /// haproxy: run after provisioning and pre-warming (e.g. copy state); same placeholders.
     #[arg(long)]
     warmup_cmd: Option<String>,
+    /// haproxy: pre-warm each new instance's cache from this request profile: an agent's
+    /// `http://HOST:PORT/v1/resources/ID/profile`, or a profile file.
+    #[arg(long, value_name = "URL|FILE")]
+    prewarm_profile: Option<String>,
+    /// haproxy: at most this many pre-warm requests per instance.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    prewarm_requests: u64,
+    /// haproxy: at most this long pre-warming one instance.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    prewarm_time: std::time::Duration,
+    /// haproxy: pre-warm requests in parallel.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    prewarm_concurrency: u64,
     /// haproxy: the state file (instances, lifecycle in flight).
     #[arg(long, required_if_eq("driver", "haproxy"))]
     state_file: Option<PathBuf>,
@@ -131,6 +148,31 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     shadowtap_core::init_tracing();
     let args = Args::parse();
+    if let Some(addr) = args.metrics_listen {
+        // Bind here so a taken port is a start-up error, then serve in the background.
+        drop(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("metrics endpoint {addr}"))?,
+        );
+        tokio::spawn(async move {
+            let handler = |path: &str| -> shadowtap_core::metrics::Response {
+                match path {
+                    "/metrics" => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        shadowtap_provisioner::metrics::metrics().render(),
+                    ),
+                    "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+                    _ => ("404 Not Found", "text/plain", "not found\n".into()),
+                }
+            };
+            if let Err(e) =
+                shadowtap_core::metrics::serve_http(addr, std::sync::Arc::new(handler)).await
+            {
+                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let kafka = args.kafka_brokers.as_ref().map(|b| KafkaSettings {
         properties: args.kafka_properties.clone(),
         ..KafkaSettings::new(b.clone())
@@ -189,6 +231,14 @@ async fn run_pool(args: &Args, kafka: Option<&KafkaSettings>, input: Input) -> a
             .clone()
             .context("--instance-cmd is required")?,
         warmup_cmd: args.warmup_cmd.clone(),
+        prewarm: args.prewarm_profile.clone().map(|profile| {
+            shadowtap_provisioner::prewarm::PrewarmConfig {
+                profile,
+                max_requests: usize::try_from(args.prewarm_requests).unwrap_or(usize::MAX),
+                max_time: args.prewarm_time,
+                concurrency: usize::try_from(args.prewarm_concurrency).unwrap_or(8),
+            }
+        }),
         health_path: args.health_path.clone(),
         health_timeout: args.health_timeout,
         provision_timeout: args.provision_timeout,

@@ -516,5 +516,3 @@ fn synthetic(rank: u64, numeric: bool) -> String {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod tests_support;

@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 
 use shadowtap_core::profile::{Distribution, END, START, js_divergence, ks_statistic};
 
-use super::tests_support::shop;
 use super::*;
+use shadowtap_core::profile::example::shop;
 
 fn mix_of(runs: &[Vec<(usize, Request)>], names: &[&str]) -> BTreeMap<String, f64> {
     let mut mix = BTreeMap::new();

@@ -18,9 +18,14 @@ use shadowtap_core::{ScaleEvent, decision::LifecycleStage};
 use crate::haproxy::HaProxy;
 use crate::input::Input;
 use crate::instance;
-use crate::lifecycle::{LIFECYCLE_DATA_VERSION, LifecycleData, LifecycleEvent, Sink};
+use crate::metrics::{EventOutcome, metrics};
 use crate::state::{Instance, Phase, PoolState, StateFile};
 use crate::{Error, Result, now_ms};
+use crate::{
+    lifecycle::{LIFECYCLE_DATA_VERSION, LifecycleData, LifecycleEvent, Sink},
+    prewarm::{PrewarmConfig, Prewarmer},
+};
+use shadowtap_core::lifecycle::WarmReport;
 
 /// Settings of the pool.
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ pub struct PoolConfig {
     pub log_dir: PathBuf,
     /// `source` of lifecycle events.
     pub source: String,
+    /// Cache pre-warming of new instances from a request profile (before `warmup_cmd`).
+    pub prewarm: Option<PrewarmConfig>,
 }
 
 /// Which event a stage belongs to, for its report.
@@ -66,6 +73,27 @@ struct Ctx {
     event_id: String,
     resource: String,
     target: u32,
+    /// Requests the event predicts over its decision window (lead time + horizon), at the
+    /// peak's rate (the observed window's when it predicts none).
+    demand: f64,
+}
+
+/// Requests a scale event predicts until its decision window ends: a warmed key pays off if
+/// it is asked for at any time the new instance serves within it, not only in the peak's
+/// own window.
+fn predicted_demand(event: &ScaleEvent) -> f64 {
+    let d = &event.data;
+    let per_window = if d.explanation.peak_point > 0.0 {
+        d.explanation.peak_point
+    } else {
+        d.window.counts.requests as f64
+    };
+    let step = d.window.end_ms.saturating_sub(d.window.start_ms).max(1);
+    let span = d
+        .explanation
+        .window_end_ms
+        .saturating_sub(d.explanation.window_start_ms);
+    per_window * (span as f64 / step as f64).max(1.0)
 }
 
 /// The pool and its persistent state.
@@ -75,6 +103,9 @@ pub struct Pool {
     file: StateFile,
     state: PoolState,
     sink: Sink,
+    prewarmer: Option<Prewarmer>,
+    /// The pre-warm report that goes with the next `warm_up` lifecycle event.
+    next_warm: Option<WarmReport>,
 }
 
 impl Pool {
@@ -86,12 +117,15 @@ impl Pool {
         sink: Sink,
     ) -> Result<Self> {
         let state = file.load()?;
+        let prewarmer = cfg.prewarm.clone().map(Prewarmer::new);
         let mut pool = Self {
             cfg,
             haproxy,
             file,
             state,
             sink,
+            prewarmer,
+            next_warm: None,
         };
         pool.reconcile().await?;
         if let Some(event) = pool.state.inflight.clone() {
@@ -113,9 +147,15 @@ impl Pool {
                 Ok(event) => {
                     if self.handle(&event).await? {
                         handled += 1;
+                        metrics().event(EventOutcome::Handled);
+                    } else {
+                        metrics().event(EventOutcome::Skipped);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "not a scale event; skipped"),
+                Err(e) => {
+                    metrics().event(EventOutcome::Malformed);
+                    tracing::warn!(error = %e, "not a scale event; skipped");
+                }
             }
             input.commit(&incoming)?;
             if max_events.is_some_and(|m| handled >= m) {
@@ -135,6 +175,15 @@ impl Pool {
         {
             return Ok(false);
         }
+        if let Some(p) = &mut self.prewarmer {
+            let d = &event.data;
+            p.observe_event(
+                d.explanation.peak_at_ms,
+                d.explanation.peak_point,
+                (d.window.start_ms, d.window.end_ms),
+                d.window.counts.requests,
+            );
+        }
         if self.state.is_done(&event.id) {
             tracing::info!(id = %event.id, "scale event already handled");
             return Ok(false);
@@ -150,6 +199,7 @@ impl Pool {
             event_id: event.id.clone(),
             resource: event.data.resource.clone(),
             target: event.data.target_instances,
+            demand: predicted_demand(event),
         };
         // A pool never goes below one instance: the last one is never drained.
         let target = event.data.target_instances.max(1) as usize;
@@ -274,7 +324,13 @@ impl Pool {
             duration_ms,
             healthy_instances: self.healthy_count().await,
             target_instances: ctx.target,
+            warm: if stage == LifecycleStage::WarmUp {
+                self.next_warm.take()
+            } else {
+                None
+            },
         };
+        metrics().stage(stage, data.ok);
         if let Some(e) = &data.error {
             tracing::warn!(instance = name, stage = ?stage, attempt, error = %e, "stage failed");
         } else {
@@ -358,7 +414,7 @@ impl Pool {
         let inst = self.instance(name)?;
         if inst.phase == Phase::Provisioned {
             let started = now_ms();
-            if let Err(e) = self.warm_up(&inst).await {
+            if let Err(e) = self.warm_up(ctx, &inst).await {
                 self.report(
                     ctx,
                     name,
@@ -443,7 +499,30 @@ impl Pool {
         self.set_phase(name, Phase::Provisioned)
     }
 
-    async fn warm_up(&self, inst: &Instance) -> Result<()> {
+    /// Pre-warms the instance's cache from the request profile (a failure to do so is
+    /// reported in the event but does not discard a healthy instance), then runs
+    /// `warmup_cmd` (e.g. a state copy), whose failure does.
+    async fn warm_up(&mut self, ctx: &Ctx, inst: &Instance) -> Result<()> {
+        if let Some(p) = &mut self.prewarmer {
+            match p
+                .warm(&ctx.resource, &inst.addr, inst.port, ctx.demand, ctx.target)
+                .await
+            {
+                Ok(report) => {
+                    tracing::info!(instance = %inst.name, keys = report.keys, ok = report.ok,
+                        failed = report.failed, share = report.predicted_key_share,
+                        bias = report.demand_bias, "cache pre-warmed");
+                    self.next_warm = Some(report);
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %inst.name, error = %e, "cache pre-warm failed");
+                    self.next_warm = Some(WarmReport {
+                        error: Some(e.to_string()),
+                        ..WarmReport::default()
+                    });
+                }
+            }
+        }
         let Some(template) = &self.cfg.warmup_cmd else {
             return Ok(());
         };

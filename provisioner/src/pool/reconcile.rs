@@ -25,6 +25,11 @@ impl Pool {
                 .inflight
                 .as_ref()
                 .map_or(0, |e| e.data.target_instances),
+            demand: pool
+                .state
+                .inflight
+                .as_ref()
+                .map_or(0.0, super::predicted_demand),
         };
         for inst in self.state.instances.clone() {
             let alive =

@@ -1,0 +1,227 @@
+//! Real `shadowtap-collector` processes for the bench, watched through their `/metrics` page.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::common::{Broker, ChildGuard, http_get, metric};
+
+/// The topics and group one collector run uses (unique per run, so runs do not share state).
+#[derive(Debug, Clone)]
+pub struct RunTopics {
+    pub observations: String,
+    pub scale_events: String,
+    pub state: String,
+    pub dead_letter: String,
+    pub group: String,
+}
+
+impl RunTopics {
+    pub fn new(suffix: &str) -> Self {
+        Self {
+            observations: format!("bench.observations.{suffix}"),
+            scale_events: format!("bench.scale-events.{suffix}"),
+            state: format!("bench.state.{suffix}"),
+            dead_letter: format!("bench.dlq.{suffix}"),
+            group: format!("bench-collector-{suffix}"),
+        }
+    }
+}
+
+/// One collector process; killed on drop.
+pub struct CollectorProc {
+    _guard: ChildGuard,
+    pub metrics_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Start the release binary of `shadowtap-collector` (`merge-wait 0s`: a window every known
+/// agent has reported closes at once, so the latency measured is the pipeline's own).
+pub fn spawn(
+    broker: &Broker,
+    topics: &RunTopics,
+    policy: &Path,
+    min_forecast_history: usize,
+    log: &Path,
+) -> CollectorProc {
+    let metrics_port = free_port();
+    let log = std::fs::File::create(log).expect("collector log");
+    // `BENCH_COLLECTOR_BIN`: another build of the collector, for A/B runs of code changes.
+    let bin = std::env::var_os("BENCH_COLLECTOR_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_shadowtap-collector").into(),
+        std::path::PathBuf::from,
+    );
+    let child = Command::new(bin)
+        .args([
+            "--kafka-brokers",
+            &broker.bootstrap(),
+            "--policy",
+            &policy.display().to_string(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--observations-topic",
+            &topics.observations,
+            "--scale-events-topic",
+            &topics.scale_events,
+            "--state-topic",
+            &topics.state,
+            "--dead-letter-topic",
+            &topics.dead_letter,
+            "--group-id",
+            &topics.group,
+            "--lifecycle-topic",
+            "",
+            "--partitions",
+            "4",
+            "--merge-wait",
+            "0s",
+            "--idle-close",
+            "2s",
+            "--session-timeout",
+            "6s",
+            "--min-forecast-history",
+            &min_forecast_history.to_string(),
+        ])
+        // For A/B runs of settings: e.g. `--kafka-property fetch.wait.max.ms=500`.
+        .args(extra_args())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn shadowtap-collector");
+    CollectorProc {
+        _guard: ChildGuard(child),
+        metrics_port,
+    }
+}
+
+/// `BENCH_COLLECTOR_ARGS`, split on whitespace, appended to every collector's command line.
+pub fn extra_args() -> Vec<String> {
+    std::env::var("BENCH_COLLECTOR_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// What the bench reads from a collector's page.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scrape {
+    pub processed: u64,
+    pub commits: u64,
+    pub scale_events: u64,
+    pub partitions: u64,
+}
+
+impl CollectorProc {
+    pub fn page(&self) -> Option<String> {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    pub fn scrape(&self) -> Option<Scrape> {
+        let page = self.page()?;
+        let m = |name: &str| metric(&page, name).unwrap_or(0.0) as u64;
+        Some(Scrape {
+            processed: m("shadowtap_collector_observations_processed_total"),
+            commits: m("shadowtap_collector_commits_total"),
+            scale_events: m("shadowtap_collector_scale_events_total"),
+            partitions: m("shadowtap_collector_partitions_owned"),
+        })
+    }
+
+    /// Wait until the collector's page is up and it owns at least one partition.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.scrape().is_some_and(|s| s.partitions > 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector did not join its group"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The event-latency summary's quantile `q` (as rendered: "0.5", "0.99", "0.999", "1").
+    pub fn latency_quantile(&self, q: &str) -> Option<f64> {
+        let page = self.page()?;
+        metric(
+            &page,
+            &format!("shadowtap_collector_event_latency_ms{{quantile=\"{q}\"}}"),
+        )
+    }
+}
+
+/// Per collector: observations processed while the bench watched it work, and over how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub observations: u64,
+    pub seconds: f64,
+}
+
+impl Rate {
+    pub fn per_second(&self) -> f64 {
+        self.observations as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Watch `procs` until together they processed and committed `total` observations. Each
+/// collector's rate runs from the first scrape that shows it processed anything to the first
+/// that shows its last: the first batch (and the start-up before it) is left out of both the
+/// count and the time, so process start and group join do not count.
+pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rate>, Rate) {
+    let deadline = Instant::now() + timeout;
+    let n = procs.len();
+    let mut first: Vec<Option<(Instant, u64)>> = vec![None; n];
+    let mut last: Vec<Option<(Instant, u64)>> = vec![None; n];
+    let mut all_first: Option<(Instant, u64)> = None;
+    let end = loop {
+        let now = Instant::now();
+        let mut sum = 0;
+        for (i, p) in procs.iter().enumerate() {
+            let Some(s) = p.scrape() else { continue };
+            sum += s.processed;
+            if s.processed > 0 && s.commits > 0 {
+                if first[i].is_none() {
+                    first[i] = Some((now, s.processed));
+                }
+                if last[i].is_none_or(|(_, seen)| s.processed > seen) {
+                    last[i] = Some((now, s.processed));
+                }
+            }
+        }
+        if sum > 0 && all_first.is_none() {
+            all_first = Some((now, sum));
+        }
+        if sum >= total {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collectors processed {sum} of {total} observations in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let rate = |f: Option<(Instant, u64)>, l: Option<(Instant, u64)>| match (f, l) {
+        (Some((t0, n0)), Some((t1, n1))) => Rate {
+            observations: n1 - n0,
+            seconds: (t1 - t0).as_secs_f64(),
+        },
+        _ => Rate {
+            observations: 0,
+            seconds: 0.0,
+        },
+    };
+    let per: Vec<Rate> = (0..n).map(|i| rate(first[i], last[i])).collect();
+    let all = rate(all_first, Some((end, total)));
+    (per, all)
+}
