@@ -85,8 +85,26 @@ pub fn loadgen_binary() -> Result<PathBuf> {
     )
 }
 
+/// `shadowtap-collector` (as [`agent_binary`]; `SHADOWTAP_COLLECTOR_BIN` overrides).
+pub fn collector_binary() -> Result<PathBuf> {
+    workspace_binary(
+        "shadowtap-collector",
+        "SHADOWTAP_COLLECTOR_BIN",
+        "cargo build -p shadowtap-collector",
+    )
+}
+
+/// `shadowtap-provisioner` (as [`agent_binary`]; `SHADOWTAP_PROVISIONER_BIN` overrides).
+pub fn provisioner_binary() -> Result<PathBuf> {
+    workspace_binary(
+        "shadowtap-provisioner",
+        "SHADOWTAP_PROVISIONER_BIN",
+        "cargo build -p shadowtap-provisioner",
+    )
+}
+
 /// The newest debug or release build of workspace binary `name`, or `$env_var`.
-fn workspace_binary(name: &str, env_var: &str, build: &str) -> Result<PathBuf> {
+pub fn workspace_binary(name: &str, env_var: &str, build: &str) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
         return if path.is_file() {
@@ -133,6 +151,21 @@ pub struct AgentExit {
 impl RunningAgent {
     /// Starts `shadowtap-agent run` inside `ns`; its output goes to `work_dir/agent.jsonl`.
     pub fn start(ns: &Netns, config: &AgentConfig, work_dir: &Path) -> Result<Self> {
+        Self::start_with(ns, config, work_dir, "--output")
+    }
+
+    /// As [`Self::start`], without the per-request event stream (as the daemon runs by
+    /// default): `work_dir/agent.jsonl` holds only the stats lines (`--stats`).
+    pub fn start_stats_only(ns: &Netns, config: &AgentConfig, work_dir: &Path) -> Result<Self> {
+        Self::start_with(ns, config, work_dir, "--stats")
+    }
+
+    fn start_with(
+        ns: &Netns,
+        config: &AgentConfig,
+        work_dir: &Path,
+        output_flag: &str,
+    ) -> Result<Self> {
         let binary = agent_binary()?;
         let output = work_dir.join("agent.jsonl");
         let interval = config.stats_interval_secs.to_string();
@@ -144,7 +177,7 @@ impl RunningAgent {
             config.mode.as_arg(),
             "--xdp-mode",
             config.xdp_mode.as_arg(),
-            "--output",
+            output_flag,
             &output.to_string_lossy(),
             "--stats-interval",
             &interval,

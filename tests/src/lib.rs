@@ -4,6 +4,8 @@
 //! - [`process`]: background processes that log to files and die with their guard.
 //! - [`peer`]: the deterministic HTTP/1.1 client and server behind `shadowtap-httppeer`.
 //! - [`agent`]: starting `shadowtap-agent` inside a namespace and reading its JSON lines.
+//! - [`closed_loop`]: the closed-loop experiment (issue 14): bed, traffic, report, plot.
+//! - [`broker`]: a real Kafka-protocol broker (nisshi) inside a test namespace.
 //! - [`bpf`]: what XDP/tc programs are attached to an interface, which ones a process owns.
 //! - [`events`]: tallies over the agent's event log.
 //! - [`pcap`]: reading classic pcap files and giving raw-IP captures an Ethernet header.
@@ -13,6 +15,8 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod broker;
+pub mod closed_loop;
 pub mod error;
 pub mod events;
 pub mod json;

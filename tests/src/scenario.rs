@@ -530,8 +530,14 @@ pub fn api_get(ns: &Netns, addr: &str, path: &str) -> Result<(String, String)> {
             std::net::TcpStream::connect(&addr).map_err(io_context(context("connecting for")))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(io_context(context("timeout for")))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
-            .map_err(io_context(context("writing")))?;
+        // HTTP/1.0 and `Connection: close`: the server answers once, without chunking, and
+        // closes, so the response ends at EOF (a Go server such as Prometheus' would keep an
+        // HTTP/1.1 connection open).
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(io_context(context("writing")))?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)
             .map_err(io_context(context("reading")))?;
