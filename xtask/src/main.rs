@@ -8,6 +8,7 @@ mod bench_live;
 mod bench_loadgen;
 mod demo;
 mod ebpf;
+mod experiment;
 mod setup;
 mod util;
 
@@ -46,6 +47,17 @@ enum Command {
         /// Only run benchmarks whose name contains this.
         filter: Option<String>,
     },
+    /// `closed-loop`: reactive vs predictive scaling on a live bed (docs/experiment.md);
+    /// `sweep`: parameter-sweep explorers vs the grid optimum on real nginx (docs/sweeps.md).
+    Experiment {
+        name: String,
+        /// Also print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A short run without training days.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,6 +71,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Demo { seconds } => demo::run(seconds),
         Command::Bench { filter } => bench::run(filter.as_deref()),
+        Command::Experiment { name, json, quick } => experiment::run(&name, json, quick),
     }
 }
 

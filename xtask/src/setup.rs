@@ -41,6 +41,17 @@ const TEST_APT: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
+/// tests/tests/deploy.rs: podman builds and runs the image (runc: this sandbox refuses crun),
+/// `systemd-analyze` (systemd) verifies the units, `setpriv` (util-linux) drops capabilities.
+const DEPLOY_TEST_APT: &[&str] = &["podman", "runc", "systemd", "util-linux"];
+
+/// The Prometheus tests: `promtool` checks the shipped rules, a real `prometheus` scrapes a live
+/// agent and collector (its service is not started: see [`apt`]).
+const PROMETHEUS_APT: &[&str] = &["prometheus"];
+
+/// The dashboard test: a headless browser that renders the page (tests/tests/dashboard.rs).
+const DASHBOARD_APT: &[&str] = &["chromium"];
+
 /// `cargo xtask bench live`: a real HTTP server and load generator, and a capture for checks.
 const BENCH_LIVE_APT: &[&str] = &["tcpdump", "nginx-light", "wrk", "bpftool"];
 
@@ -62,13 +73,24 @@ pub fn run() -> Result<()> {
 /// Everything the build, the tests and the cargo benchmarks need (not wrk, which only
 /// [`bench_live`] installs). nginx is installed without starting its service (see [`apt`]).
 pub fn all(steps: &mut Steps) -> Result<()> {
-    apt(steps, &[DEMO_APT, TEST_APT])?;
+    ensure_dev_null()?;
+    apt(
+        steps,
+        &[
+            DEMO_APT,
+            TEST_APT,
+            DEPLOY_TEST_APT,
+            PROMETHEUS_APT,
+            DASHBOARD_APT,
+        ],
+    )?;
     ebpf_toolchain(steps)?;
     broker(steps)
 }
 
 /// Only what `cargo xtask demo` builds and runs: no packet tools, no Kafka broker.
 pub fn demo(steps: &mut Steps) -> Result<()> {
+    ensure_dev_null()?;
     apt(steps, &[DEMO_APT])?;
     ebpf_toolchain(steps)
 }
@@ -76,6 +98,7 @@ pub fn demo(steps: &mut Steps) -> Result<()> {
 /// What `cargo xtask bench live` needs: the demo's setup plus tcpdump, nginx-light, wrk and
 /// bpftool. Prints its own [1/2] [2/2] progress lines.
 pub fn bench_live() -> Result<()> {
+    ensure_dev_null()?;
     let mut steps = Steps::new(DEMO_STEPS);
     apt(&mut steps, &[DEMO_APT, BENCH_LIVE_APT])?;
     ebpf_toolchain(&mut steps)
@@ -83,6 +106,7 @@ pub fn bench_live() -> Result<()> {
 
 /// `cargo xtask build-ebpf`: rust-src and bpf-linker (the Debian LLVM must be there already).
 pub fn ensure_ebpf_toolchain() -> Result<()> {
+    ensure_dev_null()?;
     ebpf_toolchain(&mut Steps::new(1))
 }
 
@@ -111,6 +135,38 @@ fn broker(steps: &mut Steps) -> Result<()> {
     ]))
     .context("installing nisshi")?;
     step.done();
+    Ok(())
+}
+
+/// Device number of the null device (major 1, minor 3), as `st_rdev` encodes it on Linux.
+const DEV_NULL_RDEV: u64 = (1 << 8) | 3;
+
+/// Makes sure /dev/null is the null device. On some machines of this fleet it was found to be
+/// a regular file: everything written "to /dev/null" collected there, and every process
+/// reading it got that text. Cargo's `rustc -` target probe reads its source from /dev/null,
+/// so the eBPF build failed when another probe's warnings were sitting in the file (the CI
+/// failure of stop 20). Root can put the device back; anyone else gets an error that says
+/// what is wrong instead of a baffling compile error.
+fn ensure_dev_null() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let path = std::path::Path::new("/dev/null");
+    let meta = std::fs::symlink_metadata(path).context("reading /dev/null's metadata")?;
+    if meta.file_type().is_char_device() && meta.rdev() == DEV_NULL_RDEV {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: /dev/null is not the null device (a {}, {} bytes): programs that read it get \
+         whatever was last written there; recreating it (mknod /dev/null c 1 3)",
+        if meta.file_type().is_file() {
+            "regular file"
+        } else {
+            "non-device"
+        },
+        meta.len()
+    );
+    std::fs::remove_file(path).context("removing the broken /dev/null (needs root)")?;
+    util::run(Command::new("mknod").args(["-m", "666", "/dev/null", "c", "1", "3"]))
+        .context("recreating /dev/null")?;
     Ok(())
 }
 
