@@ -141,6 +141,9 @@ fn kubernetes_manifests_match_the_binaries() {
             let values = check_flags(&cli, &args, &what);
             check_ports(&pod, container, &cli, &values, metrics_flag, &what);
             check_mounts(&docs, &pod, container, &values, &what);
+            if name == "shadowtap-agent" {
+                check_agent_host_access(&pod, container, &what);
+            }
             check_security(&pod, container, name, &what);
         }
     }
@@ -259,6 +262,32 @@ fn check_mounts(
                 "{what}: --{flag} {value} is on a read-only mount"
             );
         }
+    }
+}
+
+/// The agent sees the node: its network namespace, the kernel's BTF and the host's bpffs, the
+/// last two read-only from the host's own paths.
+fn check_agent_host_access(pod: &Value, container: &Value, what: &str) {
+    assert_eq!(
+        pod.get("hostNetwork"),
+        Some(&Value::Bool(true)),
+        "{what}: hostNetwork"
+    );
+    for path in ["/sys/kernel/btf", "/sys/fs/bpf"] {
+        let mount = list(container, "volumeMounts")
+            .iter()
+            .find(|m| text(m, "mountPath") == path)
+            .unwrap_or_else(|| panic!("{what}: {path} is not mounted"));
+        assert_eq!(
+            mount.get("readOnly"),
+            Some(&Value::Bool(true)),
+            "{what}: {path} read-only"
+        );
+        let volume = list(pod, "volumes")
+            .iter()
+            .find(|v| text(v, "name") == text(mount, "name"))
+            .expect("the mount's volume");
+        assert_eq!(text(volume, "hostPath.path"), path, "{what}: {path} from the host");
     }
 }
 
