@@ -9,9 +9,10 @@
 //! Proves: with the default limit (16,384) the extra clients are evicted and counted; with
 //! `max_clients` = 100,000 none is, and the whole process stays within 256 MiB.
 
-use std::{io::Write as _, net::Ipv4Addr, path::Path, process::Command};
+use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use shadowtap_agent::{
+    decode::pcap_writer::{PcapWriter, TcpSegment},
     model::{ModelConfig, ModelStore},
     replay::{ReplayOptions, replay_pcap_events},
 };
@@ -27,31 +28,6 @@ const BUDGET_BYTES: u64 = 256 << 20;
 const PHASE_VAR: &str = "CLIENT_MEMORY_MAX_CLIENTS";
 const PCAP_VAR: &str = "CLIENT_MEMORY_PCAP";
 
-fn frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    flags: &str,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1, 65535);
-    for f in flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'A' => b.ack(1),
-            'P' => b.psh(),
-            'F' => b.fin(),
-            _ => b,
-        };
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("frame");
-    out
-}
-
 /// What varies between the generated requests.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Vary {
@@ -66,23 +42,20 @@ enum Vary {
 /// `count` requests, each on its own connection: open, request, answer, close.
 fn write_pcap(path: &Path, vary: Vary, count: u32) {
     let server = Ipv4Addr::new(192, 0, 2, 80);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
-    let mut header = Vec::new();
-    header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    header.extend_from_slice(&2u16.to_le_bytes());
-    header.extend_from_slice(&4u16.to_le_bytes());
-    header.extend_from_slice(&[0; 8]);
-    header.extend_from_slice(&65535u32.to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    f.write_all(&header).expect("write");
-    let mut record = |ts_us: u64, data: &[u8]| {
-        let mut r = Vec::with_capacity(16 + data.len());
-        r.extend_from_slice(&((ts_us / 1_000_000) as u32).to_le_bytes());
-        r.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(data);
-        f.write_all(&r).expect("write");
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
+    let mut pcap = PcapWriter::new(file).expect("pcap header");
+    let mut record = |ts_us: u64, src, dst, sport, dport, flags, payload: &[u8]| {
+        let segment = TcpSegment {
+            src,
+            dst,
+            sport,
+            dport,
+            seq: 1,
+            flags,
+            payload,
+        };
+        pcap.write_packet(ts_us, &segment.frame().expect("frame"))
+            .expect("write");
     };
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let t0_us = 1_767_571_200_000_000u64;
@@ -97,15 +70,21 @@ fn write_pcap(path: &Path, vary: Vary, count: u32) {
             Vary::Resource => format!("GET /api/items/{i} HTTP/1.1\r\nHost: s{i}.example\r\n\r\n"),
             Vary::Template => format!("GET /api/p{i}/items HTTP/1.1\r\nHost: shop.example\r\n\r\n"),
         };
-        record(ts, &frame(client, server, sport, 80, "S", b""));
+        record(ts, client, server, sport, 80, "S", b"");
         record(
             ts + 100,
-            &frame(client, server, sport, 80, "PA", request.as_bytes()),
+            client,
+            server,
+            sport,
+            80,
+            "PA",
+            request.as_bytes(),
         );
-        record(ts + 300, &frame(server, client, 80, sport, "PA", response));
-        record(ts + 400, &frame(client, server, sport, 80, "FA", b""));
+        record(ts + 300, server, client, 80, sport, "PA", response);
+        record(ts + 400, client, server, sport, 80, "FA", b"");
     }
-    f.flush().expect("flush");
+
+    pcap.finish().expect("flush");
 }
 
 fn status_kib(field: &str) -> u64 {

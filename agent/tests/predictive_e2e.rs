@@ -6,10 +6,14 @@
 //! HTTP/1.1 requests and responses) and read back through the same pcap reader as
 //! `shadowtap-agent replay`.
 
-use std::{io::Write as _, net::Ipv4Addr, path::Path, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, path::Path, sync::Arc, time::Duration};
 
 use shadowtap_agent::{
-    decode::{self, LinkType, pcap::PcapReader},
+    decode::{
+        self, LinkType,
+        pcap::PcapReader,
+        pcap_writer::{PcapWriter, TcpSegment},
+    },
     events::{Direction, PacketContext, Tracker, TrackerConfig},
     model::{ModelConfig, ModelStore, ResourceId},
 };
@@ -32,45 +36,24 @@ fn rate(minute: u64) -> u64 {
     if minute % PERIOD < QUIET { LOW } else { HIGH }
 }
 
-fn frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, seq, 65535)
-        .ack(1);
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("frame");
-    out
-}
-
 /// Writes the capture: every request on its own keep-alive connection slot, answered 2 ms later.
 fn write_pcap(path: &Path) -> u64 {
     let client = Ipv4Addr::new(192, 0, 2, 10);
     let server = Ipv4Addr::new(192, 0, 2, 80);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
-    // Classic pcap header, microsecond timestamps, LINKTYPE_ETHERNET.
-    let mut header = Vec::new();
-    header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    header.extend_from_slice(&2u16.to_le_bytes());
-    header.extend_from_slice(&4u16.to_le_bytes());
-    header.extend_from_slice(&[0; 8]);
-    header.extend_from_slice(&65535u32.to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    f.write_all(&header).expect("write");
-    let mut record = |ts_us: u64, data: &[u8]| {
-        let mut r = Vec::with_capacity(16 + data.len());
-        r.extend_from_slice(&((ts_us / 1_000_000) as u32).to_le_bytes());
-        r.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(data);
-        f.write_all(&r).expect("write");
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
+    let mut pcap = PcapWriter::new(file).expect("pcap header");
+    let mut record = |ts_us: u64, src, dst, sport, dport, seq, payload: &[u8]| {
+        let segment = TcpSegment {
+            src,
+            dst,
+            sport,
+            dport,
+            seq,
+            flags: "A",
+            payload,
+        };
+        pcap.write_packet(ts_us, &segment.frame().expect("frame"))
+            .expect("write");
     };
     let request =
         b"GET /api/v1/orders/1234 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: e2e\r\n\r\n";
@@ -83,19 +66,22 @@ fn write_pcap(path: &Path) -> u64 {
             let ts_us = (T0_MS + minute * STEP_MS) * 1000 + i * (60_000_000 / n);
             let slot = (i % 64) as usize;
             let sport = 40_000 + slot as u16;
-            record(
-                ts_us,
-                &frame(client, server, sport, 80, seqs[slot], request),
-            );
+            record(ts_us, client, server, sport, 80, seqs[slot], request);
             record(
                 ts_us + 2_000,
-                &frame(server, client, 80, sport, seqs[slot], response),
+                server,
+                client,
+                80,
+                sport,
+                seqs[slot],
+                response,
             );
             seqs[slot] = seqs[slot].wrapping_add(request.len() as u32);
             total += 1;
         }
     }
-    f.flush().expect("flush");
+
+    pcap.finish().expect("flush");
     total
 }
 

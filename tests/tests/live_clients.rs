@@ -10,12 +10,12 @@
 //! visible next to a baseline from the same run. `agent/tests/client_memory.rs` measures the
 //! same thing on the replay path, without the kernel, with the decoder's share separated.
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use shadowtap_agent::decode::pcap_writer::{PcapWriter, TcpSegment};
 use shadowtap_tests::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode};
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::scenario::{
@@ -33,44 +33,8 @@ const BUDGET_KIB: u64 = 256 * 1024;
 /// workspace build (counted: `ringbuf_reserve_failed`).
 const PPS: &str = "5000";
 
-fn frame(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    flags: &str,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = etherparse::PacketBuilder::ethernet2([2, 0x5a, 0, 0, 0, 1], [2, 0x5a, 0, 0, 0, 2])
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1, 65535);
-    for f in flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'A' => b.ack(1),
-            'P' => b.psh(),
-            'F' => b.fin(),
-            _ => b,
-        };
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("frame");
-    out
-}
-
 /// Clients per capture file (tcpreplay plays the files in order).
 const CHUNK_CLIENTS: u32 = 5_000;
-
-fn pcap_header() -> Vec<u8> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    header.extend_from_slice(&2u16.to_le_bytes());
-    header.extend_from_slice(&4u16.to_le_bytes());
-    header.extend_from_slice(&[0; 8]);
-    header.extend_from_slice(&65535u32.to_le_bytes());
-    header.extend_from_slice(&1u32.to_le_bytes());
-    header
-}
 
 /// One connection per client (10.0.0.1, 10.0.0.2, …): SYN, request, response, FIN (the shape
 /// docs/configuration.md sizes the limits with), written as one capture per
@@ -82,35 +46,34 @@ fn write_pcaps(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut chunks = Vec::new();
     for chunk in 0..CLIENTS / CHUNK_CLIENTS {
         let path = dir.join(format!("clients-{chunk:02}.pcap"));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create pcap"));
-        f.write_all(&pcap_header()).expect("write");
-        let mut frames = 0u64;
-        let mut record = |ts_us: u64, data: &[u8]| {
-            let len = u32::try_from(data.len()).expect("frame length");
-            let mut r = Vec::with_capacity(16 + data.len());
-            r.extend_from_slice(&u32::try_from(ts_us / 1_000_000).expect("s").to_le_bytes());
-            r.extend_from_slice(&u32::try_from(ts_us % 1_000_000).expect("us").to_le_bytes());
-            r.extend_from_slice(&len.to_le_bytes());
-            r.extend_from_slice(&len.to_le_bytes());
-            r.extend_from_slice(data);
-            f.write_all(&r).expect("write");
-            frames += 1;
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create pcap"));
+        let mut pcap = PcapWriter::new(file).expect("pcap header");
+        let mut record = |ts_us: u64, src, dst, sport, dport, flags, payload: &[u8]| {
+            let segment = TcpSegment {
+                src,
+                dst,
+                sport,
+                dport,
+                seq: 1,
+                flags,
+                payload,
+            };
+            pcap.write_packet(ts_us, &segment.frame().expect("frame"))
+                .expect("write");
         };
         for i in chunk * CHUNK_CLIENTS..(chunk + 1) * CHUNK_CLIENTS {
             let client = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i + 1);
             let sport = 40_000 + u16::try_from(i % 20_000).expect("port");
             let ts = t0_us + u64::from(i) * 250;
             let request = format!("GET /api/items/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-            record(ts, &frame(client, server, sport, 80, "S", b""));
-            record(
-                ts + 50,
-                &frame(client, server, sport, 80, "PA", request.as_bytes()),
-            );
-            record(ts + 100, &frame(server, client, 80, sport, "PA", response));
-            record(ts + 150, &frame(client, server, sport, 80, "FA", b""));
+            record(ts, client, server, sport, 80, "S", b"");
+            record(ts + 50, client, server, sport, 80, "PA", request.as_bytes());
+            record(ts + 100, server, client, 80, sport, "PA", response);
+            record(ts + 150, client, server, sport, 80, "FA", b"");
         }
-        f.flush().expect("flush");
-        drop(f);
+
+        let frames = pcap.packets();
+        pcap.finish().expect("flush");
         chunks.push((path, frames));
     }
     chunks

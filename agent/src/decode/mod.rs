@@ -11,6 +11,7 @@
 mod frame;
 pub mod http;
 pub mod pcap;
+pub mod pcap_writer;
 pub mod tls;
 
 pub use frame::{PacketMeta, TcpFlags, TcpMeta, Transport, decode_frame};
