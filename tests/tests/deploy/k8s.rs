@@ -287,7 +287,11 @@ fn check_agent_host_access(pod: &Value, container: &Value, what: &str) {
             .iter()
             .find(|v| text(v, "name") == text(mount, "name"))
             .expect("the mount's volume");
-        assert_eq!(text(volume, "hostPath.path"), path, "{what}: {path} from the host");
+        assert_eq!(
+            text(volume, "hostPath.path"),
+            path,
+            "{what}: {path} from the host"
+        );
     }
 }
 
