@@ -158,7 +158,7 @@ pub fn runner_options(base: &RunnerOptions) -> RunnerOptions {
         repeat_band: 0.5,
         max_repeats: 3,
         early_stop_factor: f64::INFINITY,
-        work_dir: base.work_dir.join("held-out"),
+        work_dir: base.work_dir.with_extension("held-out"),
         ..base.clone()
     }
 }

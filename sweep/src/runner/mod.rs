@@ -315,6 +315,14 @@ impl Runner {
     }
 }
 
+impl Drop for Runner {
+    /// Removes the work directory when the trials left it empty (`remove_dir` refuses a
+    /// non-empty one, e.g. with `keep_dirs`).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.options.work_dir);
+    }
+}
+
 /// Drives the shadow from inside its namespace for `duration` at the load's rate and mix.
 fn drive(
     ns: &Netns,
