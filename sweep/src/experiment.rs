@@ -73,7 +73,20 @@ pub struct ExperimentResult {
     pub objective: Objective,
     pub loads: Vec<LoadResult>,
     pub live: Option<LiveResult>,
+    /// The policy's held-out goal on real measurements (`policy_live`).
+    pub policy_held_out: Option<crate::policy_live::PolicyHeldOut>,
     pub goals_met: bool,
+}
+
+impl ExperimentResult {
+    /// Adds the held-out result; the goals are met when the explorers' (if they ran) and the
+    /// policy's are.
+    #[must_use]
+    pub fn with_held_out(mut self, held_out: crate::policy_live::PolicyHeldOut) -> Self {
+        self.goals_met = (self.loads.is_empty() || self.goals_met) && held_out.goal_met;
+        self.policy_held_out = Some(held_out);
+        self
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -285,6 +298,7 @@ pub fn run(
             objective,
             loads: results,
             live,
+            policy_held_out: None,
             goals_met,
         },
         records,
@@ -360,6 +374,10 @@ pub fn print(r: &ExperimentResult, out: &mut dyn std::io::Write) -> std::io::Res
             live.grid_optimum_cost,
             live.failed
         )?;
+    }
+    if let Some(h) = &r.policy_held_out {
+        writeln!(out)?;
+        crate::policy_live::print(h, out)?;
     }
     writeln!(
         out,

@@ -22,6 +22,7 @@ pub mod kpi_cv;
 pub mod kpi_model;
 pub mod policy;
 pub mod policy_eval;
+pub mod policy_live;
 pub mod recommend;
 pub mod sink;
 pub mod store;

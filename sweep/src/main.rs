@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use shadowtap_sweep::catalogue::Catalogue;
 use shadowtap_sweep::experiment::{self, Plan};
 use shadowtap_sweep::explorer::{self, Space};
+use shadowtap_sweep::policy_live;
 use shadowtap_sweep::runner::{LoadSpec, Runner, RunnerOptions};
 use shadowtap_sweep::sweep::{now_ms, record, run_sweep};
 use shadowtap_sweep::trial::{KpiName, Objective};
@@ -84,6 +85,12 @@ enum Command {
         quick: bool,
         #[arg(long, default_value_t = 7)]
         seeds: usize,
+        /// Only the policy's held-out evaluation (not the explorers).
+        #[arg(long)]
+        held_out_only: bool,
+        /// Skip the policy's held-out evaluation.
+        #[arg(long, conflicts_with = "held_out_only")]
+        no_held_out: bool,
     },
 }
 
@@ -217,6 +224,8 @@ fn main() -> Result<()> {
             json,
             quick,
             seeds,
+            held_out_only,
+            no_held_out,
         } => {
             let (mut catalogue, _) = runner(&common)?;
             if quick {
@@ -238,14 +247,36 @@ fn main() -> Result<()> {
             let current = LoadSpec::preset("current").context("preset")?;
             let peak = LoadSpec::preset("peak").context("preset")?;
             let plan = Plan {
-                loads: vec![current, peak],
+                loads: if held_out_only {
+                    Vec::new()
+                } else {
+                    vec![current, peak]
+                },
                 seeds: seeds.max(5),
                 budget_share: 0.3,
-                live_trials: if quick { 4 } else { 12 },
+                live_trials: match (held_out_only, quick) {
+                    (true, _) => 0,
+                    (false, true) => 4,
+                    (false, false) => 12,
+                },
             };
-            let (result, records) = experiment::run(&catalogue, &runner, &plan, &mut |line| {
-                eprintln!("{line}");
-            });
+            let mut progress = |line: &str| eprintln!("{line}");
+            let (mut result, mut records) =
+                experiment::run(&catalogue, &runner, &plan, &mut progress);
+            if !no_held_out {
+                let full = Catalogue::load(&common.catalogue)?;
+                let held_catalogue =
+                    policy_live::held_out_catalogue(&full, policy_live::varied(quick));
+                let (held, held_records) = policy_live::run_live(
+                    &held_catalogue,
+                    policy_live::goal_objective(),
+                    &base.options,
+                    &policy_live::plan(quick),
+                    &mut progress,
+                );
+                records.extend(held_records);
+                result = result.with_held_out(held);
+            }
             write_json(&out.join("result.json"), &result)?;
             write_json(&out.join("records.json"), &records)?;
             if let Some(path) = records_out {

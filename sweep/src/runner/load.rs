@@ -48,6 +48,11 @@ pub struct LoadSpec {
     /// The origin's delay per request (how slow the backend is).
     pub origin_delay_ms: u64,
     pub mix: Vec<MixEntry>,
+    /// Request every key of the mix once before the probe, so the measurement sees the
+    /// steady state of a warm cache (as a primary's is) rather than how many cold misses a
+    /// short trial happened to draw.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 impl LoadSpec {
@@ -79,6 +84,7 @@ impl LoadSpec {
             duration_s: 1.5,
             origin_delay_ms: 20,
             mix: mix(0.3, 100),
+            warm_cache: false,
         };
         Some(match name {
             "current" => base,
@@ -146,6 +152,40 @@ impl LoadSpec {
 
     pub fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration_s)
+    }
+}
+
+/// Every key of every mix entry once, in order (then again from the start): the cache
+/// warm-up of [`LoadSpec::warm_cache`].
+pub struct WarmSource {
+    requests: Vec<Request>,
+    next: usize,
+}
+
+impl WarmSource {
+    pub fn new(spec: &LoadSpec, host: &str) -> Result<Self, shadowtap_loadgen::RequestError> {
+        let all = MixSource::new(spec, host)?;
+        Ok(Self {
+            requests: all.requests.into_iter().flatten().collect(),
+            next: 0,
+        })
+    }
+
+    /// Requests in one pass.
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+impl RequestSource for WarmSource {
+    fn next_request(&mut self, _conn: u64, _rng: &mut LoadRng) -> Request {
+        let r = self.requests[self.next % self.requests.len()].clone();
+        self.next += 1;
+        r
     }
 }
 

@@ -205,6 +205,9 @@ impl Runner {
         let origin = Origin::start(&ns, Duration::from_millis(load.origin_delay_ms))
             .map_err(|e| TrialError::Setup(e.to_string()))?;
         let shadow = Shadow::start(&self.catalogue, params, dir, &ns, &group, origin.addr)?;
+        if load.warm_cache {
+            warm(&ns, shadow.listen, load)?;
+        }
         let probe = drive(&ns, shadow.listen, load, load.probe(), u64::from(n))?;
         let probe_kpis = kpis_of(&probe, 0.0, 0);
         if self.stop_early(&probe_kpis) {
@@ -312,6 +315,14 @@ impl Runner {
     }
 }
 
+impl Drop for Runner {
+    /// Removes the work directory when the trials left it empty (`remove_dir` refuses a
+    /// non-empty one, e.g. with `keep_dirs`).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.options.work_dir);
+    }
+}
+
 /// Drives the shadow from inside its namespace for `duration` at the load's rate and mix.
 fn drive(
     ns: &Netns,
@@ -351,6 +362,51 @@ fn drive(
         .join()
         .map_err(|_| TrialError::Load("load thread panicked".into()))?
         .map_err(|e| TrialError::Load(e.to_string()))
+}
+
+/// Requests every key of the load's mix once (closed model, a few connections); a failure to
+/// connect or answer is the trial's failure.
+fn warm(ns: &Netns, listen: std::net::SocketAddr, load: &LoadSpec) -> Result<(), TrialError> {
+    let target =
+        Target::parse(&format!("http://{listen}/")).map_err(|e| TrialError::Load(e.to_string()))?;
+    let source = load::WarmSource::new(load, &target.authority)
+        .map_err(|e| TrialError::Load(e.to_string()))?;
+    if source.is_empty() {
+        return Ok(());
+    }
+    let config = RunConfig {
+        target,
+        connections: load.connections.clamp(1, 8),
+        duration: Duration::from_secs(30),
+        max_requests: source.len() as u64,
+        timeout: TIMEOUT,
+        seed: 0,
+        requests_per_connection: None,
+    };
+    let handle = ns
+        .run_in(move || {
+            shadowtap_loadgen::run(
+                config,
+                Schedule::Closed {
+                    think_time: Duration::ZERO,
+                },
+                Box::new(source),
+                Arc::new(Live::default()),
+            )
+        })
+        .map_err(|e| TrialError::Load(e.to_string()))?;
+    let report = handle
+        .join()
+        .map_err(|_| TrialError::Load("warm-up thread panicked".into()))?
+        .map_err(|e| TrialError::Load(e.to_string()))?;
+    let failed = report.errors.total + report.status.s4xx + report.status.s5xx;
+    if failed > 0 {
+        return Err(TrialError::Load(format!(
+            "cache warm-up: {failed} of {} requests failed",
+            report.throughput.scheduled
+        )));
+    }
+    Ok(())
 }
 
 /// KPIs from a load report (latency corrected for coordinated omission).
