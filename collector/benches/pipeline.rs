@@ -379,6 +379,16 @@ fn latency_part(rt: &tokio::runtime::Runtime, broker: &Broker, dir: &std::path::
             l.p50, l.p99, l.p999, l.max, l.events, l.sent
         );
     }
+    for (label, l) in [("own forecaster", &latency), ("observed demand", &observed)] {
+        println!(
+            "  stages, {label} (p50/p99/max ms): {}",
+            l.stages
+                .iter()
+                .map(|(s, p50, p99, max)| format!("{s} {p50:.0}/{p99:.0}/{max:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "  ratios to the collector-consumer baseline: p50 {:.2}x, p99 {:.2}x; to librdkafka defaults: p50 {:.2}x, p99 {:.2}x",
         latency.p50 / pct(&rt_collector, 0.5).max(0.001),

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod http;
 mod ownership;
+mod publish;
 pub mod service;
 pub mod state;
 pub mod stats;

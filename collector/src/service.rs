@@ -9,12 +9,10 @@ use std::{
 };
 
 use rdkafka::{
-    ClientContext, Message as _, Offset, TopicPartitionList,
-    consumer::{
-        BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-    },
-    message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
-    producer::{FutureProducer, FutureRecord},
+    ClientContext, Message as _, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
+    message::OwnedMessage,
+    producer::FutureProducer,
 };
 use shadowtap_core::{
     Fleet, FleetConfig, KafkaSettings, decision::PolicySet, decode_observation, metrics::Exposition,
@@ -22,6 +20,7 @@ use shadowtap_core::{
 
 use crate::{
     ownership::{Ownership, RebalanceNote},
+    publish::{Publish, Purpose, dead_letter, scale_event},
     state,
     stats::CollectorStats,
     topics,
@@ -56,6 +55,10 @@ pub struct CollectorConfig {
     /// Shortest interval between renderings of the metrics page and the dashboard (each
     /// renders every resource; per batch they cost as much as the batch under load).
     pub render_interval: Duration,
+    /// Shortest interval between offset commits. Each commit first writes the state snapshot
+    /// of every resource changed since the last one; events are published per batch either
+    /// way. Longer: fewer snapshots under load, more records replayed after a crash.
+    pub commit_interval: Duration,
     pub delivery_timeout: Duration,
     /// Consumer group session timeout: how soon a dead collector's partitions move.
     pub session_timeout: Duration,
@@ -79,6 +82,7 @@ impl CollectorConfig {
             batch_max: 5000,
             batch_wait: Duration::ZERO,
             render_interval: Duration::from_millis(200),
+            commit_interval: Duration::from_millis(200),
             delivery_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             metrics_addr: None,
@@ -104,7 +108,7 @@ pub enum CollectorError {
     },
 }
 
-struct GroupContext {
+pub(crate) struct GroupContext {
     topic: String,
     notes: Mutex<Vec<RebalanceNote>>,
     stats: Arc<CollectorStats>,
@@ -150,28 +154,10 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// What a publish is for (decides what to count once it is acknowledged).
-#[derive(Debug, Clone)]
-enum Purpose {
-    ScaleEvent { window_end_ms: u64 },
-    DeadLetter,
-    Snapshot,
-}
-
-#[derive(Debug, Clone)]
-struct Publish {
-    purpose: Purpose,
-    topic: String,
-    partition: Option<i32>,
-    key: Vec<u8>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
 /// The collector service.
 pub struct Collector {
-    config: CollectorConfig,
-    stats: Arc<CollectorStats>,
+    pub(crate) config: CollectorConfig,
+    pub(crate) stats: Arc<CollectorStats>,
 }
 
 /// The next lifecycle record, or never when lifecycle events are not read.
@@ -184,7 +170,7 @@ async fn next_lifecycle(
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -265,6 +251,11 @@ impl Collector {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut rendered: Option<Instant> = None;
         let mut resource_page = String::new();
+        // Applied but not yet committed: next offset per partition, and the resources whose
+        // snapshot must be written before that commit.
+        let mut uncommitted: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut dirty: HashSet<String> = HashSet::new();
+        let mut committed = Instant::now();
         loop {
             let mut batch: Vec<OwnedMessage> = Vec::new();
             tokio::select! {
@@ -291,30 +282,56 @@ impl Collector {
                 }
             }
             self.apply_rebalances(&consumer, &mut own, &mut fleet, &mut batch);
+            // Records of partitions revoked since are replayed by their next owner (or by this
+            // collector, from its commit, when they come back): their effects left the fleet
+            // with the partition, so their offsets must not be committed.
+            uncommitted.retain(|p, _| own.loaded.contains(p));
             // Restore assigned partitions now, not at their next record: their open windows
             // must close (and publish) even if no further record arrives for them.
             let unloaded: Vec<i32> = own.owned.difference(&own.loaded).copied().collect();
             for p in unloaded {
                 self.load_state(&mut own, &mut fleet, p).await?;
             }
-            let (pending, offsets) = self.process(&mut own, &mut fleet, batch).await?;
-            // Events and dead letters first, snapshots only once those are acknowledged: a
-            // snapshot that records a window as closed must never land without its event,
-            // or a successor restoring it would skip the event.
-            let (snapshots, outputs): (Vec<Publish>, Vec<Publish>) = pending
-                .into_iter()
-                .partition(|p| matches!(p.purpose, Purpose::Snapshot));
+            let consumed_ms = now_ms();
+            let (mut pending, offsets) = self
+                .process(&mut own, &mut fleet, batch, &mut dirty)
+                .await?;
+            let decided_ms = now_ms();
+            for p in &mut pending {
+                if let Purpose::ScaleEvent {
+                    stamps: Some(s), ..
+                } = &mut p.purpose
+                {
+                    s.consumed = consumed_ms;
+                    s.decided = decided_ms;
+                }
+            }
+            // Events and dead letters at once; snapshots and the commit every commit_interval,
+            // and only once the events are acknowledged: a snapshot that records a window as
+            // closed must never land without its event, or a successor restoring it would skip
+            // the event, and an offset is committed only after its snapshots. Under load a
+            // resource's snapshot is written once per interval instead of once per batch.
+            uncommitted.extend(offsets);
+            let commit_due = (!uncommitted.is_empty() || !dirty.is_empty())
+                && committed.elapsed() >= cfg.commit_interval;
             let published = tokio::select! {
                 () = &mut shutdown => false,
                 ok = async {
-                    self.publish_all(&producer, outputs).await
-                        && self.publish_all(&producer, snapshots).await
+                    self.publish_all(&producer, pending).await
+                        && (!commit_due
+                            || self
+                                .publish_all(&producer, self.snapshots(&own, &fleet, &mut dirty))
+                                .await)
                 } => ok,
             };
             if !published {
                 break;
             }
-            self.commit(&consumer, &own, &offsets);
+            if commit_due {
+                self.commit(&consumer, &own, &uncommitted);
+                uncommitted.clear();
+                committed = Instant::now();
+            }
             self.stats.set_fleet(fleet.stats());
             self.stats.open_windows.store(
                 i64::try_from(fleet.open_windows()).unwrap_or(i64::MAX),
@@ -468,12 +485,15 @@ impl Collector {
         own: &mut Ownership,
         fleet: &mut Fleet,
         batch: Vec<OwnedMessage>,
+        dirty: &mut HashSet<String>,
     ) -> Result<(Vec<Publish>, BTreeMap<i32, i64>), CollectorError> {
         let cfg = &self.config;
         let mut pending = Vec::new();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut dirty: HashSet<String> = HashSet::new();
-        let mut closed = Vec::new();
+        let source = cfg.fleet.source.as_str();
+        // Each closed window becomes its event at once: holding a batch's closed windows held
+        // each one's latency histogram (tens of KB) until the batch ended, and the allocator
+        // returned and re-faulted that memory every batch.
         for msg in batch {
             let p = msg.partition();
             if !own.owned.contains(&p) {
@@ -502,177 +522,50 @@ impl Collector {
                 Ok(obs) => {
                     own.resource_partition.insert(obs.resource.clone(), p);
                     dirty.insert(obs.resource.clone());
-                    let (_, c) = fleet.ingest(obs, Instant::now());
-                    closed.extend(c);
+                    let (_, closed) = fleet.ingest(obs, Instant::now());
+                    let produced = msg
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|t| u64::try_from(t).ok());
+                    for c in closed {
+                        dirty.insert(c.resource.clone());
+                        pending.extend(scale_event(cfg, source, &c, produced));
+                    }
                     self.stats
                         .observations_processed
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        closed.extend(fleet.tick(Instant::now()));
-        let source = cfg.fleet.source.clone();
-        for c in &closed {
+        for c in fleet.tick(Instant::now()) {
             dirty.insert(c.resource.clone());
-            if let Some(event) = c.scale_event(&source) {
-                pending.push(Publish {
-                    purpose: Purpose::ScaleEvent {
-                        window_end_ms: c.end_ms,
-                    },
-                    topic: cfg.kafka.scale_events_topic.clone(),
-                    partition: None,
-                    key: c.resource.clone().into_bytes(),
-                    payload: Some(event.to_json().into_bytes()),
-                    headers: vec![(
-                        "content-type".to_owned(),
-                        b"application/cloudevents+json; charset=utf-8".to_vec(),
-                    )],
-                });
-            }
-        }
-        for resource in dirty {
-            let (Some(snap), Some(p)) = (
-                fleet.snapshot(&resource),
-                own.resource_partition.get(&resource),
-            ) else {
-                continue;
-            };
-            pending.push(Publish {
-                purpose: Purpose::Snapshot,
-                topic: cfg.state_topic.clone(),
-                partition: Some(*p),
-                key: resource.into_bytes(),
-                payload: Some(serde_json::to_vec(&snap).unwrap_or_default()),
-                headers: Vec::new(),
-            });
+            pending.extend(scale_event(cfg, source, &c, None));
         }
         Ok((pending, offsets))
     }
 
-    /// Publish everything and wait for acknowledgements, retrying failures until they land.
-    async fn publish_all(&self, producer: &FutureProducer, mut pending: Vec<Publish>) -> bool {
-        let mut backoff = Duration::from_millis(100);
-        while !pending.is_empty() {
-            let mut futures = Vec::with_capacity(pending.len());
-            let mut not_queued = Vec::new();
-            for p in pending {
-                let mut headers = OwnedHeaders::new();
-                for (k, v) in &p.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-                let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
-                if let Some(payload) = &p.payload {
-                    record = record.payload(payload);
-                }
-                if let Some(partition) = p.partition {
-                    record = record.partition(partition);
-                }
-                match producer.send_result(record) {
-                    Ok(f) => futures.push((p, f)),
-                    Err(_) => not_queued.push(p),
-                }
-            }
-            let mut failed = not_queued;
-            for (p, f) in futures {
-                match f.await {
-                    Ok(Ok(_)) => self.acknowledged(&p.purpose),
-                    Ok(Err((e, _))) => {
-                        tracing::warn!(topic = %p.topic, error = %e, "publish failed; retrying");
-                        failed.push(p);
-                    }
-                    Err(_) => failed.push(p),
-                }
-            }
-            if !failed.is_empty() {
-                self.stats
-                    .publish_retries
-                    .fetch_add(failed.len() as u64, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            pending = failed;
-        }
-        true
-    }
-
-    fn acknowledged(&self, purpose: &Purpose) {
-        match purpose {
-            Purpose::ScaleEvent { window_end_ms } => {
-                self.stats
-                    .scale_events_published
-                    .fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .record_event_latency(now_ms().saturating_sub(*window_end_ms));
-            }
-            Purpose::DeadLetter => {
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            }
-            Purpose::Snapshot => {
-                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn commit(
+    /// The state snapshots of the `dirty` resources still held (emptying `dirty`).
+    fn snapshots(
         &self,
-        consumer: &StreamConsumer<GroupContext>,
         own: &Ownership,
-        offsets: &BTreeMap<i32, i64>,
-    ) {
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in offsets {
-            if !own.owned.contains(p) {
-                continue;
-            }
-            if let Err(e) = tpl.add_partition_offset(
-                &self.config.kafka.observations_topic,
-                *p,
-                Offset::Offset(*next),
-            ) {
-                tracing::warn!(partition = *p, error = %e, "offset not committable");
-            }
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // The partition moved; its next owner replays from the last commit.
-                tracing::warn!(error = %e, "offset commit failed");
-                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-fn dead_letter(cfg: &CollectorConfig, msg: &OwnedMessage, error: &str) -> Publish {
-    let mut headers = vec![
-        ("shadowtap-error".to_owned(), error.as_bytes().to_vec()),
-        (
-            "shadowtap-source".to_owned(),
-            format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()).into_bytes(),
-        ),
-    ];
-    if let Some(h) = msg.headers() {
-        for header in h.iter() {
-            if let Some(v) = header.value {
-                headers.push((header.key.to_owned(), v.to_vec()));
-            }
-        }
-    }
-    Publish {
-        purpose: Purpose::DeadLetter,
-        topic: cfg.dead_letter_topic.clone(),
-        partition: None,
-        key: msg.key().unwrap_or_default().to_vec(),
-        payload: msg.payload().map(<[u8]>::to_vec),
-        headers,
+        fleet: &Fleet,
+        dirty: &mut HashSet<String>,
+    ) -> Vec<Publish> {
+        dirty
+            .drain()
+            .filter_map(|resource| {
+                let snap = fleet.snapshot(&resource)?;
+                let p = *own.resource_partition.get(&resource)?;
+                Some(Publish {
+                    purpose: Purpose::Snapshot,
+                    topic: self.config.state_topic.clone(),
+                    partition: Some(p),
+                    payload: Some(serde_json::to_vec(&snap).unwrap_or_default()),
+                    key: resource.into_bytes(),
+                    headers: Vec::new(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -40,6 +40,20 @@ pub struct CollectorStats {
     fleet: Mutex<FleetStats>,
     /// Wall time from a window's end to its scale event's acknowledgement, ms.
     event_latency_ms: Mutex<Option<Histogram<u64>>>,
+    /// The same, by stage ([`EVENT_STAGES`]), for events whose window an observation closed.
+    event_stage_ms: Mutex<Option<[Histogram<u64>; 4]>>,
+}
+
+/// The stages of a scale event's latency: window end → the agent produced the observation
+/// (its record timestamp) → the collector took it from the consumer → merged and decided →
+/// the broker acknowledged the event. The first two compare clocks of the agent's and the
+/// collector's hosts.
+pub const EVENT_STAGES: [&str; 4] = ["agent", "broker_to_collector", "decide", "publish"];
+
+fn latency_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new(3).expect("3 significant digits is valid");
+    h.auto(true);
+    h
 }
 
 impl CollectorStats {
@@ -65,12 +79,17 @@ impl CollectorStats {
 
     pub fn record_event_latency(&self, ms: u64) {
         if let Ok(mut h) = self.event_latency_ms.lock() {
-            let h = h.get_or_insert_with(|| {
-                let mut h = Histogram::new(3).expect("3 significant digits is valid");
-                h.auto(true);
-                h
-            });
-            let _ = h.record(ms);
+            let _ = h.get_or_insert_with(latency_histogram).record(ms);
+        }
+    }
+
+    /// One event's latency by stage (ms, in [`EVENT_STAGES`] order).
+    pub fn record_event_stages(&self, ms: [u64; 4]) {
+        if let Ok(mut h) = self.event_stage_ms.lock() {
+            let h = h.get_or_insert_with(|| std::array::from_fn(|_| latency_histogram()));
+            for (h, v) in h.iter_mut().zip(ms) {
+                let _ = h.record(v);
+            }
         }
     }
 
@@ -182,7 +201,7 @@ impl CollectorStats {
             &samples,
         );
         let f = self.fleet();
-        let fleet: [(&str, u64); 18] = [
+        let fleet: [(&str, u64); 20] = [
             ("merged", f.observations_merged),
             ("duplicate", f.observations_duplicate),
             ("late", f.observations_late),
@@ -200,6 +219,8 @@ impl CollectorStats {
             ("provision_retries", f.provision_retries),
             ("requests_reissued", f.requests_reissued),
             ("requests_in_flight", f.requests_in_flight),
+            ("forecast_fits", f.forecast_fits),
+            ("forecast_refits_deferred", f.forecast_refits_deferred),
             (
                 "lifecycle_invalid",
                 self.lifecycle_invalid.load(Ordering::Relaxed),
@@ -216,6 +237,12 @@ impl CollectorStats {
             "counter",
             "Merge and decision stage counters.",
             &samples,
+        );
+        e.family(
+            "shadowtap_collector_forecast_fit_seconds_total",
+            "counter",
+            "Wall time spent fitting the resources' forecasters (bounded by the fit budget).",
+            &[(&[], f.forecast_fit_us as f64 / 1e6)],
         );
         e.family(
             "shadowtap_collector_partitions_owned",
@@ -253,6 +280,32 @@ impl CollectorStats {
                 "shadowtap_collector_event_latency_ms",
                 "summary",
                 "Window end to scale event acknowledged (wall clock).",
+                &samples,
+            );
+        }
+        if let Some(stages) = self.event_stage_ms.lock().ok().and_then(|h| h.clone()) {
+            let q: Vec<(&str, String, f64)> = EVENT_STAGES
+                .iter()
+                .zip(&stages)
+                .flat_map(|(stage, h)| {
+                    [0.5, 0.99, 0.999, 1.0]
+                        .iter()
+                        .map(|q| (*stage, q.to_string(), h.value_at_quantile(*q) as f64))
+                })
+                .collect();
+            let labels: Vec<[(&str, &str); 2]> = q
+                .iter()
+                .map(|(s, k, _)| [("stage", *s), ("quantile", k.as_str())])
+                .collect();
+            let samples: Vec<(&[(&str, &str)], f64)> = labels
+                .iter()
+                .zip(&q)
+                .map(|(l, (_, _, v))| (&l[..], *v))
+                .collect();
+            e.family(
+                "shadowtap_collector_event_stage_latency_ms",
+                "summary",
+                "Scale event latency by stage: agent (window end to the observation's record timestamp), broker_to_collector (to the collector taking its batch), decide (merge and decision of the batch), publish (to the event's acknowledgement).",
                 &samples,
             );
         }

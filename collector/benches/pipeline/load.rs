@@ -222,6 +222,8 @@ pub struct Latency {
     pub max: f64,
     pub events: u64,
     pub sent: u64,
+    /// Per stage of the collector's breakdown: (stage, p50, p99, max).
+    pub stages: Vec<(&'static str, f64, f64, f64)>,
 }
 
 /// One collector process; one agent's sink sends `resources` observations per 100 ms window
@@ -253,6 +255,14 @@ pub fn live_latency(
                 .expect("sink");
         let step = 100u64;
         let mut window = 0u64;
+        // An agent's first window closes one window length (10 s by default) after it starts;
+        // until then its producer connects and obtains its idempotent producer id. Without
+        // this wait the first windows measure that start-up (about 1 s), not the pipeline.
+        let warmup = std::env::var("BENCH_AGENT_WARMUP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
+        tokio::time::sleep(Duration::from_millis(warmup)).await;
         let end = Instant::now() + Duration::from_secs(secs);
         let mut next = tokio::time::Instant::now();
         while Instant::now() < end {
@@ -289,7 +299,15 @@ pub fn live_latency(
         assert!(Instant::now() < deadline, "collector did not finish: {s:?}");
     }
     let q = |q: &str| collector.latency_quantile(q).expect("latency quantile");
+    let stages = shadowtap_collector::stats::EVENT_STAGES
+        .iter()
+        .map(|stage| {
+            let q = |q: &str| collector.stage_quantile(stage, q).unwrap_or(f64::NAN);
+            (*stage, q("0.5"), q("0.99"), q("1"))
+        })
+        .collect();
     Latency {
+        stages,
         p50: q("0.5"),
         p99: q("0.99"),
         p999: q("0.999"),

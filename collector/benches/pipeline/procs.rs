@@ -151,6 +151,18 @@ impl CollectorProc {
         }
     }
 
+    /// The event latency's stage `stage` at quantile `q` (see
+    /// `shadowtap_collector::stats::EVENT_STAGES`).
+    pub fn stage_quantile(&self, stage: &str, q: &str) -> Option<f64> {
+        let page = self.page()?;
+        metric(
+            &page,
+            &format!(
+                "shadowtap_collector_event_stage_latency_ms{{stage=\"{stage}\",quantile=\"{q}\"}}"
+            ),
+        )
+    }
+
     /// The event-latency summary's quantile `q` (as rendered: "0.5", "0.99", "0.999", "1").
     pub fn latency_quantile(&self, q: &str) -> Option<f64> {
         let page = self.page()?;

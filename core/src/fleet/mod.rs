@@ -22,12 +22,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     decision::{Decision, DecisionEngine, DecisionInput, PolicySet},
-    forecast::{DemandForecast, ForecastConfig, ModelKind, ResourceForecaster},
+    forecast::{ForecastConfig, ResourceForecaster},
 };
 
 pub mod actuals;
+mod budget;
 
 pub use actuals::{Actuals, LifecycleApplied};
+pub use budget::FitBudget;
+use budget::FitTokens;
 
 use crate::{
     scale_event::{ScaleEvent, WindowDigest},
@@ -60,6 +63,8 @@ pub struct FleetConfig {
     pub history_limit: usize,
     /// `CloudEvents` `source` of published events.
     pub source: String,
+    /// How much of the stage's wall time its forecasters' refits may take.
+    pub fit_budget: FitBudget,
 }
 
 impl Default for FleetConfig {
@@ -80,6 +85,7 @@ impl Default for FleetConfig {
             min_forecast_history: 8,
             history_limit: 512,
             source: "urn:shadowtap:collector".to_owned(),
+            fit_budget: FitBudget::default(),
         }
     }
 }
@@ -125,6 +131,15 @@ pub struct FleetStats {
     pub requests_reissued: u64,
     /// Scale-outs not re-published because the same target was still in flight.
     pub requests_in_flight: u64,
+    /// Forecaster fits (scheduled, and those a path that ran out could not wait for).
+    #[serde(default)]
+    pub forecast_fits: u64,
+    /// Wall time spent in forecaster fits, microseconds.
+    #[serde(default)]
+    pub forecast_fit_us: u64,
+    /// Scheduled refits put off because the [`FitBudget`] was spent.
+    #[serde(default)]
+    pub forecast_refits_deferred: u64,
 }
 
 /// A merged window that closed, with the decision it led to.
@@ -202,6 +217,7 @@ pub struct Fleet {
     /// topic before the resources' observations or snapshots arrive.
     pending_actuals: HashMap<String, Actuals>,
     stats: FleetStats,
+    fit_tokens: FitTokens,
 }
 
 /// Errors of the stage.
@@ -214,11 +230,12 @@ pub enum FleetError {
 impl Fleet {
     pub fn new(config: FleetConfig, policies: PolicySet) -> Self {
         Self {
-            config,
             policies,
             resources: HashMap::new(),
             pending_actuals: HashMap::new(),
             stats: FleetStats::default(),
+            fit_tokens: FitTokens::new(&config.fit_budget),
+            config,
         }
     }
 
@@ -378,6 +395,7 @@ impl Fleet {
                     state,
                     &self.config,
                     &mut self.stats,
+                    &mut self.fit_tokens,
                     start_ms,
                     end_ms,
                     demand,
@@ -522,98 +540,11 @@ impl ResourceState {
     }
 }
 
-/// The forecast the engine decides on: the collector's own forecast of merged demand (agents
-/// send counts, not forecasts: the merged series is the one that is scaled). Before the
-/// forecaster exists, an empty forecast with the last observation, so the engine decides on
-/// what it sees.
-#[allow(clippy::too_many_arguments, clippy::similar_names)]
-fn merged_forecast(
-    name: &str,
-    state: &mut ResourceState,
-    config: &FleetConfig,
-    stats: &mut FleetStats,
-    start_ms: u64,
-    end_ms: u64,
-    demand: f64,
-) -> DemandForecast {
-    let step_ms = state.step_ms;
-    // `history` already holds this window. The forecaster is created once by a warm start on
-    // the history so far (`forecast_origin` records which), then fed one window at a time.
-    // After a restore the same calls are replayed from the merged history, so the restored
-    // forecaster is the one that was lost, not merely a similar one.
-    let needs_forecaster = state.forecaster.is_none()
-        && (state.forecast_origin.is_some() || state.history.len() >= config.min_forecast_history);
-    if needs_forecaster {
-        let cfg = ForecastConfig {
-            step: Duration::from_millis(step_ms),
-            ..config.forecast.clone()
-        };
-        match ResourceForecaster::new(name, cfg) {
-            Ok(mut f) => {
-                let past: Vec<(u64, f64)> = state
-                    .history
-                    .iter()
-                    .filter(|(t, _)| *t < start_ms)
-                    .copied()
-                    .collect();
-                let (skip, warm) = match state.forecast_origin {
-                    Some((first_ms, n)) => match past.iter().position(|(t, _)| *t == first_ms) {
-                        Some(i) => (i, n.min(past.len() - i)),
-                        // The origin fell out of the kept history: warm-start on what is left.
-                        None => (0, past.len()),
-                    },
-                    None => (0, past.len()),
-                };
-                let mut ok = true;
-                if warm > 0 {
-                    let values: Vec<f64> =
-                        past[skip..skip + warm].iter().map(|(_, v)| *v).collect();
-                    ok &= f.warm_start(past[skip].0, &values).is_ok();
-                    state.forecast_origin = Some((past[skip].0, warm));
-                } else {
-                    state.forecast_origin = Some((start_ms, 0));
-                }
-                for (t, v) in &past[skip + warm..] {
-                    ok &= f.observe(*t, *v).is_ok();
-                }
-                if !ok {
-                    stats.forecast_errors += 1;
-                }
-                state.forecaster = Some(f);
-            }
-            Err(e) => {
-                tracing::warn!(resource = name, error = %e, "collector forecaster config rejected");
-                stats.forecast_errors += 1;
-            }
-        }
-    }
-    let own = state.forecaster.as_mut().and_then(|f| {
-        f.observe(start_ms, demand)
-            .and_then(|()| f.forecast(config.horizon_steps))
-            .map_err(|e| tracing::debug!(resource = name, error = %e, "merged forecast failed"))
-            .ok()
-    });
-    if own.is_none() && state.forecaster.is_some() {
-        stats.forecast_errors += 1;
-    }
-    let mut base = own.unwrap_or_else(|| DemandForecast {
-        resource: name.to_owned(),
-        issued_at_ms: end_ms,
-        step_ms,
-        level: config.forecast.level,
-        widening: 1.0,
-        model: ModelKind::Naive,
-        points: Vec::new(),
-        last_observed: Some(demand),
-        outliers_ms: Vec::new(),
-        changepoints_ms: Vec::new(),
-    });
-    base.last_observed = Some(demand);
-    base
-}
-
+mod forecast;
 mod metrics;
 mod snapshot;
+
+use forecast::merged_forecast;
 
 pub use snapshot::{
     AgentSnapshot, CountsSnapshot, OpenWindowSnapshot, ResourceSnapshot, SNAPSHOT_VERSION,

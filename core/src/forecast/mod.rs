@@ -244,6 +244,10 @@ pub struct ForecasterStats {
     pub total_fit_us: u64,
     /// Points used by the last fit.
     pub last_fit_points: usize,
+    /// Scheduled refits put off because the caller's fit budget was spent (the fitted path,
+    /// re-anchored on every observation, stayed in use).
+    #[serde(default)]
+    pub refits_deferred: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +332,22 @@ pub struct ResourceForecaster {
     accuracy: AccuracyTracker,
     pending: Option<PendingForecast>,
     stats: ForecasterStats,
+    /// What the observation being accepted allows (see [`Self::observe_with`]).
+    refit_mode: Refit,
+}
+
+/// Whether a scheduled refit may run at this observation (see
+/// [`ResourceForecaster::observe_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Refit {
+    /// Refit when the schedule says so.
+    #[default]
+    AsScheduled,
+    /// Put a scheduled refit off while the fitted path reaches `horizon` more steps.
+    DeferWhileCovered {
+        /// Steps the caller will ask [`ResourceForecaster::forecast`] for.
+        horizon: usize,
+    },
 }
 
 impl ResourceForecaster {
@@ -364,6 +384,7 @@ impl ResourceForecaster {
             accuracy: AccuracyTracker::new(config.level, config.coverage_window),
             pending: None,
             stats: ForecasterStats::default(),
+            refit_mode: Refit::AsScheduled,
             settings,
             config,
         })
@@ -419,6 +440,27 @@ impl ResourceForecaster {
     /// Add the demand observed in the bucket starting at `start_ms`. Missing buckets before it
     /// are filled by linear interpolation (counted in `gaps_filled`).
     pub fn observe(&mut self, start_ms: u64, value: f64) -> Result<(), ForecastError> {
+        self.observe_with(start_ms, value, Refit::AsScheduled)
+    }
+
+    /// [`Self::observe`], with a say over a scheduled refit this observation would trigger:
+    /// [`Refit::DeferWhileCovered`] keeps the fitted path (re-anchored on the observation, as
+    /// between any two refits) as long as it still reaches the given horizon, and counts the
+    /// refit in `refits_deferred`; the next observation is due again. A path that no longer
+    /// reaches the horizon is refitted whatever is asked.
+    pub fn observe_with(
+        &mut self,
+        start_ms: u64,
+        value: f64,
+        refit: Refit,
+    ) -> Result<(), ForecastError> {
+        self.refit_mode = refit;
+        let result = self.observe_inner(start_ms, value);
+        self.refit_mode = Refit::AsScheduled;
+        result
+    }
+
+    fn observe_inner(&mut self, start_ms: u64, value: f64) -> Result<(), ForecastError> {
         if !value.is_finite() {
             self.stats.rejected += 1;
             return Err(ForecastError::NonFinite { position: 0 });
@@ -491,10 +533,12 @@ impl ResourceForecaster {
         self.stats.observations += 1;
         self.next_start_ms = Some(start_ms + self.step_ms);
 
-        if self.refit_due()
-            && let Err(err) = self.refit()
-        {
-            tracing::warn!(resource = %self.resource, error = %err, "forecast refit failed");
+        if self.refit_due() {
+            if self.may_defer() {
+                self.stats.refits_deferred += 1;
+            } else if let Err(err) = self.refit() {
+                tracing::warn!(resource = %self.resource, error = %err, "forecast refit failed");
+            }
         }
         self.pending = self.one_step_ahead();
     }
@@ -520,6 +564,19 @@ impl ResourceForecaster {
                 true
             }
             Some(active) => active.steps_since_fit >= self.refit_every || !active.covers(1),
+        }
+    }
+
+    /// Whether a due refit may be put off: the caller asked for it and the fitted path still
+    /// reaches its horizon (a model is fitted; naive ones cost nothing to refit but their
+    /// refit may be the first costly fit, so they are deferred alike).
+    fn may_defer(&self) -> bool {
+        match self.refit_mode {
+            Refit::AsScheduled => false,
+            Refit::DeferWhileCovered { horizon } => self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.covers(horizon.clamp(1, self.config.max_horizon))),
         }
     }
 

@@ -1,0 +1,223 @@
+//! What the collector publishes (scale events, dead letters, state snapshots), how it waits
+//! for their acknowledgement, and the offset commit that follows.
+
+use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+};
+use shadowtap_core::ClosedWindow;
+
+use crate::{
+    ownership::Ownership,
+    service::{Collector, CollectorConfig, GroupContext, now_ms},
+};
+
+/// What a publish is for (decides what to count once it is acknowledged).
+#[derive(Debug, Clone)]
+pub(crate) enum Purpose {
+    ScaleEvent {
+        window_end_ms: u64,
+        stamps: Option<Stamps>,
+    },
+    DeadLetter,
+    Snapshot,
+}
+
+/// When the observation that closed a window went through each stage, unix ms, for the event
+/// latency's breakdown.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamps {
+    /// The observation record's timestamp (the agent's producer, `CreateTime`).
+    pub produced: u64,
+    /// Its batch was taken from the consumer.
+    pub consumed: u64,
+    /// Its batch was merged and decided.
+    pub decided: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Publish {
+    pub purpose: Purpose,
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Collector {
+    /// Publish everything and wait for acknowledgements, retrying failures until they land.
+    pub(crate) async fn publish_all(
+        &self,
+        producer: &FutureProducer,
+        mut pending: Vec<Publish>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let mut futures = Vec::with_capacity(pending.len());
+            let mut not_queued = Vec::new();
+            for p in pending {
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in &p.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
+                if let Some(payload) = &p.payload {
+                    record = record.payload(payload);
+                }
+                if let Some(partition) = p.partition {
+                    record = record.partition(partition);
+                }
+                match producer.send_result(record) {
+                    Ok(f) => futures.push((p, f)),
+                    Err(_) => not_queued.push(p),
+                }
+            }
+            let mut failed = not_queued;
+            for (p, f) in futures {
+                match f.await {
+                    Ok(Ok(_)) => self.acknowledged(&p.purpose),
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(topic = %p.topic, error = %e, "publish failed; retrying");
+                        failed.push(p);
+                    }
+                    Err(_) => failed.push(p),
+                }
+            }
+            if !failed.is_empty() {
+                self.stats
+                    .publish_retries
+                    .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            pending = failed;
+        }
+        true
+    }
+
+    fn acknowledged(&self, purpose: &Purpose) {
+        match purpose {
+            Purpose::ScaleEvent {
+                window_end_ms,
+                stamps,
+            } => {
+                self.stats
+                    .scale_events_published
+                    .fetch_add(1, Ordering::Relaxed);
+                let acked = now_ms();
+                self.stats
+                    .record_event_latency(acked.saturating_sub(*window_end_ms));
+                if let Some(s) = stamps {
+                    self.stats.record_event_stages([
+                        s.produced.saturating_sub(*window_end_ms),
+                        s.consumed.saturating_sub(s.produced),
+                        s.decided.saturating_sub(s.consumed),
+                        acked.saturating_sub(s.decided),
+                    ]);
+                }
+            }
+            Purpose::DeadLetter => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Purpose::Snapshot => {
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn commit(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        own: &Ownership,
+        offsets: &BTreeMap<i32, i64>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            if !own.owned.contains(p) {
+                continue;
+            }
+            if let Err(e) = tpl.add_partition_offset(
+                &self.config.kafka.observations_topic,
+                *p,
+                Offset::Offset(*next),
+            ) {
+                tracing::warn!(partition = *p, error = %e, "offset not committable");
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // The partition moved; its next owner replays from the last commit.
+                tracing::warn!(error = %e, "offset commit failed");
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The scale event of a closed window, if it has one; `produced`: the record timestamp of the
+/// observation that closed it.
+pub(crate) fn scale_event(
+    cfg: &CollectorConfig,
+    source: &str,
+    c: &ClosedWindow,
+    produced: Option<u64>,
+) -> Option<Publish> {
+    let event = c.scale_event(source)?;
+    Some(Publish {
+        purpose: Purpose::ScaleEvent {
+            window_end_ms: c.end_ms,
+            stamps: produced.map(|produced| Stamps {
+                produced,
+                consumed: 0,
+                decided: 0,
+            }),
+        },
+        topic: cfg.kafka.scale_events_topic.clone(),
+        partition: None,
+        key: c.resource.clone().into_bytes(),
+        payload: Some(event.to_json().into_bytes()),
+        headers: vec![(
+            "content-type".to_owned(),
+            b"application/cloudevents+json; charset=utf-8".to_vec(),
+        )],
+    })
+}
+
+pub(crate) fn dead_letter(cfg: &CollectorConfig, msg: &OwnedMessage, error: &str) -> Publish {
+    let mut headers = vec![
+        ("shadowtap-error".to_owned(), error.as_bytes().to_vec()),
+        (
+            "shadowtap-source".to_owned(),
+            format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()).into_bytes(),
+        ),
+    ];
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            if let Some(v) = header.value {
+                headers.push((header.key.to_owned(), v.to_vec()));
+            }
+        }
+    }
+    Publish {
+        purpose: Purpose::DeadLetter,
+        topic: cfg.dead_letter_topic.clone(),
+        partition: None,
+        key: msg.key().unwrap_or_default().to_vec(),
+        payload: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

@@ -1,0 +1,114 @@
+//! The collector's own forecast of a resource's merged demand, fed one closed window at a time.
+
+use std::time::Duration;
+
+use super::{FitTokens, FleetConfig, FleetStats, ResourceState};
+use crate::forecast::{DemandForecast, ForecastConfig, ModelKind, Refit, ResourceForecaster};
+
+/// The forecast the engine decides on: the collector's own forecast of merged demand (agents
+/// send counts, not forecasts: the merged series is the one that is scaled). Before the
+/// forecaster exists, an empty forecast with the last observation, so the engine decides on
+/// what it sees.
+#[allow(clippy::too_many_arguments, clippy::similar_names)]
+pub(super) fn merged_forecast(
+    name: &str,
+    state: &mut ResourceState,
+    config: &FleetConfig,
+    stats: &mut FleetStats,
+    tokens: &mut FitTokens,
+    start_ms: u64,
+    end_ms: u64,
+    demand: f64,
+) -> DemandForecast {
+    let step_ms = state.step_ms;
+    let before = state.forecaster.as_ref().map(ResourceForecaster::stats);
+    // `history` already holds this window. The forecaster is created once by a warm start on
+    // the history so far (`forecast_origin` records which), then fed one window at a time.
+    // After a restore the same calls are replayed from the merged history, so the restored
+    // forecaster is the one that was lost, not merely a similar one.
+    let needs_forecaster = state.forecaster.is_none()
+        && (state.forecast_origin.is_some() || state.history.len() >= config.min_forecast_history);
+    if needs_forecaster {
+        let cfg = ForecastConfig {
+            step: Duration::from_millis(step_ms),
+            ..config.forecast.clone()
+        };
+        match ResourceForecaster::new(name, cfg) {
+            Ok(mut f) => {
+                let past: Vec<(u64, f64)> = state
+                    .history
+                    .iter()
+                    .filter(|(t, _)| *t < start_ms)
+                    .copied()
+                    .collect();
+                let (skip, warm) = match state.forecast_origin {
+                    Some((first_ms, n)) => match past.iter().position(|(t, _)| *t == first_ms) {
+                        Some(i) => (i, n.min(past.len() - i)),
+                        // The origin fell out of the kept history: warm-start on what is left.
+                        None => (0, past.len()),
+                    },
+                    None => (0, past.len()),
+                };
+                let mut ok = true;
+                if warm > 0 {
+                    let values: Vec<f64> =
+                        past[skip..skip + warm].iter().map(|(_, v)| *v).collect();
+                    ok &= f.warm_start(past[skip].0, &values).is_ok();
+                    state.forecast_origin = Some((past[skip].0, warm));
+                } else {
+                    state.forecast_origin = Some((start_ms, 0));
+                }
+                for (t, v) in &past[skip + warm..] {
+                    ok &= f.observe(*t, *v).is_ok();
+                }
+                if !ok {
+                    stats.forecast_errors += 1;
+                }
+                state.forecaster = Some(f);
+            }
+            Err(e) => {
+                tracing::warn!(resource = name, error = %e, "collector forecaster config rejected");
+                stats.forecast_errors += 1;
+            }
+        }
+    }
+    let refit = if tokens.allow(&config.fit_budget) {
+        Refit::AsScheduled
+    } else {
+        Refit::DeferWhileCovered {
+            horizon: config.horizon_steps,
+        }
+    };
+    let own = state.forecaster.as_mut().and_then(|f| {
+        f.observe_with(start_ms, demand, refit)
+            .and_then(|()| f.forecast(config.horizon_steps))
+            .map_err(|e| tracing::debug!(resource = name, error = %e, "merged forecast failed"))
+            .ok()
+    });
+    if own.is_none() && state.forecaster.is_some() {
+        stats.forecast_errors += 1;
+    }
+    if let Some(after) = state.forecaster.as_ref().map(ResourceForecaster::stats) {
+        let before = before.unwrap_or_default();
+        let fit_us = after.total_fit_us.saturating_sub(before.total_fit_us);
+        tokens.charge(fit_us);
+        stats.forecast_fit_us += fit_us;
+        stats.forecast_fits += after.fits.saturating_sub(before.fits);
+        stats.forecast_refits_deferred +=
+            after.refits_deferred.saturating_sub(before.refits_deferred);
+    }
+    let mut base = own.unwrap_or_else(|| DemandForecast {
+        resource: name.to_owned(),
+        issued_at_ms: end_ms,
+        step_ms,
+        level: config.forecast.level,
+        widening: 1.0,
+        model: ModelKind::Naive,
+        points: Vec::new(),
+        last_observed: Some(demand),
+        outliers_ms: Vec::new(),
+        changepoints_ms: Vec::new(),
+    });
+    base.last_observed = Some(demand);
+    base
+}
