@@ -12,7 +12,7 @@
 use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use shadowtap_agent::{
-    decode::pcap_writer::{PcapWriter, TcpSegment},
+    decode::pcap_writer::PcapWriter,
     model::{ModelConfig, ModelStore},
     replay::{ReplayOptions, replay_pcap_events},
 };
@@ -44,19 +44,6 @@ fn write_pcap(path: &Path, vary: Vary, count: u32) {
     let server = Ipv4Addr::new(192, 0, 2, 80);
     let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create pcap"));
     let mut pcap = PcapWriter::new(file).expect("pcap header");
-    let mut record = |ts_us: u64, src, dst, sport, dport, flags, payload: &[u8]| {
-        let segment = TcpSegment {
-            src,
-            dst,
-            sport,
-            dport,
-            seq: 1,
-            flags,
-            payload,
-        };
-        pcap.write_packet(ts_us, &segment.frame().expect("frame"))
-            .expect("write");
-    };
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let t0_us = 1_767_571_200_000_000u64;
     for i in 0..count {
@@ -70,18 +57,15 @@ fn write_pcap(path: &Path, vary: Vary, count: u32) {
             Vary::Resource => format!("GET /api/items/{i} HTTP/1.1\r\nHost: s{i}.example\r\n\r\n"),
             Vary::Template => format!("GET /api/p{i}/items HTTP/1.1\r\nHost: shop.example\r\n\r\n"),
         };
-        record(ts, client, server, sport, 80, "S", b"");
-        record(
-            ts + 100,
-            client,
-            server,
-            sport,
-            80,
-            "PA",
+        pcap.write_http_exchange(
+            ts,
+            100,
+            (client, sport),
+            (server, 80),
             request.as_bytes(),
-        );
-        record(ts + 300, server, client, 80, sport, "PA", response);
-        record(ts + 400, client, server, sport, 80, "FA", b"");
+            response,
+        )
+        .expect("write");
     }
 
     pcap.finish().expect("flush");

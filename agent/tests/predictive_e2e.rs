@@ -52,8 +52,7 @@ fn write_pcap(path: &Path) -> u64 {
             flags: "A",
             payload,
         };
-        pcap.write_packet(ts_us, &segment.frame().expect("frame"))
-            .expect("write");
+        pcap.write_segment(ts_us, &segment).expect("write");
     };
     let request =
         b"GET /api/v1/orders/1234 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: e2e\r\n\r\n";

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use shadowtap_agent::decode::pcap_writer::{PcapWriter, TcpSegment};
+use shadowtap_agent::decode::pcap_writer::PcapWriter;
 use shadowtap_tests::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode};
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::scenario::{
@@ -48,28 +48,20 @@ fn write_pcaps(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
         let path = dir.join(format!("clients-{chunk:02}.pcap"));
         let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create pcap"));
         let mut pcap = PcapWriter::new(file).expect("pcap header");
-        let mut record = |ts_us: u64, src, dst, sport, dport, flags, payload: &[u8]| {
-            let segment = TcpSegment {
-                src,
-                dst,
-                sport,
-                dport,
-                seq: 1,
-                flags,
-                payload,
-            };
-            pcap.write_packet(ts_us, &segment.frame().expect("frame"))
-                .expect("write");
-        };
         for i in chunk * CHUNK_CLIENTS..(chunk + 1) * CHUNK_CLIENTS {
             let client = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i + 1);
             let sport = 40_000 + u16::try_from(i % 20_000).expect("port");
             let ts = t0_us + u64::from(i) * 250;
             let request = format!("GET /api/items/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-            record(ts, client, server, sport, 80, "S", b"");
-            record(ts + 50, client, server, sport, 80, "PA", request.as_bytes());
-            record(ts + 100, server, client, 80, sport, "PA", response);
-            record(ts + 150, client, server, sport, 80, "FA", b"");
+            pcap.write_http_exchange(
+                ts,
+                50,
+                (client, sport),
+                (server, 80),
+                request.as_bytes(),
+                response,
+            )
+            .expect("write");
         }
 
         let frames = pcap.packets();

@@ -59,6 +59,51 @@ impl<W: Write> PcapWriter<W> {
         Ok(())
     }
 
+    /// Appends one TCP segment's frame.
+    ///
+    /// # Errors
+    /// As [`Self::write_packet`], or the payload does not fit one IPv4 packet.
+    pub fn write_segment(&mut self, ts_us: u64, segment: &TcpSegment<'_>) -> io::Result<()> {
+        self.write_packet(ts_us, &segment.frame()?)
+    }
+
+    /// One HTTP exchange on a connection of its own, `step_us` apart: the client's SYN at
+    /// `ts_us`, its request, the server's response, the client's FIN (sequence numbers fixed
+    /// at 1: the decoder tracks payloads, not a handshake).
+    ///
+    /// # Errors
+    /// As [`Self::write_segment`].
+    pub fn write_http_exchange(
+        &mut self,
+        ts_us: u64,
+        step_us: u64,
+        (client, sport): (Ipv4Addr, u16),
+        (server, dport): (Ipv4Addr, u16),
+        request: &[u8],
+        response: &[u8],
+    ) -> io::Result<()> {
+        let out = |flags, payload| TcpSegment {
+            src: client,
+            dst: server,
+            sport,
+            dport,
+            seq: 1,
+            flags,
+            payload,
+        };
+        let back = TcpSegment {
+            src: server,
+            dst: client,
+            sport: dport,
+            dport: sport,
+            ..out("PA", response)
+        };
+        self.write_segment(ts_us, &out("S", b""))?;
+        self.write_segment(ts_us + step_us, &out("PA", request))?;
+        self.write_segment(ts_us + 2 * step_us, &back)?;
+        self.write_segment(ts_us + 3 * step_us, &out("FA", b""))
+    }
+
     /// Packets written so far.
     pub fn packets(&self) -> u64 {
         self.packets
@@ -165,6 +210,49 @@ mod tests {
             (1_767_571_201_000_001_000, &b"\x00"[..])
         );
         assert!(reader.next_packet().expect("read").is_none());
+    }
+
+    #[test]
+    fn an_http_exchange_is_syn_request_response_fin_step_apart() {
+        let client = (Ipv4Addr::new(10, 0, 0, 7), 40_007);
+        let server = (Ipv4Addr::new(192, 0, 2, 80), 80);
+        let mut writer = PcapWriter::new(Vec::new()).expect("header");
+        writer
+            .write_http_exchange(
+                1_000_000,
+                50,
+                client,
+                server,
+                b"GET / HTTP/1.1\r\n\r\n",
+                b"ok",
+            )
+            .expect("write");
+        let bytes = writer.finish().expect("flush");
+        let mut reader = PcapReader::new(bytes.as_slice()).expect("reader");
+        let mut seen = Vec::new();
+        while let Some(packet) = reader.next_packet().expect("read") {
+            let meta = decode_frame(LinkType::Ethernet, packet.data, packet.orig_len).expect("tcp");
+            let Transport::Tcp(tcp) = meta.transport else {
+                panic!("not TCP: {meta:?}")
+            };
+            seen.push((
+                packet.ts_ns / 1_000,
+                meta.src_port,
+                meta.dst_port,
+                tcp.flags.0,
+                meta.payload.len(),
+            ));
+        }
+        let (ack, psh) = (TcpFlags::ACK, TcpFlags::PSH);
+        assert_eq!(
+            seen,
+            vec![
+                (1_000_000, 40_007, 80, TcpFlags::SYN, 0),
+                (1_000_050, 40_007, 80, psh | ack, 18),
+                (1_000_100, 80, 40_007, psh | ack, 2),
+                (1_000_150, 40_007, 80, TcpFlags::FIN | ack, 0),
+            ]
+        );
     }
 
     #[test]
