@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args as _, Command, FromArgMatches as _};
 use shadowtap_core::{
     FleetConfig, KafkaSettings,
-    cli_config::{FileSettings, Problem, clap_message, key_of_long},
+    cli_config::{FileSettings, Problem, clap_message, describe_option_problems, key_of_long},
     decision::{PolicySet, parse_duration},
 };
 
@@ -219,19 +219,5 @@ pub fn check_file(path: &std::path::Path) -> Vec<Problem> {
 
 /// [`CollectorArgs::problems`] as one message naming each option and its file key.
 pub fn describe_problems(args: &CollectorArgs) -> Option<String> {
-    let problems = args.problems(true);
-    if problems.is_empty() {
-        return None;
-    }
-    let cmd = options_command();
-    let lines: Vec<String> = problems
-        .into_iter()
-        .map(|(long, message)| {
-            format!(
-                "invalid option --{long} (`{}` in a settings file): {message}",
-                key_of_long(&cmd, long)
-            )
-        })
-        .collect();
-    Some(lines.join("\n"))
+    describe_option_problems(&options_command(), &args.problems(true))
 }

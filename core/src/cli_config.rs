@@ -74,6 +74,24 @@ pub fn key_of_long(cmd: &Command, long: &str) -> String {
         .unwrap_or_else(|| format!("--{long}"))
 }
 
+/// Option problems (`(long, message)`, as the binaries' checks return them) as one message,
+/// a line per problem naming the option and its settings-file key; `None` when there are none.
+pub fn describe_option_problems(cmd: &Command, problems: &[(&str, String)]) -> Option<String> {
+    if problems.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|(long, message)| {
+            format!(
+                "invalid option --{long} (`{}` in a settings file): {message}",
+                key_of_long(cmd, long)
+            )
+        })
+        .collect();
+    Some(lines.join("\n"))
+}
+
 /// One bad key of a settings file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

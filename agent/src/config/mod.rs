@@ -11,7 +11,9 @@ mod limits;
 use std::path::Path;
 
 use clap::{Args as _, Command, FromArgMatches as _};
-use shadowtap_core::cli_config::{FileSettings, Problem, clap_message, key_of_long};
+use shadowtap_core::cli_config::{
+    FileSettings, Problem, clap_message, describe_option_problems, key_of_long,
+};
 
 pub use check::run_problems;
 pub use limits::ModelLimits;
@@ -53,19 +55,5 @@ pub fn check_file(path: &Path) -> Vec<Problem> {
 
 /// The settings problems of `args` as one message naming each option and its file key.
 pub fn describe_problems(args: &RunArgs) -> Option<String> {
-    let problems = run_problems(args);
-    if problems.is_empty() {
-        return None;
-    }
-    let cmd = run_command();
-    let lines: Vec<String> = problems
-        .into_iter()
-        .map(|(long, message)| {
-            format!(
-                "invalid option --{long} (`{}` in a settings file): {message}",
-                key_of_long(&cmd, long)
-            )
-        })
-        .collect();
-    Some(lines.join("\n"))
+    describe_option_problems(&run_command(), &run_problems(args))
 }
