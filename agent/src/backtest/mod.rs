@@ -412,6 +412,9 @@ fn trained_forecaster(
     let history = options.history_points;
     let mut config = options.forecast.clone();
     config.step = series.step;
+    // A backtest must give the same figures on every run: with a wall-time fit budget the
+    // training window would shrink whenever the machine is busy, and the figures with it.
+    config.fit_time_budget = Duration::ZERO;
     config.max_horizon = config.max_horizon.max(decision_buckets);
     let mut forecaster = ResourceForecaster::new(series.name.clone(), config)?;
     forecaster

@@ -205,3 +205,26 @@ fn nyc_taxi_full_series_meets_the_goals() {
     assert!(report.comparison.goal_met, "{report:#?}");
     assert!(report.forecast.mase.expect("scored") < 1.0, "{report:#?}");
 }
+
+#[test]
+fn a_backtest_does_not_depend_on_how_long_fits_take() {
+    // A 1 ns fit budget is what a very busy machine looks like to the live forecaster: every
+    // fit overruns and the window shrinks. A backtest must not see it.
+    let series = surge_series(6);
+    let run = |budget: Duration| {
+        let mut opts = options(&series, 150.0, Duration::from_mins(20));
+        opts.forecast.fit_time_budget = budget;
+        let report = run_series_backtest(&series, &opts).expect("backtest runs");
+        let outcome = serde_json::json!({
+            "predictive": report.predictive,
+            "reactive": report.reactive,
+            "mase": report.forecast.mase,
+            "coverage": report.forecast.coverage,
+            "fits": report.forecast.fits,
+        });
+        (outcome, report.forecast.budget_overruns)
+    };
+    let (starved, overruns) = run(Duration::from_nanos(1));
+    assert_eq!(overruns, 0, "backtests run without the wall-time budget");
+    assert_eq!(starved, run(Duration::from_millis(500)).0);
+}

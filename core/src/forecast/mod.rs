@@ -7,8 +7,9 @@
 //!   model of the deseasonalised series; until two full cycles of a season exist it uses a
 //!   cold-start model (non-seasonal `AutoETS`, seasonal naive for a hinted season, or naive);
 //! - it refits on a schedule (`refit_interval`) and adapts the training window so a fit stays
-//!   within `fit_time_budget`; between refits the forecast path is re-anchored on each new
-//!   observation with the gain the fitted ETS model implies, so a burst is seen at once;
+//!   within `fit_time_budget` (zero: a fixed window, for reproducible backtests); between
+//!   refits the forecast path is re-anchored on each new observation with the gain the fitted
+//!   ETS model implies, so a burst is seen at once;
 //! - outliers (MAD on the MSTL remainder) are excluded from the trend fit and changepoints (BOCPD)
 //!   cut the trend fit's history; both are reported on the output;
 //! - online accuracy (MASE against seasonal naive, interval coverage) is tracked on one-step-ahead
@@ -82,7 +83,9 @@ pub struct ForecastConfig {
     /// short steps (1 s windows, a time-compressed replay) an hourly refit would leave a
     /// model fitted on the first minutes in force for thousands of steps.
     pub refit_max_steps: usize,
-    /// Wall-time budget of one fit; the training window shrinks when fits exceed it.
+    /// Wall-time budget of one fit; the training window shrinks when fits exceed it. Zero
+    /// turns the adaptation off: every fit then uses `max_fit_points` (or all history), so
+    /// the forecast depends on the data alone and not on how busy the machine is (backtests).
     pub fit_time_budget: Duration,
     /// Most recent points used for a fit (upper bound; the budget may lower it).
     pub max_fit_points: usize,
@@ -636,6 +639,9 @@ impl ResourceForecaster {
     /// are comfortably fast. The window never drops below two cycles of the longest season.
     fn adapt_window(&mut self, took: Duration, path: &FittedPath) {
         let budget = self.config.fit_time_budget;
+        if budget.is_zero() {
+            return;
+        }
         let floor = (2 * path.seasons.iter().copied().max().unwrap_or(0) + 1).max(64);
         if took > budget {
             self.stats.budget_overruns += 1;

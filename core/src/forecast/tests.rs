@@ -143,3 +143,33 @@ fn refit_max_steps_caps_the_refit_interval_in_steps() {
     assert!(matches!(fresh, Some(ModelKind::Mstl { .. })), "{fresh:?}");
     assert!(fresh_fits > stale_fits, "{fresh_fits} vs {stale_fits}");
 }
+
+#[test]
+fn a_zero_fit_budget_keeps_the_window_whatever_fits_cost() {
+    // 1 ns: every fit overruns, so the window shrinks towards its floor; zero: the window is
+    // max_fit_points on every fit, however long the fits take.
+    let last_window = |budget: Duration| {
+        let mut f = ResourceForecaster::new(
+            "api",
+            ForecastConfig {
+                fit_time_budget: budget,
+                max_fit_points: 240,
+                ..config(60)
+            },
+        )
+        .expect("config");
+        for i in 0..24 * 12 {
+            f.observe(i as u64 * 60_000, cycle(i)).expect("observe");
+        }
+        f.refit().expect("refit");
+        let stats = f.stats();
+        (stats.last_fit_points, stats.budget_overruns)
+    };
+    let (shrunk, overruns) = last_window(Duration::from_nanos(1));
+    assert!(overruns > 0);
+    assert_eq!(
+        shrunk, 64,
+        "the floor: two 24-step cycles, at least 64 points"
+    );
+    assert_eq!(last_window(Duration::ZERO), (240, 0));
+}
