@@ -328,6 +328,23 @@ pub fn owned_bpf_objects(pid: u32) -> Result<Vec<OwnedBpfObject>> {
     Ok(objects)
 }
 
+/// Compiles LLVM IR text to a BPF object at `stem.o` with `llc`; returns the object's path.
+/// Tests use it for small hand-written programs (a detector's dummy programs, a lossy tc
+/// filter) without a Rust eBPF crate of their own.
+pub fn compile_ir(ir_text: &str, stem: &Path) -> Result<String> {
+    let llc = crate::support::require_llc()?;
+    let ir = stem.with_extension("ll");
+    let obj = stem.with_extension("o");
+    std::fs::write(&ir, ir_text).map_err(io_context(format!("writing {}", ir.display())))?;
+    crate::process::run_checked(
+        std::process::Command::new(&llc)
+            .args(["-march=bpf", "-filetype=obj", "-o"])
+            .arg(&obj)
+            .arg(&ir),
+    )?;
+    Ok(obj.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

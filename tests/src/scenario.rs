@@ -1,4 +1,4 @@
-//! Building blocks of the live tests (`tests/tests/live.rs`): the traffic plan, starting and
+//! Building blocks of the live tests (`tests/tests/live*.rs`): the traffic plan, starting and
 //! stopping the peers inside the namespaces, the agent in its test configuration, and the
 //! checks shared by several tests.
 //!
