@@ -1,12 +1,7 @@
 //! Issue 16: recommendations reach `shadowtap.recommendations` on a real Kafka-protocol broker
 //! (nisshi on 127.0.0.1), survive an outage in the spool, and read back as CloudEvents.
 
-use std::{
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
@@ -25,82 +20,7 @@ use shadowtap_sweep::{
     synthetic::{grid_records, load},
     trial::{KpiName, Objective},
 };
-
-/// nisshi on a free loopback port; killed (and thawed first if paused) on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    paused: bool,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let nisshi = std::env::var_os("NISSHI").map_or_else(
-            || {
-                std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(".cargo/bin/nisshi"))
-                    .filter(|p| p.exists())
-                    .unwrap_or_else(|| PathBuf::from("nisshi"))
-            },
-            PathBuf::from,
-        );
-        let child = Command::new(nisshi)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .args(["--group-initial-rebalance-delay", "0s", "--silent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nisshi (installed by `cargo xtask setup`)");
-        let mut broker = Self {
-            child,
-            port,
-            paused: false,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("nisshi exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "nisshi did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        broker
-    }
-
-    fn settings(&self) -> KafkaSettings {
-        KafkaSettings::new(format!("127.0.0.1:{}", self.port))
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
-        self.paused = sig == libc::SIGSTOP;
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if self.paused {
-            self.signal(libc::SIGCONT);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use shadowtap_tests::broker::LoopbackBroker as Broker;
 
 /// (key, payload) of the records on the topic until `done` says so or `timeout`.
 fn read_topic(
@@ -142,7 +62,7 @@ fn read_topic(
 #[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn a_recommendation_and_its_canary_decision_are_published_through_an_outage_and_read_back() {
     let mut broker = Broker::start();
-    let settings = broker.settings();
+    let settings = KafkaSettings::new(broker.bootstrap());
     let spool = tempfile::tempdir().expect("spool dir");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,14 +129,14 @@ fn a_recommendation_and_its_canary_decision_are_published_through_an_outage_and_
         outcome,
         1_764_806_700_000,
     );
-    broker.signal(libc::SIGSTOP);
+    broker.pause();
     let during = rt.block_on(sink.publish(&decision)).expect("publish");
     assert_eq!(
         (during.delivered, during.spooled),
         (0, 1),
         "spooled while down"
     );
-    broker.signal(libc::SIGCONT);
+    broker.resume();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let after = rt.block_on(sink.drain()).expect("drain");
