@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Result;
-use crate::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode, agent_binary};
+use crate::agent::{AgentConfig, AgentExit, CaptureMode, RunningAgent, XdpMode, agent_binary};
 use crate::error::{Error, io_context};
 use crate::events::{EventLog, field_str, stat_any, stat_total};
 use crate::netns::{Netns, VethPair};
@@ -42,6 +42,19 @@ pub fn serial() -> MutexGuard<'static, ()> {
 #[track_caller]
 pub fn must<T>(result: crate::Result<T>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Stops the agent as an operator would (SIGINT) and requires a clean exit: a test whose agent
+/// crashed or hung on the way out has not shown what it claims.
+pub fn stop_agent_cleanly(agent: RunningAgent) -> AgentExit {
+    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
+    assert!(
+        exit.status.success(),
+        "agent exited with {}; {}",
+        exit.status,
+        exit.stderr
+    );
+    exit
 }
 
 #[track_caller]

@@ -12,12 +12,13 @@ use std::{
 };
 
 use serde_json::Value;
+use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
     agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
     netns::{Netns, VethConfig, VethPair},
     scenario::{
-        AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, ClientPlan, HOSTS, api_get, finish_client, must,
-        preflight_agent, serial, spawn_client, start_server, stop_server, work_dir,
+        AGENT_ATTACH_TIMEOUT, ClientPlan, HOSTS, api_get, finish_client, must, preflight_agent,
+        serial, spawn_client, start_server, stop_server, work_dir,
     },
     support::{require_tool, target_dir, workspace_root},
 };
@@ -213,8 +214,7 @@ fn dashboard_renders_live_resources_forecasts_and_decisions() {
     );
     let _ = finish_client(client, Duration::from_secs(60));
     let _ = stop_server(server);
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    let _exit = stop_agent_cleanly(agent);
 
     // Every Host the client addressed is a row, by name.
     let rows = tags_with_testid(&dom, "resource-row");

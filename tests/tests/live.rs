@@ -18,9 +18,9 @@ use shadowtap_tests::events::{EventLog, field_str, field_u64};
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::peer::{ClientSummary, ServerSummary};
 use shadowtap_tests::scenario::{
-    AGENT_STOP_TIMEOUT, ClientPlan, PORT, assert_loss_accounted, assert_peers_agree, finish_client,
-    is_egress, is_ingress, must, preflight_agent, run_client, serial, spawn_client, start_agent,
-    start_server, stop_server, total_of, traffic_plan, work_dir,
+    ClientPlan, PORT, assert_loss_accounted, assert_peers_agree, finish_client, is_egress,
+    is_ingress, must, preflight_agent, run_client, serial, spawn_client, start_agent, start_server,
+    stop_agent_cleanly, stop_server, total_of, traffic_plan, work_dir,
 };
 use shadowtap_tests::support::require_tool;
 
@@ -144,13 +144,7 @@ fn live_http_counts(xdp_mode: XdpMode, wire: Wire) {
             && log.sum_where("flow", "payload_bytes", is_egress) >= server.wire_bytes_sent
     };
     must(agent.wait_for(Duration::from_secs(5), covered));
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(
-        exit.status.success(),
-        "agent exited with {}; {}",
-        exit.status,
-        exit.stderr
-    );
+    let exit = stop_agent_cleanly(agent);
     let log = &exit.log;
     assert!(
         log.unknown_kinds().is_empty(),

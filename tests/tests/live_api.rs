@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
+use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
     agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
     netns::{Netns, VethConfig, VethPair},
@@ -143,13 +144,7 @@ fn api_serves_models_and_state_survives_restart_and_corruption() {
         .expect("value");
     assert!(packets > 0.0, "{packets_line}");
 
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(
-        exit.status.success(),
-        "agent exited with {}; {}",
-        exit.status,
-        exit.stderr
-    );
+    let _exit = stop_agent_cleanly(agent);
     let snapshot =
         std::fs::read_to_string(state.join("model.json")).expect("snapshot written on shutdown");
     for host in HOSTS {

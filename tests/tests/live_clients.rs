@@ -19,7 +19,7 @@ use shadowtap_agent::decode::pcap_writer::PcapWriter;
 use shadowtap_tests::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode};
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::scenario::{
-    AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, assert_loss_accounted, must, preflight_agent, serial,
+    AGENT_ATTACH_TIMEOUT, assert_loss_accounted, must, preflight_agent, serial, stop_agent_cleanly,
     tcpreplay_counts, work_dir,
 };
 use shadowtap_tests::support::require_tool;
@@ -141,13 +141,7 @@ fn replay_through_agent(
         requests_seen(log) >= u64::from(CLIENTS)
     }));
     let peak_rss_kib = peak_rss_kib(agent.pid());
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(
-        exit.status.success(),
-        "agent exited with {}; {}",
-        exit.status,
-        exit.stderr
-    );
+    let exit = stop_agent_cleanly(agent);
     assert!(
         assert_loss_accounted(&exit.log, None),
         "the ring buffer overflowed during the replay"

@@ -16,14 +16,14 @@ use std::{
 };
 
 use serde_json::Value;
+use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
     agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
     events::{field_str, field_u64},
     netns::{Netns, VethConfig, VethPair},
     process::BackgroundProcess,
     scenario::{
-        AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, must, preflight_agent, serial, start_server,
-        stop_server, work_dir,
+        AGENT_ATTACH_TIMEOUT, must, preflight_agent, serial, start_server, stop_server, work_dir,
     },
     support::{require_tool, target_dir, workspace_root},
 };
@@ -197,8 +197,7 @@ fn live_agent_to_kafka_collector_and_provisioner() {
         }
     }
     let _ = stop_server(server);
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    let exit = stop_agent_cleanly(agent);
     let resource = format!("rise.example@{target}");
 
     // What the agent itself saw: requests of the resource per one-second window.

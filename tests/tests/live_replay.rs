@@ -18,8 +18,8 @@ use shadowtap_tests::json::{first_difference, timing_free};
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::pcap::Pcap;
 use shadowtap_tests::scenario::{
-    AGENT_STOP_TIMEOUT, api_get, assert_loss_accounted, is_ingress, must, preflight_agent, serial,
-    start_agent, tcpreplay_counts, work_dir,
+    api_get, assert_loss_accounted, is_ingress, must, preflight_agent, serial, start_agent,
+    stop_agent_cleanly, tcpreplay_counts, work_dir,
 };
 use shadowtap_tests::support::{require_tool, shared_pcap};
 
@@ -121,13 +121,7 @@ fn tap_matches_replay(pcap_name: &str, compare_profiles: bool) {
     if compare_profiles {
         live_profile_matches_replay(&pair, &original);
     }
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(
-        exit.status.success(),
-        "agent exited with {}; {}",
-        exit.status,
-        exit.stderr
-    );
+    let exit = stop_agent_cleanly(agent);
     let log = &exit.log;
     assert!(
         assert_loss_accounted(log, None),

@@ -21,6 +21,7 @@ use std::{
 };
 
 use serde_json::Value;
+use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
     agent::{
         AgentConfig, CaptureMode, RunningAgent, XdpMode, collector_binary, provisioner_binary,
@@ -29,8 +30,8 @@ use shadowtap_tests::{
     netns::{Netns, VethConfig, VethPair},
     process::BackgroundProcess,
     scenario::{
-        AGENT_ATTACH_TIMEOUT, AGENT_STOP_TIMEOUT, api_get, must, preflight_agent, serial,
-        start_server, stop_server, work_dir,
+        AGENT_ATTACH_TIMEOUT, api_get, must, preflight_agent, serial, start_server, stop_server,
+        work_dir,
     },
     support::{require_tool, workspace_root},
 };
@@ -602,8 +603,7 @@ fn prometheus_scrapes_a_live_agent_collector_and_provisioner() {
         "listed as always but not scraped: {missing:?}"
     );
 
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    stop_agent_cleanly(agent);
     drop(prom);
     drop(provisioner);
     drop(collector);

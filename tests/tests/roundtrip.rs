@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shadowtap_agent::profile_cmd::from_pcap;
 use shadowtap_core::profile::{Fidelity, ProfileDocument};
+use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
     agent::{CaptureMode, XdpMode, loadgen_binary},
     nginx::{Nginx, PORT},
-    scenario::{AGENT_STOP_TIMEOUT, api_get, must, preflight_agent, serial, start_agent, work_dir},
+    scenario::{api_get, must, preflight_agent, serial, start_agent, work_dir},
     support::shared_data_dir,
 };
 
@@ -105,8 +106,7 @@ fn loadgen_through_the_live_tap_reproduces_its_profile() {
             }
         }
     };
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    let _exit = stop_agent_cleanly(agent);
     let round_trip = Fidelity::of(&source, &live);
     println!("round trip {want_id}: {round_trip:?} (loadgen's own: {generated:?})");
     assert!(
@@ -240,6 +240,5 @@ fn loadgen_follows_a_live_agents_forecast() {
         (scheduled - expected).abs() <= 1.0 + 0.01 * expected,
         "scheduled {scheduled} for a forecast of {expected} requests over 3 s"
     );
-    let exit = must(agent.stop(libc::SIGINT, AGENT_STOP_TIMEOUT));
-    assert!(exit.status.success(), "agent: {}", exit.stderr);
+    stop_agent_cleanly(agent);
 }
