@@ -7,7 +7,8 @@
 //! server. The `current` load derived through the agent's real HTTP API must match: its rate
 //! within [`RATE_TOLERANCE`] of the rate the test measured on its own clock, the template
 //! shares and key counts exactly as sent, response sizes within [`BYTES_TOLERANCE`] of the
-//! answers the test read, and the connections as many as the test held open. The errors are
+//! answers the test read, and the connections as many as the test held open. The CLI then runs
+//! one real nginx trial at the derived load (needs nginx and `nsenter`). The errors are
 //! checked through the real API and the CLI: an unknown resource names the known ones, an
 //! unreachable agent names its URL, and bad flag combinations are refused.
 
@@ -28,6 +29,7 @@ use shadowtap_tests::scenario::{
     AGENT_ATTACH_TIMEOUT, PORT, must, preflight_agent, start_server, stop_agent_cleanly,
     stop_server, work_dir,
 };
+use shadowtap_tests::support::require_tool;
 
 /// The agent's API inside the server namespace.
 const API: &str = "127.0.0.1:9464";
@@ -214,6 +216,8 @@ fn stderr(out: &Output) -> String {
 #[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn current_load_from_a_live_agent_matches_the_driven_traffic() {
     preflight_agent();
+    must(require_tool("nsenter"));
+    must(require_tool("nginx"));
     let dir = work_dir("from-agent");
     let pair = must(VethPair::create(VethConfig {
         ipv6: false,
@@ -336,21 +340,35 @@ fn current_load_from_a_live_agent_matches_the_driven_traffic() {
     let msg = stderr(&out);
     assert!(msg.contains(&expected) && msg.contains(&resource), "{msg}");
 
-    // The CLI prints the derived load before it starts (here it stops at the catalogue it
-    // cannot find: the load came first).
-    let out = sweep_cli(
-        Some(&pair.server),
-        &[
+    // The CLI end to end: one real nginx trial driven at the derived load. It prints the load
+    // first; the trial record carries the load's features and the shadow took that rate.
+    let catalogue =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sweep/nginx-proxy-cache.toml");
+    let records = dir.path().join("records.json");
+    // `nsenter --net`, not `ip netns exec`: the latter remounts /sys for the namespace, which
+    // hides the cgroup v1 hierarchies the trial needs.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", pair.server.name()))
+        .arg(sweep_bin())
+        .args(["run", "--out"])
+        .arg(&records)
+        .arg("--catalogue")
+        .arg(&catalogue)
+        .args([
             "--from-agent",
             URL,
             "--resource",
             &resource,
-            "--catalogue",
-            "/nonexistent/catalogue.toml",
-        ],
-    );
+            "--explorer",
+            "random",
+            "--budget",
+            "1",
+        ])
+        .output()
+        .expect("running shadowtap-sweep");
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{printed}");
+    eprintln!("{printed}");
+    assert!(out.status.success(), "{printed}\n{}", stderr(&out));
     assert!(
         printed.starts_with(&format!("load agent:{resource}:current (Current): ")),
         "{printed}"
@@ -358,6 +376,38 @@ fn current_load_from_a_live_agent_matches_the_driven_traffic() {
     for m in &spec.mix {
         assert!(printed.contains(&m.name), "{printed}");
     }
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&records).expect("records written"))
+            .expect("records JSON");
+    let [record] = records.as_array().expect("records").as_slice() else {
+        panic!("one trial record: {records}");
+    };
+    let load = &record["load"];
+    let rate = load["rate_rps"].as_f64().expect("rate");
+    // The record was taken at least a profile refresh later: the mean rate moves a little.
+    assert!(
+        (rate / spec.rate_rps - 1.0).abs() <= RATE_TOLERANCE,
+        "{load}"
+    );
+    assert_eq!(
+        load["concurrency"].as_f64(),
+        Some(CONNECTIONS as f64),
+        "{load}"
+    );
+    let names: BTreeSet<&str> = load["mix"]
+        .as_object()
+        .expect("mix")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, mix.keys().copied().collect(), "{load}");
+    let kpis = &record["kpis"];
+    let throughput = kpis["throughput_rps"].as_f64().expect("throughput");
+    assert!(
+        kpis["error_rate"].as_f64().expect("error rate") < 0.01
+            && (throughput / rate - 1.0).abs() < 0.2,
+        "the shadow took {throughput:.1} req/s of {rate:.1}: {kpis}\n{printed}"
+    );
 
     let _ = stop_server(server);
     let _exit = stop_agent_cleanly(agent);

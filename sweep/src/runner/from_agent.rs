@@ -13,10 +13,16 @@ use shadowtap_core::profile::{ProfileDocument, ProfileError, ResourceProfile};
 use shadowtap_loadgen::generate::{ForecastBound, ForecastCurve, ForecastError};
 
 use super::load::{LoadKind, LoadSpec, MixEntry};
+use super::origin::MAX_BODY;
 
 /// Largest pool a derived load asks for: the load generator opens every connection up
 /// front, and a profile with long think times must not turn into thousands of sockets.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Most keys one mix entry gets: the load generator prebuilds a request per key (and a warm-up
+/// asks for each once), so a template with millions of distinct ids keeps its popularity skew
+/// over this many.
+pub const MAX_KEYS: u64 = 100_000;
 
 /// The name of the mix entry for requests the agent kept no template for.
 pub const OTHER_ENTRY: &str = "(other)";
@@ -245,9 +251,11 @@ struct ModelProbe {
 /// template's mean response, so the shadow moves the bytes production moves) and how many
 /// distinct URLs it spans (its `{id}` values, so a cache sees the observed key space). Every
 /// entry is sent as a GET of the sweep origin's `/o/<bytes>/<key>`; the name keeps the
-/// production method and path.
+/// production method and path. Sizes are capped at what the origin serves ([`MAX_BODY`]),
+/// key counts at [`MAX_KEYS`].
 pub fn mix(profile: &ResourceProfile) -> Vec<MixEntry> {
-    let resource_mean = profile.response_bytes.mean.round().max(0.0) as usize;
+    let bytes = |mean: f64| (mean.round().max(0.0) as usize).min(MAX_BODY);
+    let resource_mean = bytes(profile.response_bytes.mean);
     let mut entries: Vec<MixEntry> = profile
         .templates
         .iter()
@@ -257,12 +265,15 @@ pub fn mix(profile: &ResourceProfile) -> Vec<MixEntry> {
             // A template whose responses were never paired (all lost, or still in flight)
             // moves what the resource's responses move on average.
             response_bytes: if t.response_bytes.count > 0 {
-                t.response_bytes.mean.round().max(0.0) as usize
+                bytes(t.response_bytes.mean)
             } else {
                 resource_mean
             },
             // A template without placeholders is one URL.
-            keys: t.params.as_ref().map_or(1, |p| p.distinct_estimate.max(1)),
+            keys: t
+                .params
+                .as_ref()
+                .map_or(1, |p| p.distinct_estimate.clamp(1, MAX_KEYS)),
         })
         .collect();
     if profile.templates_other > 0 && profile.requests > 0 {
@@ -272,7 +283,7 @@ pub fn mix(profile: &ResourceProfile) -> Vec<MixEntry> {
             response_bytes: resource_mean,
             // Untemplated targets (too long, odd methods) are mostly one-offs: count each
             // as its own key rather than letting a cache serve them all from one entry.
-            keys: profile.templates_other,
+            keys: profile.templates_other.min(MAX_KEYS),
         });
     }
     entries
@@ -421,4 +432,106 @@ fn agent_reason(body: &str) -> String {
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use shadowtap_core::profile::{Distribution, example};
+
+    use super::*;
+
+    /// A distribution with exactly this mean (the rule reads means only).
+    fn mean_of(mean: f64) -> Distribution {
+        Distribution {
+            count: 1,
+            mean,
+            ..Distribution::default()
+        }
+    }
+
+    #[test]
+    fn connections_follow_littles_law_within_the_seen_connections() {
+        let mut p = example::shop();
+        p.arrivals.mean_rate_per_s = 10.0;
+        for t in &mut p.templates {
+            t.latency_us = mean_of(100_000.0);
+        }
+        p.connections.think_time_us = mean_of(400_000.0);
+        // 10 req/s × (0.1 s + 0.4 s) = 5 connections busy or thinking; 400 were seen.
+        assert_eq!(connections_at(&p, 10.0), 5);
+        // Linear in the rate: at 3× the rate, 15.
+        assert_eq!(connections_at(&p, 30.0), 15);
+        // Only 2 connections seen at 10 req/s: at most 2 at that rate, 6 at 3×.
+        p.connections.ended = 2;
+        assert_eq!(connections_at(&p, 10.0), 2);
+        assert_eq!(connections_at(&p, 30.0), 6);
+        // One connection in four profiled: 2 seen stand for 8.
+        p.connection_sample = 4;
+        assert_eq!(connections_at(&p, 10.0), 5);
+        // No latency or think time known: one connection.
+        p.connection_sample = 1;
+        p.connections.think_time_us = Distribution::default();
+        for t in &mut p.templates {
+            t.latency_us = Distribution::default();
+        }
+        assert_eq!(connections_at(&p, 10.0), 1);
+        // Minutes of think time at a high rate: capped.
+        p.connections.ended = 1_000_000;
+        p.connections.think_time_us = mean_of(600e6);
+        assert_eq!(connections_at(&p, 1000.0), MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn mix_caps_sizes_and_keys_at_what_the_load_generator_can_serve() {
+        let mut p = example::shop();
+        let shares = [0.25, 0.625, 0.125];
+        for (t, share) in p.templates.iter_mut().zip(shares) {
+            t.share = share;
+        }
+        p.templates[0].response_bytes = mean_of(10.0 * MAX_BODY as f64);
+        p.templates[1].response_bytes = mean_of(2047.6);
+        if let Some(params) = &mut p.templates[1].params {
+            params.distinct_estimate = 5_000_000;
+        }
+        p.response_bytes = mean_of(700.2);
+        p.templates_other = 400;
+        p.requests = 2000;
+        let mix = mix(&p);
+        let got: Vec<(&str, f64, usize, u64)> = mix
+            .iter()
+            .map(|m| (m.name.as_str(), m.weight, m.response_bytes, m.keys))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("GET /", 0.25, MAX_BODY, 1),
+                ("GET /items/{id}", 0.625, 2048, MAX_KEYS),
+                // No responses recorded for the template: the resource's mean size.
+                ("POST /cart", 0.125, 700, 1),
+                (OTHER_ENTRY, 400.0 / 2000.0, 700, 400),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_resource_and_the_agent() {
+        let mut p = example::shop();
+        p.requests = 0;
+        let e = derive_current(&p, "http://a:1").expect_err("no requests");
+        assert_eq!(
+            e.to_string(),
+            "the agent at http://a:1 has no usable request profile of \"shop@10.0.0.1:80\" yet: \
+             the profile holds 0 requests"
+        );
+        let e = FromAgentError::UnknownResource {
+            resource: "x".into(),
+            url: "http://a:1".into(),
+            known: vec![],
+        };
+        assert_eq!(
+            e.to_string(),
+            "resource \"x\" not known to the agent at http://a:1; known: none yet (no traffic \
+             tapped)"
+        );
+    }
 }
