@@ -61,7 +61,7 @@ enum Command {
         #[arg(long, conflicts_with = "from_agent")]
         rate: Option<f64>,
         /// Derive the load from a running agent's API (http://host:port, its
-        /// --metrics-addr): its request profile and forecast of --resource.
+        /// --metrics-listen): its request profile and forecast of --resource.
         #[arg(long, value_name = "URL", requires = "resource")]
         from_agent: Option<String>,
         /// The resource to derive the load of, as in the agent's /v1/resources.
