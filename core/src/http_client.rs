@@ -20,6 +20,13 @@ pub enum GetError {
     },
     #[error("GET {url}: {reason}")]
     Answer { url: String, reason: String },
+    /// The server answered with a status other than 200 (callers tell 404 apart).
+    #[error("GET {url}: HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
 }
 
 /// `GET path` on `base` (`http://host:port`): the body on 200, the server's answer otherwise.
@@ -65,7 +72,14 @@ pub fn get(base: &str, path: &str) -> Result<String, GetError> {
         .ok_or_else(|| answer("no HTTP head".to_owned()))?;
     let status = head.split(' ').nth(1).unwrap_or("");
     if status != "200" {
-        return Err(answer(format!("HTTP {status}: {}", body.trim())));
+        let Ok(status) = status.parse() else {
+            return Err(answer(format!("no status code in {head:?}")));
+        };
+        return Err(GetError::Status {
+            url: url.clone(),
+            status,
+            body: body.trim().to_owned(),
+        });
     }
     Ok(body.to_owned())
 }

@@ -5,11 +5,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
+use shadowtap_loadgen::generate::ForecastBound;
 use shadowtap_sweep::catalogue::Catalogue;
 use shadowtap_sweep::experiment::{self, Plan};
 use shadowtap_sweep::explorer::{self, Space};
 use shadowtap_sweep::policy_live;
+use shadowtap_sweep::runner::from_agent::{self, AgentLoad};
 use shadowtap_sweep::runner::{LoadSpec, Runner, RunnerOptions};
 use shadowtap_sweep::sweep::{now_ms, record, run_sweep};
 use shadowtap_sweep::trial::{KpiName, Objective};
@@ -50,12 +52,25 @@ enum Command {
     Run {
         #[command(flatten)]
         common: Common,
-        /// `current`, `peak`, `what-if`, or a LoadSpec TOML file.
+        /// `current`, `peak`, `what-if`, or a LoadSpec TOML file; with --from-agent,
+        /// `current` (the observed mix, rate and connections) or `peak` (the same mix at the
+        /// forecast's peak rate).
         #[arg(long, default_value = "current")]
         load: String,
         /// Override the load's rate (req/s; connections scale along).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_agent")]
         rate: Option<f64>,
+        /// Derive the load from a running agent's API (http://host:port, its
+        /// --metrics-listen): its request profile and forecast of --resource.
+        #[arg(long, value_name = "URL", requires = "resource")]
+        from_agent: Option<String>,
+        /// The resource to derive the load of, as in the agent's /v1/resources.
+        #[arg(long, value_name = "ID", requires = "from_agent")]
+        resource: Option<String>,
+        /// With --from-agent and --load peak: follow the point forecast (default) or the
+        /// upper bound of its interval (what the decision engine provisions for).
+        #[arg(long, value_enum, requires = "from_agent")]
+        forecast_bound: Option<ForecastBound>,
         #[arg(long, default_value = "bayes")]
         explorer: String,
         #[arg(long, default_value_t = 20)]
@@ -113,6 +128,28 @@ fn load_spec(text: &str, rate: Option<f64>) -> Result<LoadSpec> {
     })
 }
 
+/// The load of `--load`, from the agent when `--from-agent` is given.
+fn run_load(
+    load: &str,
+    rate: Option<f64>,
+    from_agent: Option<&str>,
+    resource: Option<&str>,
+    bound: Option<ForecastBound>,
+) -> Result<LoadSpec> {
+    let (Some(url), Some(resource)) = (from_agent, resource) else {
+        return load_spec(load, rate);
+    };
+    let Ok(which) = AgentLoad::from_str(load, false) else {
+        bail!("with --from-agent, --load is `current` or `peak` (not {load:?})");
+    };
+    if which == AgentLoad::Current && bound.is_some() {
+        bail!("--forecast-bound applies to --load peak, not --load current");
+    }
+    let bound = bound.unwrap_or(ForecastBound::Point);
+    from_agent::fetch(url, resource, which, bound)
+        .with_context(|| format!("deriving --load {load} from the agent at {url}"))
+}
+
 fn runner(common: &Common) -> Result<(Catalogue, Runner)> {
     let catalogue = Catalogue::load(&common.catalogue)?;
     let objective = Objective {
@@ -164,14 +201,25 @@ fn main() -> Result<()> {
             common,
             load,
             rate,
+            from_agent,
+            resource,
+            forecast_bound,
             explorer: name,
             budget,
             seed,
             grid_only,
             out,
         } => {
+            let load = run_load(
+                &load,
+                rate,
+                from_agent.as_deref(),
+                resource.as_deref(),
+                forecast_bound,
+            )?;
+            print!("{}", load.summary());
+            std::io::stdout().flush()?;
             let (catalogue, runner) = runner(&common)?;
-            let load = load_spec(&load, rate)?;
             let Some(mut explorer) = explorer::make(&name, seed, budget) else {
                 bail!("unknown explorer {name:?} ({})", explorer::NAMES.join(", "));
             };

@@ -161,6 +161,12 @@ impl ForecastCurve {
         })
     }
 
+    /// The highest rate over the forecast's horizon, requests per second (of the chosen
+    /// bound): the load a shadow must take at the forecast peak.
+    pub fn peak(&self) -> f64 {
+        self.steps.iter().map(|s| s.1).fold(0.0, f64::max)
+    }
+
     /// Curve time the forecast covers, in run time.
     pub fn run_length(&self) -> Duration {
         let end = self.steps.last().map_or(0.0, |s| s.0) + self.step_s;
@@ -235,6 +241,9 @@ mod tests {
         assert!((upper.rate_at(Duration::from_millis(1500)) - 40.0).abs() < 1e-9);
         assert!(point.rate_at(Duration::from_millis(2500)).abs() < 1e-9);
         assert_eq!(point.run_length(), Duration::from_secs(2));
+        // Peaks: 1200 and 2400 requests per 60 s step.
+        assert!((point.peak() - 1200.0 / 60.0).abs() < 1e-9);
+        assert!((upper.peak() - 2400.0 / 60.0).abs() < 1e-9);
         assert!(matches!(
             ForecastCurve::from_decision_json(
                 r#"{"explanation": {"window_start_ms": 0, "window_end_ms": 1, "forecast": []}}"#,

@@ -2,6 +2,7 @@
 //! duration, request mix), three presets, and the request source that realises its mix.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,40 @@ impl LoadSpec {
             mean_response_bytes: mean_response,
             mix,
         }
+    }
+
+    /// What the load is, in a few lines: rate, connections, and the mix entry by entry.
+    pub fn summary(&self) -> String {
+        let total: f64 = self.mix.iter().map(|m| m.weight.max(0.0)).sum();
+        let mut text = format!(
+            "load {} ({:?}): {:.2} req/s, {} connections, origin delay {} ms, \
+             probe {} s + {} s measured\n",
+            self.name,
+            self.kind,
+            self.rate_rps,
+            self.connections,
+            self.origin_delay_ms,
+            self.probe_s,
+            self.duration_s
+        );
+        for m in &self.mix {
+            let share = if total > 0.0 {
+                m.weight.max(0.0) / total
+            } else {
+                0.0
+            };
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                text,
+                "  {:>6.2}%  {:>9.2} req/s  {:>8} B  {:>6} keys  {}",
+                share * 100.0,
+                share * self.rate_rps,
+                m.response_bytes,
+                m.keys,
+                m.name
+            );
+        }
+        text
     }
 
     pub fn probe(&self) -> Duration {

@@ -4,6 +4,7 @@
 //! path, by drop guards, in reverse order of creation.
 
 pub mod cgroup;
+pub mod from_agent;
 pub mod load;
 pub mod netns;
 pub mod origin;
