@@ -136,14 +136,17 @@ fn synthetic(n: usize, start_ns: u64) -> Vec<Event> {
                 let p = path(&mut rng);
                 let method = if rng.below(5) == 0 { "POST" } else { "GET" };
                 ts += step;
+                let bytes = 200 + rng.below(600) as u32;
+                let content_length = (method == "POST").then(|| rng.below(4096));
                 out.push(Event::HttpRequest(HttpRequestEvent {
                     common: common(ts, client, port, server, server_port),
                     method: method.into(),
                     path: p.as_str().into(),
                     version: Some("HTTP/1.1".into()),
                     host: Some(hosts[h].as_str().into()),
-                    bytes: 200 + rng.below(600) as u32,
-                    content_length: (method == "POST").then(|| rng.below(4096)),
+                    bytes,
+                    content_length,
+                    message_bytes: u64::from(bytes) + content_length.unwrap_or(0),
                     truncated: false,
                 }));
                 let latency = 200 + (rng.below(1000) * rng.below(1000)) / 10;
@@ -154,11 +157,13 @@ fn synthetic(n: usize, start_ns: u64) -> Vec<Event> {
                     _ => 503,
                 };
                 ts += step;
+                let body = rng.below(20_000);
                 out.push(Event::HttpResponse(HttpResponseEvent {
                     common: common(ts, server, server_port, client, port),
                     status: Some(status),
                     bytes: 300,
-                    content_length: Some(rng.below(20_000)),
+                    content_length: Some(body),
+                    message_bytes: 300 + body,
                     truncated: false,
                     latency_us: Some(latency),
                     method: Some(method.into()),

@@ -42,6 +42,9 @@ pub struct HeaderFields<'a> {
     pub content_length: Option<u64>,
     /// The empty line ending the head was within the input.
     pub complete: bool,
+    /// Bytes from the start of the message to the end of that empty line, when it was seen:
+    /// what comes after it in the segment is body (or the next message).
+    pub head_len: Option<usize>,
 }
 
 impl HttpHead<'_> {
@@ -49,6 +52,30 @@ impl HttpHead<'_> {
         match self {
             HttpHead::Request(r) => &r.headers,
             HttpHead::Response(r) => &r.headers,
+        }
+    }
+}
+
+impl HeaderFields<'_> {
+    /// The whole message's size (head plus body) from the segment that carries its head:
+    /// `captured` bytes of it were seen, `segment_len` is its TCP payload on the wire.
+    ///
+    /// A server usually sends a small response's head and body in one segment (and on veth
+    /// or with GSO a large one too), so "segment plus Content-Length" would count the body
+    /// twice. With the head's end in the capture the size is exact: head + Content-Length.
+    /// With the head cut by the snaplen its length is only known to lie between `captured`
+    /// and the segment: if the segment can hold the captured part and the whole body, it is
+    /// taken to be the message; otherwise the message is the captured part plus the body,
+    /// short by at most the head's uncaptured rest (a few hundred bytes against a body
+    /// larger than the segment). Without Content-Length (chunked, or up to close) only the
+    /// segment is known.
+    #[must_use]
+    pub fn message_size(&self, captured: usize, segment_len: u32) -> u64 {
+        let segment = u64::from(segment_len);
+        match (self.content_length, self.head_len) {
+            (None, _) => segment,
+            (Some(body), Some(head)) => (head as u64).saturating_add(body),
+            (Some(body), None) => segment.max((captured as u64).saturating_add(body)),
         }
     }
 }
@@ -81,13 +108,15 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
-/// Reads header lines until the empty line or the end of the (possibly cut) input.
-fn parse_headers(mut rest: &[u8]) -> HeaderFields<'_> {
+/// Reads header lines until the empty line or the end of the (possibly cut) input. `rest`
+/// is a suffix of a payload of `payload_len` captured bytes (for the head's length).
+fn parse_headers(mut rest: &[u8], payload_len: usize) -> HeaderFields<'_> {
     let mut fields = HeaderFields::default();
     while let Some((line, after)) = take_line(rest) {
         rest = after;
         if line.is_empty() {
             fields.complete = true;
+            fields.head_len = Some(payload_len - rest.len());
             break;
         }
         let Some(colon) = memchr::memchr(b':', line) else {
@@ -133,7 +162,9 @@ fn parse_request(payload: &[u8], method_len: usize) -> HttpRequestHead<'_> {
         method,
         path,
         version,
-        headers: rest.map(parse_headers).unwrap_or_default(),
+        headers: rest
+            .map(|r| parse_headers(r, payload.len()))
+            .unwrap_or_default(),
     }
 }
 
@@ -160,7 +191,9 @@ fn parse_response(payload: &[u8]) -> HttpResponseHead<'_> {
     HttpResponseHead {
         version,
         status,
-        headers: rest.map(parse_headers).unwrap_or_default(),
+        headers: rest
+            .map(|r| parse_headers(r, payload.len()))
+            .unwrap_or_default(),
     }
 }
 
@@ -168,6 +201,42 @@ fn parse_response(payload: &[u8]) -> HttpResponseHead<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Sizes of a whole message from the segment carrying its head, in every case the
+    /// capture can present.
+    #[test]
+    fn message_size_counts_a_body_once() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\nServer: shadowtap-test\r\n\r\n";
+        // A snaplen that ends after Content-Length, before the end of the head.
+        let cut = b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\nServ".len();
+        let mut segment = head.to_vec();
+        segment.extend_from_slice(&[b'x'; 300]);
+        let whole = (head.len() + 300) as u64;
+        let size = |captured: &[u8], wire: usize| {
+            let Some(HttpHead::Response(r)) = parse_http_head(captured) else {
+                panic!("a response head");
+            };
+            r.headers
+                .message_size(captured.len(), u32::try_from(wire).expect("small"))
+        };
+        // Head and body in one segment, head captured: exact.
+        assert_eq!(size(&segment, segment.len()), whole);
+        // Head alone in its segment, body in the next ones: exact.
+        assert_eq!(size(head, head.len()), whole);
+        // Head and body in one segment, head cut: the segment holds it all.
+        assert_eq!(size(&segment[..cut], segment.len()), whole);
+        // Head alone and cut: the captured part plus the body, short by the uncaptured head.
+        assert_eq!(size(&head[..cut], head.len()), (cut + 300) as u64);
+        // Cut before Content-Length: the segment is all that is known.
+        assert_eq!(size(&segment[..20], segment.len()), segment.len() as u64);
+        // No Content-Length: the segment is all that is known.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello";
+        assert_eq!(size(chunked, 4000), 4000);
+        let Some(HttpHead::Response(r)) = parse_http_head(head) else {
+            panic!("a response head");
+        };
+        assert_eq!(r.headers.head_len, Some(head.len()));
+    }
 
     #[test]
     fn request_with_host_and_length() {

@@ -173,6 +173,8 @@ pub struct HttpRequestEvent {
     /// On-wire TCP payload length of the segment carrying the head.
     pub bytes: u32,
     pub content_length: Option<u64>,
+    /// The whole request's size, head plus body (`HeaderFields::message_size`).
+    pub message_bytes: u64,
     /// The captured head ended (snaplen) before the end of the headers.
     pub truncated: bool,
 }
@@ -182,8 +184,11 @@ pub struct HttpResponseEvent {
     #[serde(flatten)]
     pub common: EventCommon,
     pub status: Option<u16>,
+    /// On-wire TCP payload length of the segment carrying the head.
     pub bytes: u32,
     pub content_length: Option<u64>,
+    /// The whole response's size, head plus body (`HeaderFields::message_size`).
+    pub message_bytes: u64,
     pub truncated: bool,
     /// From the paired request's head to this response's head.
     pub latency_us: Option<u64>,

@@ -341,6 +341,9 @@ impl Step<'_, '_> {
                     host,
                     bytes: self.meta.payload_len,
                     content_length: r.headers.content_length,
+                    message_bytes: r
+                        .headers
+                        .message_size(self.meta.payload.len(), self.meta.payload_len),
                     truncated: self.truncated(r.headers.complete),
                 };
                 let queue = &mut self.conn.pending[self.side];
@@ -386,6 +389,9 @@ impl Step<'_, '_> {
                     status: r.status,
                     bytes: self.meta.payload_len,
                     content_length: r.headers.content_length,
+                    message_bytes: r
+                        .headers
+                        .message_size(self.meta.payload.len(), self.meta.payload_len),
                     truncated: self.truncated(r.headers.complete),
                     latency_us,
                     method,

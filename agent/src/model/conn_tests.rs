@@ -73,24 +73,28 @@ fn events(seed: u64) -> Vec<Event> {
         for _ in 0..=rng.below(6) {
             let host = HOSTS[rng.below(HOSTS.len() as u64) as usize].map(str::to_owned);
             ts += 1_000_000;
+            let request_bytes = 100 + rng.below(500) as u32;
             out.push(Event::HttpRequest(HttpRequestEvent {
                 common: common(ts, client, server),
                 method: "GET".into(),
                 path: format!("/api/items/{}", rng.below(1000)).as_str().into(),
                 version: Some("HTTP/1.1".into()),
                 host: host.as_deref().map(Into::into),
-                bytes: 100 + rng.below(500) as u32,
+                bytes: request_bytes,
                 content_length: None,
+                message_bytes: u64::from(request_bytes),
                 truncated: false,
             }));
             ts += 1_000_000;
             // Most responses are paired (they carry the request's Host); some are not.
             let paired = rng.below(5) != 0;
+            let body = rng.below(5000);
             out.push(Event::HttpResponse(HttpResponseEvent {
                 common: common(ts, server, client),
                 status: Some([200, 200, 404, 503][rng.below(4) as usize]),
                 bytes: 200,
-                content_length: Some(rng.below(5000)),
+                content_length: Some(body),
+                message_bytes: 200 + body,
                 truncated: false,
                 latency_us: paired.then(|| 100 + rng.below(10_000)),
                 method: paired.then(|| "GET".into()),

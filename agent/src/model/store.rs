@@ -414,7 +414,7 @@ impl ModelStore {
             (self.resource_slot(server, host), self.client_slot(c.src))
         };
         let template = self.templates.intern(&r.method, &r.path);
-        let size = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
+        let size = r.message_bytes;
         let counters = self.config.endpoint_counters;
         // Nobody reads client histograms or endpoint mixes without client summaries.
         let client_detail = self.config.emit.clients;
@@ -527,7 +527,7 @@ impl ModelStore {
             };
             (rs, self.client_slot(c.dst))
         };
-        let bytes = u64::from(r.bytes).saturating_add(r.content_length.unwrap_or(0));
+        let bytes = r.message_bytes;
         let status = status_slot(r.status);
         let latency = r.latency_us;
         let client_detail = self.config.emit.clients;

@@ -39,6 +39,7 @@ pub(super) fn request(ts_ns: u64, client: &str, host: Option<&str>, path: &str) 
         host: host.map(Into::into),
         bytes: 100,
         content_length: None,
+        message_bytes: 100,
         truncated: false,
     })
 }
@@ -49,6 +50,8 @@ fn response(ts_ns: u64, client: &str, host: Option<&str>, status: u16, latency: 
         status: Some(status),
         bytes: 200,
         content_length: Some(1000),
+        // A 200-byte head in its own segment, the body after it.
+        message_bytes: 1200,
         truncated: false,
         latency_us: Some(latency),
         method: Some("GET".into()),
