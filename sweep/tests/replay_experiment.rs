@@ -12,14 +12,14 @@ use shadowtap_sweep::explorer::Space;
 use shadowtap_sweep::policy_live::goal_objective;
 use shadowtap_sweep::trial::TrialRecord;
 
-fn replay() -> Vec<LoadResult> {
+fn replay(quick: bool, fixture: &str) -> Vec<LoadResult> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let full = Catalogue::load(&root.join("../deploy/sweep/nginx-proxy-cache.toml"))
         .expect("catalogue loads");
-    let catalogue = experiment::grid_catalogue(&full, true);
+    let catalogue = experiment::grid_catalogue(&full, quick);
     let space = Space::new(&catalogue, true);
-    let text = std::fs::read_to_string(root.join("tests/data/experiment-quick-grid.json"))
-        .expect("fixture readable");
+    let text =
+        std::fs::read_to_string(root.join("tests/data").join(fixture)).expect("fixture readable");
     let records: Vec<TrialRecord> = serde_json::from_str(&text).expect("fixture parses");
     let objective = goal_objective();
     let grids = experiment::grids_from_records(&records, &experiment::loads(), &objective);
@@ -37,7 +37,7 @@ fn replay() -> Vec<LoadResult> {
 
 #[test]
 fn recorded_table_replays_to_the_reported_figures() {
-    let results = replay();
+    let results = replay(true, "experiment-quick-grid.json");
     assert_eq!(results.len(), 2);
     for r in &results {
         eprintln!(
@@ -82,4 +82,25 @@ fn recorded_table_replays_to_the_reported_figures() {
             && transfer.seeds_within_5pct > random.seeds_within_5pct,
         "contextual after the current load does not beat random: {transfer:?} vs {random:?}"
     );
+}
+
+/// The full grid (64 points, budget 19) recorded on 2026-12-05: the goal is met at both loads.
+#[test]
+fn full_table_meets_the_explorer_goal() {
+    let results = replay(false, "experiment-full-grid.json");
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert!(r.blind_median_ratio > 1.05, "{}: flat landscape", r.load);
+        let best = r
+            .explorers
+            .iter()
+            .find(|e| e.explorer == r.best_adaptive)
+            .expect("best adaptive ran");
+        assert!(
+            r.goal_within_5pct_in_30pct && best.median_trials_to_5pct.is_some_and(|t| t <= 19),
+            "{}: best adaptive not within 5% in 30%: {best:?}",
+            r.load
+        );
+        assert!(r.goal_beats_random, "{}: does not beat random", r.load);
+    }
 }
