@@ -50,6 +50,10 @@ pub struct LoadResult {
     pub noise_max: Option<f64>,
     pub early_stopped: usize,
     pub failed: usize,
+    /// Feasible grid points and the median and worst of them over the optimum.
+    pub feasible_points: usize,
+    pub blind_median_ratio: f64,
+    pub blind_worst_ratio: f64,
     pub explorers: Vec<ExplorerResult>,
     /// The contextual explorer after a sweep at the previous load, then at this one.
     pub contextual_after_previous_load: Option<ExplorerResult>,
@@ -121,68 +125,114 @@ fn summarise(name: &str, runs: &[Vec<Step>], optimum: f64) -> ExplorerResult {
     }
 }
 
-/// What the experiment measures and how long.
-pub struct Plan {
-    pub loads: Vec<LoadSpec>,
-    pub seeds: usize,
-    /// Share of the grid each explorer may run.
-    pub budget_share: f64,
-    /// Run one explorer live at the last load with this many trials (0: none).
-    pub live_trials: usize,
+/// What the explorer comparison varies (every other catalogue parameter pinned, see
+/// [`crate::policy_live::held_out_catalogue`]): the parameters that move the shadow's CPU.
+/// `quick`: workers, keep-alive timeout, proxy buffering, gzip level (16 points); full: also
+/// keep-alive requests and the cache size (64 points).
+pub fn varied(quick: bool) -> &'static [&'static str] {
+    if quick {
+        crate::policy_live::varied(false)
+    } else {
+        &[
+            "worker_processes",
+            "keepalive_timeout_s",
+            "keepalive_requests",
+            "proxy_cache_max_size_mb",
+            "proxy_buffering",
+            "gzip_comp_level",
+        ]
+    }
 }
 
-/// Measures the grid at each load, benchmarks the explorers on the tables, runs one live
-/// sweep. Returns the result and every live trial record. `progress` gets a line per step.
+/// The comparison's catalogue: `full` with only [`varied`] on a grid.
+pub fn grid_catalogue(full: &Catalogue, quick: bool) -> Catalogue {
+    crate::policy_live::held_out_catalogue(full, varied(quick))
+}
+
+/// The two load levels, `current` and `peak`, each trial from a warm cache.
+pub fn loads() -> Vec<LoadSpec> {
+    ["current", "peak"]
+        .iter()
+        .filter_map(|n| LoadSpec::preset(n))
+        .map(crate::policy_live::warm)
+        .collect()
+}
+
+/// Median and worst feasible grid cost over the optimum: what a blind pick loses.
+fn spread(steps: &[Step], optimum: f64) -> (f64, f64) {
+    let mut feasible: Vec<f64> = steps
+        .iter()
+        .map(|s| s.cost)
+        .filter(|c| c.is_finite())
+        .collect();
+    feasible.sort_by(f64::total_cmp);
+    (
+        feasible
+            .get(feasible.len() / 2)
+            .map_or(f64::NAN, |c| c / optimum),
+        feasible.last().map_or(f64::NAN, |c| c / optimum),
+    )
+}
+
+/// The measured grids of `loads` back from their trial records (those of the grid explorer
+/// whose load features match), in `loads`' order: what a replay of a recorded experiment runs
+/// [`benchmark`] on. A record with every request failed is a failed trial.
+pub fn grids_from_records(
+    records: &[TrialRecord],
+    loads: &[LoadSpec],
+    objective: &Objective,
+) -> Vec<(LoadSpec, Vec<Step>)> {
+    loads
+        .iter()
+        .map(|load| {
+            let key = crate::policy::load_key(&load.features());
+            let steps = records
+                .iter()
+                .filter(|r| r.explorer == "grid" && crate::policy::load_key(&r.load) == key)
+                .map(|r| {
+                    let failed = r.kpis.error_rate >= 1.0;
+                    let outcome = crate::runner::TrialOutcome {
+                        kpis: r.kpis.clone(),
+                        repeats: r.repeats,
+                        early_stopped: r.early_stopped,
+                        failure: failed.then(|| "failed when recorded".to_owned()),
+                    };
+                    Step {
+                        params: r.params.clone(),
+                        cost: if failed {
+                            f64::INFINITY
+                        } else {
+                            objective.cost(&r.kpis)
+                        },
+                        outcome,
+                    }
+                })
+                .collect();
+            (load.clone(), steps)
+        })
+        .collect()
+}
+
+/// The tabular benchmark: every explorer × seed against the measured `grids` (one per load, in
+/// order), each with `budget` trials. Also what a replay of recorded grids runs.
 // One pass per load reads best as one function; its parts are the summaries above.
 #[allow(clippy::too_many_lines)]
-pub fn run(
-    catalogue: &Catalogue,
-    runner: &Runner,
-    plan: &Plan,
-    progress: &mut dyn FnMut(&str),
-) -> (ExperimentResult, Vec<TrialRecord>) {
-    let objective = runner.objective;
-    let space = Space::new(catalogue, true);
-    let grid = space.grid().to_vec();
-    let budget = ((grid.len() as f64 * plan.budget_share).floor() as usize).max(1);
-    let sweep_id = format!("exp{}", now_ms());
-    let mut records = Vec::new();
+pub fn benchmark(
+    space: &Space,
+    grids: &[(LoadSpec, Vec<Step>)],
+    objective: &Objective,
+    seeds: usize,
+    budget: usize,
+) -> Vec<LoadResult> {
     let mut table = Table::default();
+    for (load, steps) in grids {
+        for s in steps {
+            table.insert(load, &s.params, s.outcome.clone());
+        }
+    }
     let mut results = Vec::new();
     let mut previous: Option<&LoadSpec> = None;
-    for load in &plan.loads {
-        runner.reset_best();
-        progress(&format!(
-            "measuring {} grid points at {} ({} req/s)",
-            grid.len(),
-            load.name,
-            load.rate_rps
-        ));
-        let mut grid_explorer = make("grid", 0, grid.len()).expect("grid explorer exists");
-        let steps = run_sweep(
-            grid_explorer.as_mut(),
-            &space,
-            runner,
-            load,
-            &objective,
-            grid.len(),
-        );
-        let started = now_ms();
-        for (i, s) in steps.iter().enumerate() {
-            records.push(record(
-                &sweep_id,
-                records.len(),
-                "grid",
-                &catalogue.service,
-                load,
-                s,
-                started,
-            ));
-            table.insert(load, &s.params, s.outcome.clone());
-            if i % 16 == 15 {
-                progress(&format!("  {} / {}", i + 1, steps.len()));
-            }
-        }
+    for (load, steps) in grids {
         let (opt_cost, opt_params) = steps
             .iter()
             .min_by(|a, b| a.cost.total_cmp(&b.cost))
@@ -195,10 +245,10 @@ pub fn run(
             .collect();
         let mut explorers = Vec::new();
         for name in COMPARED {
-            let runs: Vec<Vec<Step>> = (0..plan.seeds)
+            let runs: Vec<Vec<Step>> = (0..seeds)
                 .map(|seed| {
                     let mut e = make(name, seed as u64, budget).expect("known explorer");
-                    run_sweep(e.as_mut(), &space, &table, load, &objective, budget)
+                    run_sweep(e.as_mut(), space, &table, load, objective, budget)
                 })
                 .collect();
             explorers.push(summarise(name, &runs, opt_cost));
@@ -206,11 +256,11 @@ pub fn run(
         let grid_prefix: Vec<Step> = steps.iter().take(budget).cloned().collect();
         explorers.insert(0, summarise("grid", &[grid_prefix], opt_cost));
         let contextual_after_previous_load = previous.map(|prev| {
-            let runs: Vec<Vec<Step>> = (0..plan.seeds)
+            let runs: Vec<Vec<Step>> = (0..seeds)
                 .map(|seed| {
                     let mut e = make("contextual", seed as u64, budget).expect("known explorer");
-                    run_sweep(e.as_mut(), &space, &table, prev, &objective, budget);
-                    run_sweep(e.as_mut(), &space, &table, load, &objective, budget)
+                    run_sweep(e.as_mut(), space, &table, prev, objective, budget);
+                    run_sweep(e.as_mut(), space, &table, load, objective, budget)
                 })
                 .collect();
             summarise("contextual after previous load", &runs, opt_cost)
@@ -238,19 +288,23 @@ pub fn run(
             ),
             _ => (false, false, String::new()),
         };
+        let (blind_median_ratio, blind_worst_ratio) = spread(steps, opt_cost);
         results.push(LoadResult {
             load: load.name.clone(),
             rate_rps: load.rate_rps,
-            grid_points: grid.len(),
+            grid_points: space.grid().len(),
             grid_trials_run: steps.len(),
             budget,
-            seeds: plan.seeds,
+            seeds,
             optimum_cost: opt_cost,
             optimum_params: opt_params,
             noise_median: (!noises.is_empty()).then(|| median(noises.clone())),
             noise_max: noises.iter().copied().reduce(f64::max),
             early_stopped: steps.iter().filter(|s| s.outcome.early_stopped).count(),
             failed: steps.iter().filter(|s| s.outcome.failure.is_some()).count(),
+            feasible_points: steps.iter().filter(|s| s.cost.is_finite()).count(),
+            blind_median_ratio,
+            blind_worst_ratio,
             explorers,
             contextual_after_previous_load,
             best_adaptive: best_name,
@@ -259,6 +313,67 @@ pub fn run(
         });
         previous = Some(load);
     }
+    results
+}
+
+/// What the experiment measures and how long.
+pub struct Plan {
+    pub loads: Vec<LoadSpec>,
+    pub seeds: usize,
+    /// Share of the grid each explorer may run.
+    pub budget_share: f64,
+    /// Run one explorer live at the last load with this many trials (0: none).
+    pub live_trials: usize,
+}
+
+/// Measures the grid at each load, benchmarks the explorers on the tables, runs one live
+/// sweep. Returns the result and every live trial record. `progress` gets a line per step.
+pub fn run(
+    catalogue: &Catalogue,
+    runner: &Runner,
+    plan: &Plan,
+    progress: &mut dyn FnMut(&str),
+) -> (ExperimentResult, Vec<TrialRecord>) {
+    let objective = runner.objective;
+    let space = Space::new(catalogue, true);
+    let grid = space.grid().to_vec();
+    let budget = ((grid.len() as f64 * plan.budget_share).floor() as usize).max(1);
+    let sweep_id = format!("exp{}", now_ms());
+    let mut records = Vec::new();
+    let mut grids = Vec::new();
+    for load in &plan.loads {
+        runner.reset_best();
+        progress(&format!(
+            "measuring {} grid points at {} ({} req/s)",
+            grid.len(),
+            load.name,
+            load.rate_rps
+        ));
+        let mut grid_explorer = make("grid", 0, grid.len()).expect("grid explorer exists");
+        let steps = run_sweep(
+            grid_explorer.as_mut(),
+            &space,
+            runner,
+            load,
+            &objective,
+            grid.len(),
+        );
+        let started = now_ms();
+        for s in &steps {
+            records.push(record(
+                &sweep_id,
+                records.len(),
+                "grid",
+                &catalogue.service,
+                load,
+                s,
+                started,
+            ));
+        }
+        progress(&format!("  {} trials measured", steps.len()));
+        grids.push((load.clone(), steps));
+    }
+    let results = benchmark(&space, &grids, &objective, plan.seeds, budget);
     let live = match (plan.live_trials, plan.loads.last()) {
         (n, Some(load)) if n > 0 => {
             runner.reset_best();
@@ -316,7 +431,8 @@ pub fn print(r: &ExperimentResult, out: &mut dyn std::io::Write) -> std::io::Res
         writeln!(
             out,
             "\nload {} ({} req/s): grid {} points, optimum {:.3}, budget {} trials (30%), {} seeds; \
-             noise median {:?} max {:?}; early-stopped {}, failed {}",
+             noise median {:?} max {:?}; early-stopped {}, failed {}; blind pick median {:.2}× \
+             worst {:.2}× optimum ({} feasible)",
             l.load,
             l.rate_rps,
             l.grid_points,
@@ -326,7 +442,10 @@ pub fn print(r: &ExperimentResult, out: &mut dyn std::io::Write) -> std::io::Res
             l.noise_median.map(|v| (v * 1000.0).round() / 1000.0),
             l.noise_max.map(|v| (v * 1000.0).round() / 1000.0),
             l.early_stopped,
-            l.failed
+            l.failed,
+            l.blind_median_ratio,
+            l.blind_worst_ratio,
+            l.feasible_points
         )?;
         writeln!(
             out,

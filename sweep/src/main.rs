@@ -95,7 +95,8 @@ enum Command {
         records_out: Option<PathBuf>,
         #[arg(long)]
         json: bool,
-        /// A 16-point grid (three parameters pinned) and a short live sweep.
+        /// A 16-point grid (64 without) and a short live sweep. The objective is CPU cores
+        /// (policy_live::goal_objective), whatever --kpi says.
         #[arg(long)]
         quick: bool,
         #[arg(long, default_value_t = 7)]
@@ -275,30 +276,16 @@ fn main() -> Result<()> {
             held_out_only,
             no_held_out,
         } => {
-            let (mut catalogue, _) = runner(&common)?;
-            if quick {
-                for p in &mut catalogue.parameters {
-                    if [
-                        "worker_processes",
-                        "keepalive_requests",
-                        "proxy_cache_max_size_mb",
-                    ]
-                    .contains(&p.name.as_str())
-                    {
-                        let last = p.grid.last().cloned();
-                        p.grid = last.into_iter().collect();
-                    }
-                }
-            }
-            let (_, base) = runner(&common)?;
-            let runner = Runner::new(catalogue.clone(), base.objective, base.options.clone());
-            let current = LoadSpec::preset("current").context("preset")?;
-            let peak = LoadSpec::preset("peak").context("preset")?;
+            // The comparison's objective is the held-out one (CPU cores to serve the load,
+            // warm cache, repeats, no early stop; docs/sweeps.md#experiment), not --kpi.
+            let (full, base) = runner(&common)?;
+            let catalogue = experiment::grid_catalogue(&full, quick);
+            let runner = policy_live::cpu_runner(&catalogue, &base.options);
             let plan = Plan {
                 loads: if held_out_only {
                     Vec::new()
                 } else {
-                    vec![current, peak]
+                    experiment::loads()
                 },
                 seeds: seeds.max(5),
                 budget_share: 0.3,
@@ -312,7 +299,6 @@ fn main() -> Result<()> {
             let (mut result, mut records) =
                 experiment::run(&catalogue, &runner, &plan, &mut progress);
             if !no_held_out {
-                let full = Catalogue::load(&common.catalogue)?;
                 let held_catalogue =
                     policy_live::held_out_catalogue(&full, policy_live::varied(quick));
                 let (held, held_records) = policy_live::run_live(

@@ -163,6 +163,21 @@ pub fn runner_options(base: &RunnerOptions) -> RunnerOptions {
     }
 }
 
+/// A runner for the CPU objective: [`goal_objective`] with [`runner_options`] (repeats within
+/// the band, no early stop). Shared by the held-out evaluation and the explorer comparison.
+pub fn cpu_runner(catalogue: &Catalogue, base: &RunnerOptions) -> Runner {
+    Runner::new(catalogue.clone(), goal_objective(), runner_options(base))
+}
+
+/// `load` with every trial starting from a warm cache (see docs/sweeps.md on noise).
+#[must_use]
+pub fn warm(load: LoadSpec) -> LoadSpec {
+    LoadSpec {
+        warm_cache: true,
+        ..load
+    }
+}
+
 /// Load levels of the `current` profile at `rates` (connections kept at the profile's 16, so
 /// the levels differ in rate only and the policy's distance is the rate's), each trial
 /// starting from a warm cache (see docs/sweeps.md on noise).
@@ -170,11 +185,12 @@ pub fn rate_levels(rates: &[f64]) -> Vec<LoadSpec> {
     let base = LoadSpec::preset("current").expect("the current preset exists");
     rates
         .iter()
-        .map(|&rate_rps| LoadSpec {
-            name: format!("{rate_rps:.0} req/s"),
-            rate_rps,
-            warm_cache: true,
-            ..base.clone()
+        .map(|&rate_rps| {
+            warm(LoadSpec {
+                name: format!("{rate_rps:.0} req/s"),
+                rate_rps,
+                ..base.clone()
+            })
         })
         .collect()
 }
