@@ -40,10 +40,9 @@ pub struct HeaderFields<'a> {
     pub host: Option<&'a [u8]>,
     /// Value of the first `Content-Length` header when it is a valid decimal number.
     pub content_length: Option<u64>,
-    /// The empty line ending the head was within the input.
-    pub complete: bool,
-    /// Bytes from the start of the message to the end of that empty line, when it was seen:
-    /// what comes after it in the segment is body (or the next message).
+    /// Bytes from the start of the message to the end of the empty line ending the head,
+    /// when that line was within the input: what comes after it in the segment is body (or
+    /// the next message).
     pub head_len: Option<usize>,
 }
 
@@ -57,6 +56,12 @@ impl HttpHead<'_> {
 }
 
 impl HeaderFields<'_> {
+    /// The empty line ending the head was within the input.
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.head_len.is_some()
+    }
+
     /// The whole message's size (head plus body) from the segment that carries its head:
     /// `captured` bytes of it were seen, `segment_len` is its TCP payload on the wire.
     ///
@@ -115,7 +120,6 @@ fn parse_headers(mut rest: &[u8], payload_len: usize) -> HeaderFields<'_> {
     while let Some((line, after)) = take_line(rest) {
         rest = after;
         if line.is_empty() {
-            fields.complete = true;
             fields.head_len = Some(payload_len - rest.len());
             break;
         }
@@ -249,7 +253,7 @@ mod tests {
         assert_eq!(r.version, Some(&b"HTTP/1.1"[..]));
         assert_eq!(r.headers.host, Some(&b"example.com:8080"[..]));
         assert_eq!(r.headers.content_length, Some(42));
-        assert!(r.headers.complete);
+        assert!(r.headers.complete());
     }
 
     #[test]
@@ -259,7 +263,7 @@ mod tests {
             panic!("not a request");
         };
         assert_eq!(r.headers.host, None);
-        assert!(!r.headers.complete);
+        assert!(!r.headers.complete());
     }
 
     #[test]
@@ -285,7 +289,7 @@ mod tests {
         assert_eq!(r.version, b"HTTP/1.0");
         assert_eq!(r.status, Some(404));
         assert_eq!(r.headers.content_length, Some(0));
-        assert!(r.headers.complete);
+        assert!(r.headers.complete());
         let Some(HttpHead::Response(r)) = parse_http_head(b"HTTP/1.1 20") else {
             panic!("not a response");
         };

@@ -344,7 +344,7 @@ impl Step<'_, '_> {
                     message_bytes: r
                         .headers
                         .message_size(self.meta.payload.len(), self.meta.payload_len),
-                    truncated: self.truncated(r.headers.complete),
+                    truncated: self.truncated(r.headers.complete()),
                 };
                 let queue = &mut self.conn.pending[self.side];
                 if queue.len() >= self.config.max_pending_per_conn.max(1) {
@@ -392,7 +392,7 @@ impl Step<'_, '_> {
                     message_bytes: r
                         .headers
                         .message_size(self.meta.payload.len(), self.meta.payload_len),
-                    truncated: self.truncated(r.headers.complete),
+                    truncated: self.truncated(r.headers.complete()),
                     latency_us,
                     method,
                     path,
