@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::catalogue::Catalogue;
 use crate::explorer::{Space, make};
 use crate::runner::{LoadSpec, Runner};
-use crate::sweep::{Step, Table, now_ms, record, run_sweep};
+use crate::sweep::{Step, Table, append_records, now_ms, run_sweep};
 use crate::trial::{Objective, TrialRecord};
 
 /// Explorers compared (the grid is the reference).
@@ -359,17 +359,15 @@ pub fn run(
             grid.len(),
         );
         let started = now_ms();
-        for s in &steps {
-            records.push(record(
-                &sweep_id,
-                records.len(),
-                "grid",
-                &catalogue.service,
-                load,
-                s,
-                started,
-            ));
-        }
+        append_records(
+            &mut records,
+            &sweep_id,
+            "grid",
+            &catalogue.service,
+            load,
+            &steps,
+            started,
+        );
         progress(&format!("  {} trials measured", steps.len()));
         grids.push((load.clone(), steps));
     }
@@ -382,17 +380,15 @@ pub fn run(
             let live_space = Space::new(catalogue, false);
             let steps = run_sweep(e.as_mut(), &live_space, runner, load, &objective, n);
             let started = now_ms();
-            for s in &steps {
-                records.push(record(
-                    &sweep_id,
-                    records.len(),
-                    "bayes",
-                    &catalogue.service,
-                    load,
-                    s,
-                    started,
-                ));
-            }
+            append_records(
+                &mut records,
+                &sweep_id,
+                "bayes",
+                &catalogue.service,
+                load,
+                &steps,
+                started,
+            );
             Some(LiveResult {
                 explorer: "bayes".into(),
                 load: load.name.clone(),

@@ -13,7 +13,7 @@ use shadowtap_sweep::explorer::{self, Space};
 use shadowtap_sweep::policy_live;
 use shadowtap_sweep::runner::from_agent::{self, AgentLoad};
 use shadowtap_sweep::runner::{LoadSpec, Runner, RunnerOptions};
-use shadowtap_sweep::sweep::{now_ms, record, run_sweep};
+use shadowtap_sweep::sweep::{self, now_ms, run_sweep};
 use shadowtap_sweep::trial::{KpiName, Objective};
 
 #[derive(Parser)]
@@ -235,11 +235,16 @@ fn main() -> Result<()> {
                 budget,
             );
             let id = format!("sweep{started}");
-            let records: Vec<_> = steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| record(&id, i, &name, &catalogue.service, &load, s, started))
-                .collect();
+            let mut records = Vec::with_capacity(steps.len());
+            sweep::append_records(
+                &mut records,
+                &id,
+                &name,
+                &catalogue.service,
+                &load,
+                &steps,
+                started,
+            );
             for (i, s) in steps.iter().enumerate() {
                 let status = s.outcome.failure.as_deref().map_or_else(
                     || {

@@ -25,7 +25,7 @@ use crate::{
     policy::{Explanation, PolicyConfig, params_key},
     policy_eval::{HELD_OUT_GOAL, HeldOutReport, held_out_evaluation_with},
     runner::{LoadSpec, Runner, RunnerOptions},
-    sweep::{now_ms, record, run_sweep},
+    sweep::{append_records, now_ms, run_sweep},
     trial::{Objective, Params, TrialRecord},
 };
 
@@ -264,17 +264,15 @@ pub fn measure(
             &runner.objective,
             grid_len,
         );
-        for s in &steps {
-            records.push(record(
-                &sweep_id,
-                records.len(),
-                "grid",
-                service,
-                load,
-                s,
-                started,
-            ));
-        }
+        append_records(
+            &mut records,
+            &sweep_id,
+            "grid",
+            service,
+            load,
+            &steps,
+            started,
+        );
     }
     records
 }

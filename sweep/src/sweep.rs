@@ -156,6 +156,30 @@ pub fn record(
     }
 }
 
+/// Appends a sweep's steps to `records` as trial records, numbered on from what it holds.
+pub fn append_records(
+    records: &mut Vec<TrialRecord>,
+    sweep_id: &str,
+    explorer: &str,
+    service: &str,
+    load: &LoadSpec,
+    steps: &[Step],
+    started_at_ms: u64,
+) {
+    for s in steps {
+        let seq = records.len();
+        records.push(record(
+            sweep_id,
+            seq,
+            explorer,
+            service,
+            load,
+            s,
+            started_at_ms,
+        ));
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
