@@ -9,11 +9,12 @@ use rdkafka::{
     message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
-use shadowtap_core::ClosedWindow;
+use shadowtap_core::{ClosedWindow, ResourceSnapshot, ScaleEvent};
 
 use crate::{
     ownership::Ownership,
     service::{Collector, CollectorConfig, GroupContext, now_ms},
+    stats::CollectorStats,
 };
 
 /// What a publish is for (decides what to count once it is acknowledged).
@@ -45,22 +46,53 @@ pub(crate) struct Publish {
     pub topic: String,
     pub partition: Option<i32>,
     pub key: Vec<u8>,
-    pub payload: Option<Vec<u8>>,
+    pub body: Body,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-impl Collector {
-    /// Publish everything and wait for acknowledgements, retrying failures until they land.
-    pub(crate) async fn publish_all(
-        &self,
-        producer: &FutureProducer,
-        mut pending: Vec<Publish>,
-    ) -> bool {
+/// A record's value. Events and snapshots are serialised by the publisher thread, not by the
+/// loop that decides: their JSON was about a fifth of the loop's work.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    Bytes(Option<Vec<u8>>),
+    Event(Box<ScaleEvent>),
+    Snapshot(Box<ResourceSnapshot>),
+}
+
+impl Body {
+    /// Serialise in place (once; a retry sends the same bytes).
+    fn bytes(&mut self) -> Option<&[u8]> {
+        match self {
+            Body::Bytes(_) => {}
+            Body::Event(e) => *self = Body::Bytes(Some(e.to_json().into_bytes())),
+            // A snapshot is plain data: serialisation cannot fail.
+            Body::Snapshot(s) => {
+                *self = Body::Bytes(Some(serde_json::to_vec(s).unwrap_or_default()))
+            }
+        }
+        match self {
+            Body::Bytes(b) => b.as_deref(),
+            Body::Event(_) | Body::Snapshot(_) => None,
+        }
+    }
+}
+
+/// Produces records and waits for their acknowledgement, counting what landed.
+pub(crate) struct Producing {
+    pub producer: FutureProducer,
+    pub stats: std::sync::Arc<CollectorStats>,
+}
+
+impl Producing {
+    /// Publish everything and wait for acknowledgements, retrying failures until they land
+    /// (in order: a record is sent before every record queued after it).
+    pub(crate) async fn publish_all(&self, mut pending: Vec<Publish>) {
+        let producer = &self.producer;
         let mut backoff = Duration::from_millis(100);
         while !pending.is_empty() {
             let mut futures = Vec::with_capacity(pending.len());
             let mut not_queued = Vec::new();
-            for p in pending {
+            for mut p in pending {
                 let mut headers = OwnedHeaders::new();
                 for (k, v) in &p.headers {
                     headers = headers.insert(Header {
@@ -68,16 +100,18 @@ impl Collector {
                         value: Some(v),
                     });
                 }
+                p.body.bytes();
                 let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
-                if let Some(payload) = &p.payload {
+                if let Body::Bytes(Some(payload)) = &p.body {
                     record = record.payload(payload);
                 }
                 if let Some(partition) = p.partition {
                     record = record.partition(partition);
                 }
-                match producer.send_result(record) {
+                let sent = producer.send_result(record).map_err(|_| ());
+                match sent {
                     Ok(f) => futures.push((p, f)),
-                    Err(_) => not_queued.push(p),
+                    Err(()) => not_queued.push(p),
                 }
             }
             let mut failed = not_queued;
@@ -100,7 +134,6 @@ impl Collector {
             }
             pending = failed;
         }
-        true
     }
 
     fn acknowledged(&self, purpose: &Purpose) {
@@ -132,7 +165,9 @@ impl Collector {
             }
         }
     }
+}
 
+impl Collector {
     pub(crate) fn commit(
         &self,
         consumer: &StreamConsumer<GroupContext>,
@@ -189,7 +224,7 @@ pub(crate) fn scale_event(
         topic: cfg.kafka.scale_events_topic.clone(),
         partition: None,
         key: c.resource.clone().into_bytes(),
-        payload: Some(event.to_json().into_bytes()),
+        body: Body::Event(Box::new(event)),
         headers: vec![(
             "content-type".to_owned(),
             b"application/cloudevents+json; charset=utf-8".to_vec(),
@@ -217,7 +252,7 @@ pub(crate) fn dead_letter(cfg: &CollectorConfig, msg: &OwnedMessage, error: &str
         topic: cfg.dead_letter_topic.clone(),
         partition: None,
         key: msg.key().unwrap_or_default().to_vec(),
-        payload: msg.payload().map(<[u8]>::to_vec),
+        body: Body::Bytes(msg.payload().map(<[u8]>::to_vec)),
         headers,
     }
 }

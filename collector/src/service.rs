@@ -20,7 +20,8 @@ use shadowtap_core::{
 
 use crate::{
     ownership::{Ownership, RebalanceNote},
-    publish::{Publish, Purpose, dead_letter, scale_event},
+    publish::{Body, Publish, Purpose, dead_letter, scale_event},
+    publisher::{Job, Publisher, PublisherStopped},
     state,
     stats::CollectorStats,
     topics,
@@ -30,6 +31,8 @@ use crate::{
 pub const STATE_TOPIC: &str = "shadowtap.collector-state";
 /// Default dead-letter topic.
 pub const DEAD_LETTER_TOPIC: &str = "shadowtap.observations.dlq";
+/// How long queued events may still go out once the collector is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Default consumer group.
 pub const GROUP_ID: &str = "shadowtap-collector";
 
@@ -101,6 +104,10 @@ pub enum CollectorError {
         partition: i32,
         source: rdkafka::error::KafkaError,
     },
+    #[error(transparent)]
+    Publisher(#[from] PublisherStopped),
+    #[error("starting the publisher thread: {0}")]
+    PublisherStart(std::io::Error),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -256,6 +263,10 @@ impl Collector {
         let mut uncommitted: BTreeMap<i32, i64> = BTreeMap::new();
         let mut dirty: HashSet<String> = HashSet::new();
         let mut committed = Instant::now();
+        // A commit's snapshots are out and its offsets not yet back: the next waits for it.
+        let mut commit_in_flight = false;
+        let mut publisher = Publisher::start(producer, Arc::clone(&self.stats))
+            .map_err(CollectorError::PublisherStart)?;
         loop {
             let mut batch: Vec<OwnedMessage> = Vec::new();
             tokio::select! {
@@ -266,6 +277,12 @@ impl Collector {
                 },
                 l = next_lifecycle(lifecycle.as_ref()) => {
                     self.apply_lifecycle(&mut fleet, l);
+                    continue;
+                }
+                c = publisher.committable() => {
+                    let Some(offsets) = c else { return Err(PublisherStopped.into()) };
+                    self.commit(&consumer, &own, &offsets);
+                    commit_in_flight = false;
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -281,10 +298,15 @@ impl Collector {
                     Err(_) => break,
                 }
             }
+            if let Some(offsets) = publisher.try_committable() {
+                self.commit(&consumer, &own, &offsets);
+                commit_in_flight = false;
+            }
             self.apply_rebalances(&consumer, &mut own, &mut fleet, &mut batch);
             // Records of partitions revoked since are replayed by their next owner (or by this
             // collector, from its commit, when they come back): their effects left the fleet
-            // with the partition, so their offsets must not be committed.
+            // with the partition, so their offsets must not be committed. (A commit already
+            // with the publisher is filtered by ownership when it comes back.)
             uncommitted.retain(|p, _| own.loaded.contains(p));
             // Restore assigned partitions now, not at their next record: their open windows
             // must close (and publish) even if no further record arrives for them.
@@ -306,30 +328,36 @@ impl Collector {
                     s.decided = decided_ms;
                 }
             }
-            // Events and dead letters at once; snapshots and the commit every commit_interval,
-            // and only once the events are acknowledged: a snapshot that records a window as
-            // closed must never land without its event, or a successor restoring it would skip
-            // the event, and an offset is committed only after its snapshots. Under load a
-            // resource's snapshot is written once per interval instead of once per batch.
+            // Events and dead letters go to the publisher at once; snapshots and the commit
+            // every commit_interval, behind them in its queue, so the snapshots go out only
+            // once the events are acknowledged: a snapshot that records a window as closed must
+            // never land without its event, or a successor restoring it would skip the event.
+            // The offsets come back once the snapshots are acknowledged, and are committed
+            // then. Under load a resource's snapshot is written once per interval.
             uncommitted.extend(offsets);
-            let commit_due = (!uncommitted.is_empty() || !dirty.is_empty())
+            let commit_due = !commit_in_flight
+                && (!uncommitted.is_empty() || !dirty.is_empty())
                 && committed.elapsed() >= cfg.commit_interval;
-            let published = tokio::select! {
-                () = &mut shutdown => false,
-                ok = async {
-                    self.publish_all(&producer, pending).await
-                        && (!commit_due
-                            || self
-                                .publish_all(&producer, self.snapshots(&own, &fleet, &mut dirty))
-                                .await)
-                } => ok,
+            let queued = tokio::select! {
+                () = &mut shutdown => None,
+                sent = async {
+                    if !pending.is_empty() {
+                        publisher.send(Job::Publish(pending)).await?;
+                    }
+                    if commit_due {
+                        let snapshots = self.snapshots(&own, &fleet, &mut dirty);
+                        let offsets = std::mem::take(&mut uncommitted);
+                        publisher.send(Job::Commit { snapshots, offsets }).await?;
+                    }
+                    Ok::<_, PublisherStopped>(())
+                } => Some(sent),
             };
-            if !published {
-                break;
+            match queued {
+                None => break,
+                Some(sent) => sent?,
             }
             if commit_due {
-                self.commit(&consumer, &own, &uncommitted);
-                uncommitted.clear();
+                commit_in_flight = true;
                 committed = Instant::now();
             }
             self.stats.set_fleet(fleet.stats());
@@ -352,6 +380,7 @@ impl Collector {
             }
             page.set(metrics);
         }
+        publisher.stop(SHUTDOWN_GRACE).await;
         tracing::info!("collector stopping");
         consumer.unsubscribe();
         Ok(())
@@ -560,7 +589,7 @@ impl Collector {
                     purpose: Purpose::Snapshot,
                     topic: self.config.state_topic.clone(),
                     partition: Some(p),
-                    payload: Some(serde_json::to_vec(&snap).unwrap_or_default()),
+                    body: Body::Snapshot(Box::new(snap)),
                     key: resource.into_bytes(),
                     headers: Vec::new(),
                 })
