@@ -61,19 +61,14 @@ pub(crate) enum Body {
 
 impl Body {
     /// Serialise in place (once; a retry sends the same bytes).
-    fn bytes(&mut self) -> Option<&[u8]> {
-        match self {
-            Body::Bytes(_) => {}
-            Body::Event(e) => *self = Body::Bytes(Some(e.to_json().into_bytes())),
+    fn serialise(&mut self) {
+        let bytes = match self {
+            Body::Bytes(_) => return,
+            Body::Event(e) => e.to_json().into_bytes(),
             // A snapshot is plain data: serialisation cannot fail.
-            Body::Snapshot(s) => {
-                *self = Body::Bytes(Some(serde_json::to_vec(s).unwrap_or_default()))
-            }
-        }
-        match self {
-            Body::Bytes(b) => b.as_deref(),
-            Body::Event(_) | Body::Snapshot(_) => None,
-        }
+            Body::Snapshot(s) => serde_json::to_vec(s).unwrap_or_default(),
+        };
+        *self = Body::Bytes(Some(bytes));
     }
 }
 
@@ -100,7 +95,7 @@ impl Producing {
                         value: Some(v),
                     });
                 }
-                p.body.bytes();
+                p.body.serialise();
                 let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
                 if let Body::Bytes(Some(payload)) = &p.body {
                     record = record.payload(payload);

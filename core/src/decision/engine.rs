@@ -15,6 +15,7 @@ use crate::forecast::{DemandForecast, ForecastPoint};
 use super::{
     Action, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
     band::ReactiveShadow,
+    fixed::Fixed,
     policy::{PolicyMode, format_duration},
 };
 
@@ -244,23 +245,25 @@ impl DecisionEngine {
         let lifecycle = self.lifecycle(now, current, desired);
         let summary = if reactive {
             format!(
-                "{action} {current} -> {desired}: reactive policy: last window {last:.1} needs \
-                 {required} x {threshold:.1} per instance ({reason:?})",
+                "{action} {current} -> {desired}: reactive policy: last window {last} needs \
+                 {required} x {threshold} per instance ({reason:?})",
                 action = action_text(action),
-                last = window.peak_upper,
+                last = Fixed(window.peak_upper, 1),
+                threshold = Fixed(threshold, 1),
             )
         } else {
             format!(
-                "{action} {current} -> {desired}: peak upper bound {peak_upper:.1} ({level:.0}% \
-             interval, point {peak_point:.1}, widening x{widening:.2}) with {headroom:.0}% \
-             headroom over the next {span} needs {required} x {threshold:.1} per instance \
+                "{action} {current} -> {desired}: peak upper bound {peak_upper} ({level}% \
+             interval, point {peak_point}, widening x{widening}) with {headroom}% \
+             headroom over the next {span} needs {required} x {threshold} per instance \
              ({reason:?})",
                 action = action_text(action),
-                peak_upper = window.peak_upper,
-                peak_point = window.peak_point,
-                level = forecast.level * 100.0,
-                widening = forecast.widening,
-                headroom = self.policy.headroom * 100.0,
+                peak_upper = Fixed(window.peak_upper, 1),
+                peak_point = Fixed(window.peak_point, 1),
+                level = Fixed(forecast.level * 100.0, 0),
+                widening = Fixed(forecast.widening, 2),
+                headroom = Fixed(self.policy.headroom * 100.0, 0),
+                threshold = Fixed(threshold, 1),
                 span = format_duration(std::time::Duration::from_millis(window.end_ms - now)),
             )
         };

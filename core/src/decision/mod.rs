@@ -9,6 +9,7 @@
 
 pub mod band;
 pub mod engine;
+pub mod fixed;
 pub mod policy;
 
 use serde::{Deserialize, Serialize};
