@@ -103,10 +103,9 @@ impl Producing {
                 if let Some(partition) = p.partition {
                     record = record.partition(partition);
                 }
-                let sent = producer.send_result(record).map_err(|_| ());
-                match sent {
+                match producer.send_result(record) {
                     Ok(f) => futures.push((p, f)),
-                    Err(()) => not_queued.push(p),
+                    Err(_) => not_queued.push(p),
                 }
             }
             let mut failed = not_queued;

@@ -46,7 +46,7 @@ pub(crate) struct Publisher {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The publisher thread stopped (it panicked or could not start its runtime).
+/// The publisher thread is gone (it panicked), so nothing decided can be published.
 #[derive(Debug, thiserror::Error)]
 #[error("the publisher thread stopped")]
 pub struct PublisherStopped;
