@@ -9,7 +9,9 @@ use rdkafka::{
     message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
-use shadowtap_core::{ClosedWindow, ResourceSnapshot, ScaleEvent};
+use shadowtap_core::{
+    ClosedWindow, ResourceSnapshot, ScaleEvent, decision::Decision, scale_event::WindowDigest,
+};
 
 use crate::{
     ownership::Ownership,
@@ -55,18 +57,29 @@ pub(crate) struct Publish {
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     Bytes(Option<Vec<u8>>),
-    Event(Box<ScaleEvent>),
+    /// A scale event's decision and window digest: the publisher builds the event itself
+    /// (its id hash, timestamps and strings were a tenth of the loop's work).
+    Event(Box<(Decision, WindowDigest)>),
     Snapshot(Box<ResourceSnapshot>),
 }
 
 impl Body {
-    /// Serialise in place (once; a retry sends the same bytes).
-    fn serialise(&mut self) {
-        let bytes = match self {
-            Body::Bytes(_) => return,
-            Body::Event(e) => e.to_json().into_bytes(),
+    /// Serialise in place (once; a retry sends the same bytes). `source`: the events' source.
+    fn serialise(&mut self, source: &str) {
+        let bytes = match std::mem::replace(self, Body::Bytes(None)) {
+            b @ Body::Bytes(_) => {
+                *self = b;
+                return;
+            }
+            Body::Event(parts) => {
+                let (decision, window) = *parts;
+                // `into_event_parts` let through only decisions that have an event.
+                ScaleEvent::from_owned_decision(source, decision, window)
+                    .map(|e| e.to_json().into_bytes())
+                    .unwrap_or_default()
+            }
             // A snapshot is plain data: serialisation cannot fail.
-            Body::Snapshot(s) => serde_json::to_vec(s).unwrap_or_default(),
+            Body::Snapshot(s) => serde_json::to_vec(&s).unwrap_or_default(),
         };
         *self = Body::Bytes(Some(bytes));
     }
@@ -76,6 +89,8 @@ impl Body {
 pub(crate) struct Producing {
     pub producer: FutureProducer,
     pub stats: std::sync::Arc<CollectorStats>,
+    /// The scale events' CloudEvents `source`.
+    pub source: String,
 }
 
 impl Producing {
@@ -95,7 +110,7 @@ impl Producing {
                         value: Some(v),
                     });
                 }
-                p.body.serialise();
+                p.body.serialise(&self.source);
                 let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
                 if let Body::Bytes(Some(payload)) = &p.body {
                     record = record.payload(payload);
@@ -197,18 +212,19 @@ impl Collector {
     }
 }
 
-/// The scale event of a closed window, if it has one; `produced`: the record timestamp of the
-/// observation that closed it.
+/// The scale event of a closed window, if it has one (built on the publisher thread);
+/// `produced`: the record timestamp of the observation that closed it.
 pub(crate) fn scale_event(
     cfg: &CollectorConfig,
-    source: &str,
-    c: &ClosedWindow,
+    c: ClosedWindow,
     produced: Option<u64>,
 ) -> Option<Publish> {
-    let event = c.scale_event(source)?;
+    let end_ms = c.end_ms;
+    let key = c.resource.as_bytes().to_vec();
+    let parts = c.into_event_parts()?;
     Some(Publish {
         purpose: Purpose::ScaleEvent {
-            window_end_ms: c.end_ms,
+            window_end_ms: end_ms,
             stamps: produced.map(|produced| Stamps {
                 produced,
                 consumed: 0,
@@ -217,8 +233,8 @@ pub(crate) fn scale_event(
         },
         topic: cfg.kafka.scale_events_topic.clone(),
         partition: None,
-        key: c.resource.clone().into_bytes(),
-        body: Body::Event(Box::new(event)),
+        key,
+        body: Body::Event(Box::new(parts)),
         headers: vec![(
             "content-type".to_owned(),
             b"application/cloudevents+json; charset=utf-8".to_vec(),

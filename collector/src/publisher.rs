@@ -55,11 +55,16 @@ impl Publisher {
     pub(crate) fn start(
         producer: FutureProducer,
         stats: Arc<CollectorStats>,
+        source: String,
     ) -> std::io::Result<Self> {
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
         let (done, committable) = mpsc::unbounded_channel();
         let (cancel, mut cancelled) = watch::channel(false);
-        let producing = Producing { producer, stats };
+        let producing = Producing {
+            producer,
+            stats,
+            source,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -265,8 +265,12 @@ impl Collector {
         let mut committed = Instant::now();
         // A commit's snapshots are out and its offsets not yet back: the next waits for it.
         let mut commit_in_flight = false;
-        let mut publisher = Publisher::start(producer, Arc::clone(&self.stats))
-            .map_err(CollectorError::PublisherStart)?;
+        let mut publisher = Publisher::start(
+            producer,
+            Arc::clone(&self.stats),
+            self.config.fleet.source.clone(),
+        )
+        .map_err(CollectorError::PublisherStart)?;
         loop {
             let mut batch: Vec<OwnedMessage> = Vec::new();
             tokio::select! {
@@ -519,7 +523,6 @@ impl Collector {
         let cfg = &self.config;
         let mut pending = Vec::new();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let source = cfg.fleet.source.as_str();
         // Each closed window becomes its event at once: holding a batch's closed windows held
         // each one's latency histogram (tens of KB) until the batch ended, and the allocator
         // returned and re-faulted that memory every batch.
@@ -558,7 +561,7 @@ impl Collector {
                         .and_then(|t| u64::try_from(t).ok());
                     for c in closed {
                         dirty.insert(c.resource.clone());
-                        pending.extend(scale_event(cfg, source, &c, produced));
+                        pending.extend(scale_event(cfg, c, produced));
                     }
                     self.stats
                         .observations_processed
@@ -568,7 +571,7 @@ impl Collector {
         }
         for c in fleet.tick(Instant::now()) {
             dirty.insert(c.resource.clone());
-            pending.extend(scale_event(cfg, source, &c, None));
+            pending.extend(scale_event(cfg, c, None));
         }
         Ok((pending, offsets))
     }

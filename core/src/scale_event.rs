@@ -87,6 +87,19 @@ pub fn hex(bytes: &[u8]) -> String {
 impl ScaleEvent {
     /// The event for `decision`, or `None` for a hold (holds are not published).
     pub fn from_decision(source: &str, decision: &Decision, window: WindowDigest) -> Option<Self> {
+        if decision.action == Action::Hold {
+            return None;
+        }
+        Self::from_owned_decision(source, decision.clone(), window)
+    }
+
+    /// [`from_decision`](Self::from_decision), taking the decision's strings and plan rather
+    /// than copying them (the collector builds a batch's events on its publisher thread).
+    pub fn from_owned_decision(
+        source: &str,
+        decision: Decision,
+        window: WindowDigest,
+    ) -> Option<Self> {
         let event_type = match decision.action {
             Action::ScaleOut => TYPE_SCALE_OUT,
             Action::ScaleIn => TYPE_SCALE_IN,
@@ -102,15 +115,15 @@ impl ScaleEvent {
             datacontenttype: "application/json".to_owned(),
             data: ScaleEventData {
                 schema_version: SCALE_EVENT_DATA_VERSION,
-                resource: decision.resource.clone(),
+                resource: decision.resource,
                 action: decision.action,
                 current_instances: decision.current_instances,
                 target_instances: decision.desired_instances,
                 reason: decision.reason,
                 stage: decision.stage,
-                lifecycle: decision.lifecycle.clone(),
+                lifecycle: decision.lifecycle,
                 decided_at_ms: decision.at_ms,
-                explanation: decision.explanation.clone(),
+                explanation: decision.explanation,
                 window,
             },
         })

@@ -176,6 +176,31 @@ impl ClosedWindow {
             },
         )
     }
+
+    /// What [`scale_event`](Self::scale_event) is built from, taken out of the window: the
+    /// decision moved, not copied, and the digest of the counts, so that the event can be
+    /// built and serialised elsewhere (the collector's publisher thread) while the histogram,
+    /// tens of KB that only the digest needs, is freed here. `None` exactly when
+    /// `scale_event` is `None`.
+    pub fn into_event_parts(self) -> Option<(Decision, WindowDigest)> {
+        if !self.publish {
+            return None;
+        }
+        let decision = self.decision?;
+        if decision.action == crate::decision::Action::Hold {
+            return None;
+        }
+        let counts = CountsDigest::from(&self.merged);
+        Some((
+            decision,
+            WindowDigest {
+                start_ms: self.start_ms,
+                end_ms: self.end_ms,
+                agents: self.agents,
+                counts,
+            },
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]

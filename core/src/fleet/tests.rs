@@ -116,15 +116,36 @@ fn rising_demand_scales_out_and_snapshot_restores_state() {
     let mut f = fleet();
     let now = Instant::now();
     let mut events = Vec::new();
+    let mut holds = 0;
     for w in 0..12 {
         let (_, closed) = f.ingest(obs("a", "api", w, 50 + 60 * w), now);
         for c in closed {
-            if let Some(e) = c.scale_event("urn:test") {
+            // The collector builds the event from the window's parts on another thread: the
+            // same event, and none exactly when there is none (holds included).
+            let from_parts = c
+                .clone()
+                .into_event_parts()
+                .and_then(|(d, w)| crate::ScaleEvent::from_owned_decision("urn:test", d, w));
+            let event = c.scale_event("urn:test");
+            holds += usize::from(
+                c.decision
+                    .as_ref()
+                    .is_some_and(|d| d.action == Action::Hold),
+            );
+            assert_eq!(
+                from_parts.as_ref().map(crate::ScaleEvent::to_json),
+                event.as_ref().map(crate::ScaleEvent::to_json)
+            );
+            if let Some(e) = event {
                 events.push(e);
             }
         }
     }
     assert!(!events.is_empty());
+    assert!(
+        events.len() < 12,
+        "some windows hold, so both paths saw a hold"
+    );
     let first = &events[0];
     assert_eq!(first.subject, "api");
     assert_eq!(first.data.action, Action::ScaleOut);
@@ -327,6 +348,7 @@ provision_retry_backoff = "3m"
     );
     assert_eq!(d.desired_instances, 5);
     assert!(c[0].scale_event("t").is_none(), "same target in flight");
+    assert!(c[0].clone().into_event_parts().is_none());
     assert_eq!(f.stats().requests_in_flight, 1);
 
     // A failed provision at the end of window 2: backoff 3 min from there.
