@@ -142,10 +142,7 @@ fn rising_demand_scales_out_and_snapshot_restores_state() {
         }
     }
     assert!(!events.is_empty());
-    assert!(
-        events.len() < 12,
-        "some windows hold, so both paths saw a hold"
-    );
+    assert!(holds > 0, "both paths also saw a hold");
     let first = &events[0];
     assert_eq!(first.subject, "api");
     assert_eq!(first.data.action, Action::ScaleOut);
