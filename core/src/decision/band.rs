@@ -19,6 +19,33 @@ pub struct ReactiveShadow {
     recommendations: VecDeque<(u64, u32)>,
 }
 
+/// Record `value` at `now` in `recent` (time, value pairs, oldest first), drop what is older
+/// than `window`, and return the highest value left: the maximum of the last `window`.
+///
+/// An entry no newer and no higher than the one recorded can never be the maximum again, so it
+/// is dropped on the way in: on rising demand the queue holds one entry, not the whole
+/// stabilisation window (the decision path walked hundreds per window). The answer is the
+/// same; the walk over what is left keeps it right for queues restored from older snapshots,
+/// which were kept whole.
+pub(crate) fn window_max(
+    recent: &mut VecDeque<(u64, u32)>,
+    now: u64,
+    value: u32,
+    window: u64,
+) -> u32 {
+    while recent.back().is_some_and(|&(t, v)| t <= now && v <= value) {
+        recent.pop_back();
+    }
+    recent.push_back((now, value));
+    while recent
+        .front()
+        .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
+    {
+        recent.pop_front();
+    }
+    recent.iter().map(|(_, v)| *v).max().unwrap_or(value)
+}
+
 /// Floor and ceiling of one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CostBand {
@@ -36,20 +63,7 @@ impl ReactiveShadow {
     pub fn band(&mut self, policy: &Policy, now_ms: u64, last_observed: f64) -> CostBand {
         let raw = reactive_count(policy, last_observed);
         let window = u64::try_from(policy.scale_in_stabilisation.as_millis()).unwrap_or(u64::MAX);
-        self.recommendations.push_back((now_ms, raw));
-        while self
-            .recommendations
-            .front()
-            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > window)
-        {
-            self.recommendations.pop_front();
-        }
-        let reactive = self
-            .recommendations
-            .iter()
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(raw);
+        let reactive = window_max(&mut self.recommendations, now_ms, raw, window);
         // Rounded down: the ceiling is a bound on cost, so 1.25 × 3 instances is 3, not 4.
         // Never below the rule itself, which the floor may ask for.
         let ceiling = policy.max_cost_ratio.map(|ratio| {
@@ -107,6 +121,49 @@ mod tests {
     use super::*;
 
     const MIN: u64 = 60_000;
+
+    #[test]
+    fn window_max_is_the_maximum_of_the_window_and_keeps_rising_queues_short() {
+        // Against the whole-window walk it replaces, on a pseudo-random walk of values at
+        // non-decreasing times (repeated times included).
+        let window = 10 * MIN;
+        let (mut kept, mut all) = (VecDeque::new(), Vec::<(u64, u32)>::new());
+        let (mut now, mut x) = (0_u64, 12_345_u64);
+        let mut longest = 0;
+        for _ in 0..5_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            now += (x >> 33) % 3 * MIN / 2;
+            let value = u32::try_from((x >> 40) % 50).expect("small");
+            all.push((now, value));
+            let naive = all
+                .iter()
+                .filter(|(t, _)| now - t <= window)
+                .map(|(_, v)| *v)
+                .max()
+                .expect("the value itself");
+            assert_eq!(window_max(&mut kept, now, value, window), naive, "at {now}");
+            longest = longest.max(kept.len());
+        }
+        assert!(longest < all.len() / 100, "kept {longest}");
+        // Rising values: one entry, whatever the window.
+        let mut rising = VecDeque::new();
+        for i in 0..1_000 {
+            assert_eq!(
+                window_max(
+                    &mut rising,
+                    i * MIN,
+                    u32::try_from(i).expect("small"),
+                    u64::MAX
+                ),
+                u32::try_from(i).expect("small")
+            );
+        }
+        assert_eq!(rising.len(), 1);
+        // A queue restored whole (as older snapshots hold it) still answers its maximum.
+        let mut restored = VecDeque::from([(0, 9), (MIN, 3), (2 * MIN, 7)]);
+        assert_eq!(window_max(&mut restored, 3 * MIN, 1, window), 9);
+        assert_eq!(window_max(&mut restored, 2 * MIN + window, 1, window), 7);
+    }
 
     fn policy(max_cost_ratio: Option<f64>, reactive_floor: bool) -> Policy {
         Policy {

@@ -427,19 +427,7 @@ impl DecisionEngine {
     fn stabilised(&mut self, now: u64, required: u32) -> u32 {
         self.first_decision_ms.get_or_insert(now);
         let window = millis(self.policy.scale_in_stabilisation);
-        self.recommendations.push_back((now, required));
-        while self
-            .recommendations
-            .front()
-            .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
-        {
-            self.recommendations.pop_front();
-        }
-        self.recommendations
-            .iter()
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(required)
+        super::band::window_max(&mut self.recommendations, now, required, window)
     }
 
     /// Apply cooldowns and the stabilisation window.
