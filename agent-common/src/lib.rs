@@ -22,7 +22,7 @@ pub const MIN_SNAPLEN: u16 = 16;
 pub const TLS_HEAD_LEN: u16 = 768;
 /// Capacity of the optional port filter map.
 pub const MAX_FILTER_PORTS: u32 = 64;
-/// Default capacity of the per-flow LRU map.
+/// Default slot count of the per-CPU flow cache (a power of two).
 pub const DEFAULT_FLOW_ENTRIES: u32 = 65_536;
 
 /// Why the kernel emitted a record. Userspace re-parses the copied frame bytes with the same
@@ -36,6 +36,9 @@ pub enum RecordKind {
     HttpHead = 2,
     /// TLS handshake record carrying a ClientHello.
     TlsClientHello = 3,
+    /// Not a frame: a flow-cache slot's key and counters, flushed when a colliding flow took
+    /// the slot ([`FlowRecord`]). Userspace adds them to the flow's totals.
+    FlowEvicted = 4,
 }
 
 impl RecordKind {
@@ -44,6 +47,7 @@ impl RecordKind {
             1 => Some(Self::TcpControl),
             2 => Some(Self::HttpHead),
             3 => Some(Self::TlsClientHello),
+            4 => Some(Self::FlowEvicted),
             _ => None,
         }
     }
@@ -112,6 +116,8 @@ pub struct Config {
     /// wakeup is a self-IPI (`irq_work`) per record, the largest cost of the tap on a busy host.
     /// 0: wake on every record.
     pub wakeup_bytes: u32,
+    /// Slots of the direct-mapped flow cache minus one (the slot count is a power of two).
+    pub flow_mask: u32,
 }
 
 pub const MODE_HOST: u32 = 0;
@@ -124,6 +130,7 @@ impl Config {
         sample_n: 1,
         port_filter: 0,
         wakeup_bytes: 0,
+        flow_mask: DEFAULT_FLOW_ENTRIES - 1,
     };
 }
 
@@ -141,12 +148,17 @@ pub enum Counter {
     SampledOut = 6,
     Filtered = 7,
     FlowInserts = 8,
+    /// Packets not added to any flow: their slot held another flow whose counters could not be
+    /// flushed (ring buffer full), so that flow kept the slot.
     FlowUpdateFailed = 9,
     /// Records submitted with a forced consumer wakeup (the ring crossed `wakeup_bytes`).
     RingbufWakeups = 10,
+    /// Flows whose flow-cache slot was taken by a colliding flow; each one's counters went to
+    /// userspace as a [`RecordKind::FlowEvicted`] record (not in `events_emitted`).
+    FlowEvictions = 11,
 }
 
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 12;
 
 /// The per-CPU value of the `COUNTERS` map: entry 0 is ingress, entry 1 egress.
 pub type Counters = [u64; COUNTER_COUNT as usize];
@@ -164,6 +176,7 @@ impl Counter {
         Counter::FlowInserts,
         Counter::FlowUpdateFailed,
         Counter::RingbufWakeups,
+        Counter::FlowEvictions,
     ];
 
     /// Stable snake_case name used in JSON stats and Prometheus metrics.
@@ -180,6 +193,7 @@ impl Counter {
             Counter::FlowInserts => "flow_inserts",
             Counter::FlowUpdateFailed => "flow_update_failed",
             Counter::RingbufWakeups => "ringbuf_wakeups",
+            Counter::FlowEvictions => "flow_evictions",
         }
     }
 }
@@ -188,10 +202,10 @@ impl Counter {
 pub const AF_V4: u8 = 4;
 pub const AF_V6: u8 = 6;
 
-/// Key of the per-flow LRU map: one entry per direction of a 5-tuple per interface.
+/// Key of a flow-cache slot: one entry per direction of a 5-tuple per interface.
 /// IPv4 addresses are stored in the first four bytes of the 16-byte fields.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -220,11 +234,31 @@ pub struct FlowStats {
     pub _pad: u32,
 }
 
+/// One slot of the per-CPU direct-mapped flow cache (`FLOWS`, a per-CPU array): the flow
+/// that owns it and its counters on that CPU. `stats.packets == 0` marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub stats: FlowStats,
+}
+
+/// The ring-buffer record of an evicted slot: `header.kind` is [`RecordKind::FlowEvicted`],
+/// `cap_len` is 0 (no frame bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowRecord {
+    pub header: RecordHeader,
+    pub slot: FlowSlot,
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)] plain data without padding and valid for any bit pattern.
+    // SAFETY: all of them are #[repr(C)] plain data without padding and valid for any bit pattern.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::RecordHeader {}
 }

@@ -2,7 +2,7 @@
 //!
 //! `shadowtap_xdp` (ingress) and `shadowtap_tc` (egress, host mode) share one parser
 //! (`tap::inspect`), generic over how packet bytes are read. Every packet updates the per-CPU
-//! counters and its flow's entry in the per-CPU LRU flow map; only TCP open/close, HTTP/1.x heads
+//! counters and its flow's slot in the per-CPU flow cache; only TCP open/close, HTTP/1.x heads
 //! and TLS ClientHellos produce a ring-buffer record carrying the frame's head (headers plus at
 //! most `snaplen` payload bytes — never bodies). Userspace re-parses those bytes with the same
 //! decoder as the pcap path.

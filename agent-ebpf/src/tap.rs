@@ -5,13 +5,13 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::debug;
 use shadowtap_common::{
-    AF_V4, AF_V6, Config, Counter, Counters, DEFAULT_FLOW_ENTRIES, FlowKey, FlowStats, MAX_CAPTURE,
-    MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordHeader, RecordKind, SMALL_CAPTURE, SmallRecord,
-    TLS_HEAD_LEN,
+    AF_V4, AF_V6, Config, Counter, Counters, DEFAULT_FLOW_ENTRIES, FlowKey, FlowRecord, FlowSlot,
+    FlowStats, MAX_CAPTURE, MAX_FILTER_PORTS, MAX_SNAPLEN, Record, RecordHeader, RecordKind,
+    SMALL_CAPTURE, SmallRecord, TLS_HEAD_LEN,
 };
 
 use crate::packet::Packet;
@@ -33,9 +33,14 @@ static SHADOWTAP_CONFIG: Config = Config::DEFAULT;
 #[map]
 static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
 
+/// The per-CPU direct-mapped flow cache: slot `flow_hash(key) & cfg.flow_mask` holds one
+/// flow's key and counters on this CPU. A flow whose slot holds another flow takes it over
+/// after flushing the other's counters to userspace as a `FlowEvicted` record, so nothing is
+/// lost silently (an array lookup is inlined by the verifier; the LRU hash map it replaces
+/// cost about 60 ns per packet). Slot count set by userspace at load (`--flow-entries`,
+/// rounded up to a power of two).
 #[map]
-static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+static FLOWS: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 const ETH_HLEN: u32 = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -136,7 +141,7 @@ pub fn inspect<P: Packet>(pkt: &P, dir: u8) -> u32 {
     // kvm-clock in a VM). Same CLOCK_MONOTONIC base.
     // SAFETY: reading the kernel's monotonic clock has no preconditions.
     let coarse_now = unsafe { bpf_ktime_get_coarse_ns() };
-    update_flow(&parsed, frame_len, coarse_now, ctrs);
+    update_flow(&parsed, frame_len, coarse_now, &cfg, ctrs);
 
     if let Some(kind) = classify(pkt, &parsed) {
         if kind != RecordKind::TcpControl && !sampled_in(&parsed.key, cfg.sample_n) {
@@ -330,37 +335,116 @@ fn walk<P: Packet>(pkt: &P, dir: u8) -> Walk {
     Walk::Ok(parsed)
 }
 
+/// The flow key as eleven 32-bit words (it is 44 bytes of plain data, 4-aligned).
 #[inline(always)]
-fn update_flow(p: &Parsed, frame_len: u32, now: u64, ctrs: Ctrs) {
-    if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
-        // SAFETY: per-CPU value of an existing entry; only this CPU writes it now.
-        unsafe {
-            // A per-CPU entry created on another CPU starts zeroed on this one.
-            if (*s).first_ns == 0 {
-                (*s).first_ns = now;
-            }
-            (*s).packets += 1;
-            (*s).bytes += frame_len as u64;
-            (*s).payload_bytes += p.payload_len as u64;
-            (*s).last_ns = now;
-            (*s).tcp_flags |= p.tcp_flags as u32;
-        }
-        return;
+fn key_words(key: &FlowKey) -> [u32; 11] {
+    // SAFETY: FlowKey is #[repr(C)] plain data of 44 bytes without padding.
+    unsafe { core::mem::transmute::<FlowKey, [u32; 11]>(*key) }
+}
+
+/// Slot hash of a flow key (multiply-xor over its words; not keyed: a crafted collision only
+/// makes two flows take turns in a slot, each turn flushed and counted).
+#[inline(always)]
+fn flow_hash(w: &[u32; 11]) -> u32 {
+    let mut h: u64 = 0;
+    let mut i = 0;
+    while i < 11 {
+        h = (h ^ w[i] as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        i += 1;
     }
-    let stats = FlowStats {
-        packets: 1,
-        bytes: frame_len as u64,
-        payload_bytes: p.payload_len as u64,
-        first_ns: now,
-        last_ns: now,
-        tcp_flags: p.tcp_flags as u32,
-        _pad: 0,
-    };
-    if FLOWS.insert(&p.key, &stats, 0).is_ok() {
-        count(ctrs, Counter::FlowInserts, 1);
-    } else {
+    (h >> 32) as u32
+}
+
+/// Word-wise key equality (`==` on the arrays compiled to a call of a byte-loop `bcmp`).
+#[inline(always)]
+fn same_key(a: &[u32; 11], b: &[u32; 11]) -> bool {
+    let mut diff = 0u32;
+    let mut i = 0;
+    while i < 11 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+#[inline(always)]
+fn update_flow(p: &Parsed, frame_len: u32, now: u64, cfg: &Config, ctrs: Ctrs) {
+    let words = key_words(&p.key);
+    let idx = flow_hash(&words) & cfg.flow_mask;
+    let Some(slot) = FLOWS.get_ptr_mut(idx) else {
         count(ctrs, Counter::FlowUpdateFailed, 1);
+        return;
+    };
+    // SAFETY: this CPU's value of an array slot; only this CPU writes it, and no other program
+    // invocation runs on this CPU while we do.
+    unsafe {
+        let s = &mut (*slot).stats;
+        if s.packets != 0 {
+            if same_key(&key_words(&(*slot).key), &words) {
+                s.packets += 1;
+                s.bytes += frame_len as u64;
+                s.payload_bytes += p.payload_len as u64;
+                s.last_ns = now;
+                s.tcp_flags |= p.tcp_flags as u32;
+                return;
+            }
+            // Another flow holds the slot: flush its counters before taking it over.
+            if !flush_slot(slot, ctrs) {
+                count(ctrs, Counter::FlowUpdateFailed, 1);
+                return;
+            }
+        }
+        (*slot).key = p.key;
+        (*slot).stats = FlowStats {
+            packets: 1,
+            bytes: frame_len as u64,
+            payload_bytes: p.payload_len as u64,
+            first_ns: now,
+            last_ns: now,
+            tcp_flags: p.tcp_flags as u32,
+            _pad: 0,
+        };
     }
+    count(ctrs, Counter::FlowInserts, 1);
+}
+
+/// Copies an occupied slot into a `FlowEvicted` record and marks the slot empty before the
+/// record is submitted (a consumer that has read the record then never sees the flow in the
+/// slot too); false, with the slot untouched, when the ring is full.
+///
+/// # Safety
+/// `slot` is this CPU's value of a `FLOWS` slot.
+#[inline(always)]
+unsafe fn flush_slot(slot: *mut FlowSlot, ctrs: Ctrs) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<FlowRecord>(0) else {
+        count(ctrs, Counter::RingbufReserveFailed, 1);
+        return false;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved, writable record; `slot` is valid per the contract.
+    unsafe {
+        (*rec).header = RecordHeader {
+            ts_ns: (*slot).stats.last_ns,
+            ifindex: (*slot).key.ifindex,
+            wire_len: 0,
+            cap_len: 0,
+            kind: RecordKind::FlowEvicted as u8,
+            direction: (*slot).key.direction,
+            _pad: 0,
+        };
+        // Word by word: a struct copy compiled to a call of a byte-loop `memcpy`.
+        let src = slot.cast::<u64>();
+        let dst = (&raw mut (*rec).slot).cast::<u64>();
+        let mut i = 0;
+        while i < core::mem::size_of::<FlowSlot>() / 8 {
+            core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)));
+            i += 1;
+        }
+        (*slot).stats.packets = 0;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(ctrs, Counter::FlowEvictions, 1);
+    true
 }
 
 /// HTTP/1.x method tokens (with their trailing space) and the status-line prefix.
@@ -439,7 +523,7 @@ fn emit<P: Packet>(
     ctrs: Ctrs,
 ) {
     let want_payload = match kind {
-        RecordKind::TcpControl => 0,
+        RecordKind::TcpControl | RecordKind::FlowEvicted => 0,
         RecordKind::HttpHead => {
             if cfg.snaplen == 0 || cfg.snaplen > MAX_SNAPLEN as u32 {
                 MAX_SNAPLEN as u32

@@ -187,11 +187,15 @@ impl Run<'_> {
         };
         if let Some(kind) = classify(&meta) {
             let slot = match kind {
-                RecordKind::TcpControl => &mut self.summary.classified.tcp_control,
-                RecordKind::HttpHead => &mut self.summary.classified.http_head,
-                RecordKind::TlsClientHello => &mut self.summary.classified.tls_client_hello,
+                RecordKind::TcpControl => Some(&mut self.summary.classified.tcp_control),
+                RecordKind::HttpHead => Some(&mut self.summary.classified.http_head),
+                RecordKind::TlsClientHello => Some(&mut self.summary.classified.tls_client_hello),
+                // Not a frame class: `classify` never returns it.
+                RecordKind::FlowEvicted => None,
             };
-            *slot += 1;
+            if let Some(slot) = slot {
+                *slot += 1;
+            }
             self.tracker.on_packet(&ctx, &meta, &mut self.events);
         }
         self.flows.on_packet(&ctx, &meta, &mut self.events);

@@ -1,11 +1,13 @@
 //! Userspace views of the kernel's counter and flow maps.
 
+use std::collections::HashMap;
+
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray},
 };
 use shadowtap_common::{
-    COUNTER_COUNT, Counter, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats,
+    COUNTER_COUNT, Counter, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowStats,
 };
 
 use super::CaptureError;
@@ -53,7 +55,8 @@ pub struct FlowEntry {
 
 pub struct KernelMaps {
     counters: PerCpuArray<MapData, Counters>,
-    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    flows: PerCpuArray<MapData, FlowSlot>,
+    slots: u32,
 }
 
 impl KernelMaps {
@@ -64,10 +67,13 @@ impl KernelMaps {
         let flows = ebpf
             .take_map("FLOWS")
             .ok_or(CaptureError::MissingMap("FLOWS"))?;
+        let flows: PerCpuArray<MapData, FlowSlot> =
+            PerCpuArray::try_from(flows).map_err(|e| CaptureError::Map("FLOWS", e))?;
         Ok(Self {
             counters: PerCpuArray::try_from(counters)
                 .map_err(|e| CaptureError::Map("COUNTERS", e))?,
-            flows: PerCpuHashMap::try_from(flows).map_err(|e| CaptureError::Map("FLOWS", e))?,
+            slots: flows.len(),
+            flows,
         })
     }
 
@@ -90,33 +96,42 @@ impl KernelMaps {
         Ok(snap)
     }
 
-    /// Every flow in the map, summed over CPUs. Entries that vanish while iterating (LRU
-    /// eviction races) are skipped.
+    /// Every flow in the flow cache, its slots on all CPUs summed (a flow has one slot per
+    /// CPU it was seen on). One lookup per slot index (each returns all CPUs' values).
     pub fn flows(&self) -> Vec<FlowEntry> {
-        let mut out = Vec::new();
-        for item in &self.flows {
-            let Ok((key, values)) = item else { continue };
-            let mut stats = FlowStats::default();
-            let mut first = u64::MAX;
-            for v in values.iter() {
-                if v.packets == 0 {
+        let mut by_key: HashMap<FlowKey, FlowStats> = HashMap::new();
+        for index in 0..self.slots {
+            let Ok(values) = self.flows.get(&index, 0) else {
+                continue;
+            };
+            for slot in values.iter() {
+                if slot.stats.packets == 0 {
                     continue;
                 }
-                stats.packets += v.packets;
-                stats.bytes += v.bytes;
-                stats.payload_bytes += v.payload_bytes;
-                first = first.min(v.first_ns);
-                stats.last_ns = stats.last_ns.max(v.last_ns);
-                stats.tcp_flags |= v.tcp_flags;
+                merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
             }
-            stats.first_ns = if first == u64::MAX { 0 } else { first };
-            out.push(FlowEntry { key, stats });
         }
-        out
+        by_key
+            .into_iter()
+            .map(|(key, stats)| FlowEntry { key, stats })
+            .collect()
     }
+}
 
-    /// Removes a flow after its final export (idle), so the LRU only evicts under pressure.
-    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
-        self.flows.remove(key).is_ok()
+/// Adds one CPU's (or one evicted slot's) counters of a flow to `into`: counts add up, the
+/// first/last timestamps widen, flags OR. An empty `into` (no packets) takes `add`'s times.
+pub fn merge_stats(into: &mut FlowStats, add: &FlowStats) {
+    if add.packets == 0 {
+        return;
     }
+    if into.packets == 0 {
+        into.first_ns = add.first_ns;
+    } else {
+        into.first_ns = into.first_ns.min(add.first_ns);
+    }
+    into.packets += add.packets;
+    into.bytes += add.bytes;
+    into.payload_bytes += add.payload_bytes;
+    into.last_ns = into.last_ns.max(add.last_ns);
+    into.tcp_flags |= add.tcp_flags;
 }

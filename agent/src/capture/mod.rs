@@ -23,7 +23,7 @@ use shadowtap_common::{
 use tracing::{info, warn};
 
 pub use error::{CaptureError, explain_attach_errno};
-pub use maps::{CounterSnapshot, FlowEntry, KernelMaps};
+pub use maps::{CounterSnapshot, FlowEntry, KernelMaps, merge_stats};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 static EBPF_OBJECT: &[u8] =
@@ -33,6 +33,8 @@ pub const XDP_PROGRAM: &str = "shadowtap_xdp";
 pub const TC_PROGRAM: &str = "shadowtap_tc";
 pub const XDP_BASELINE_PROGRAM: &str = "shadowtap_xdp_baseline";
 pub const TC_BASELINE_PROGRAM: &str = "shadowtap_tc_baseline";
+/// Largest flow cache (slots per CPU, 96 bytes each: 4 Mi slots are 384 MiB per CPU).
+pub const MAX_FLOW_SLOTS: u32 = 1 << 22;
 
 /// Which programs [`Tap::attach_programs`] attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,10 +152,10 @@ impl TapOptions {
                 ),
             });
         }
-        if self.flow_entries == 0 {
+        if self.flow_entries == 0 || self.flow_entries > MAX_FLOW_SLOTS {
             out.push(CaptureError::InvalidOption {
                 field: "flow-entries",
-                reason: "must be at least 1".into(),
+                reason: format!("must be in 1..={MAX_FLOW_SLOTS}"),
             });
         }
         out
@@ -169,7 +171,16 @@ impl TapOptions {
             sample_n: self.sample_n,
             port_filter: u32::from(!self.ports.is_empty()),
             wakeup_bytes: self.wakeup_bytes,
+            flow_mask: self.flow_slots() - 1,
         }
+    }
+
+    /// Slots of the kernel's direct-mapped flow cache: `flow_entries` rounded up to a power
+    /// of two (the kernel indexes it with a mask).
+    pub fn flow_slots(&self) -> u32 {
+        self.flow_entries
+            .clamp(1, MAX_FLOW_SLOTS)
+            .next_power_of_two()
     }
 }
 
@@ -208,7 +219,7 @@ impl Tap {
         let level = opts.kernel_log_level;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
-            .map_max_entries("FLOWS", opts.flow_entries)
+            .map_max_entries("FLOWS", opts.flow_slots())
             .override_global("AYA_LOG_LEVEL", &level, false)
             .override_global("SHADOWTAP_CONFIG", &opts.kernel_config(), true)
             .load(object)

@@ -74,7 +74,9 @@ pub struct RunArgs {
     /// ring is unread.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), help_heading = "Capture")]
     pub ringbuf_poll_ms: u64,
-    /// Capacity of the kernel's per-flow LRU map.
+    /// Slots per CPU of the kernel's direct-mapped flow cache (rounded up to a power of two).
+    /// A flow whose slot holds another flow takes it over; the other's counters are flushed to
+    /// the agent first (`flow_evictions`).
     #[arg(long, default_value_t = shadowtap_common::DEFAULT_FLOW_ENTRIES, help_heading = "Capture")]
     pub flow_entries: u32,
     /// Write the per-request event stream (JSON lines: connections, requests, responses, TLS,
@@ -95,7 +97,9 @@ pub struct RunArgs {
     /// Seconds between flow exports and stats lines.
     #[arg(long, default_value_t = 10, help_heading = "Output")]
     pub stats_interval: u64,
-    /// Flows idle this many seconds are exported one last time and removed from the map.
+    /// Flows idle this many seconds are forgotten by the agent once no slot of the kernel's flow
+    /// cache holds them (their totals were exported; idle slots stay until a new flow takes
+    /// them).
     #[arg(long, default_value_t = 120, help_heading = "Capture")]
     pub flow_idle_timeout: u64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).

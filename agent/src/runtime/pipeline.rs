@@ -5,7 +5,10 @@ use std::{collections::HashMap, fs::File, io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use shadowtap_common::{Counter, DIR_EGRESS, FlowKey, FlowStats, RECORD_HEADER_LEN, RecordHeader};
+use shadowtap_common::{
+    Counter, DIR_EGRESS, FlowKey, FlowRecord, FlowStats, RECORD_HEADER_LEN, RecordHeader,
+    RecordKind,
+};
 
 use crate::{
     capture::{self, CounterSnapshot, KernelMaps},
@@ -24,6 +27,9 @@ pub struct AgentCounters {
     pub events_written: u64,
     pub flow_events_written: u64,
     pub flows_removed_idle: u64,
+    /// Flow-cache slots the kernel flushed when a colliding flow took them (`FlowEvicted`
+    /// records; not counted in `records_received`).
+    pub flow_evictions_received: u64,
     /// Flow deltas of protocols other than TCP/UDP (no ports): counted, not exported as events.
     pub flows_without_ports: u64,
 }
@@ -81,6 +87,17 @@ pub(crate) enum StatsOut {
     Off,
 }
 
+/// The agent's view of one flow of the kernel's flow cache.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowState {
+    /// Totals already written as `flow` events (each field only grows).
+    exported: FlowStats,
+    /// Sum of the slots the kernel flushed for this flow (`FlowEvicted` records).
+    flushed: FlowStats,
+    /// The last export that found the flow in a slot.
+    live_at: u64,
+}
+
 pub(crate) struct Pipeline {
     tracker: Tracker,
     /// The per-request event stream (`--events`); off by default, the models do not need it.
@@ -90,8 +107,11 @@ pub(crate) struct Pipeline {
     ifnames: rustc_hash::FxHashMap<u32, Arc<str>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     realtime_offset_ns: i128,
-    /// Cumulative counters at the previous export, so each `flow` event carries a delta.
-    exported: HashMap<FlowKey, FlowStats>,
+    /// Per flow: what was exported and what the kernel flushed, so each `flow` event carries
+    /// a delta.
+    flows: HashMap<FlowKey, FlowState>,
+    /// Exports so far (`FlowState::live_at` refers to them).
+    export_tick: u64,
     flows_removed: u64,
     /// Flows in the kernel map at the last export (iterating the map costs a syscall per entry,
     /// so it is only walked on the stats tick).
@@ -125,7 +145,8 @@ impl Pipeline {
             counters: AgentCounters::default(),
             ifnames: rustc_hash::FxHashMap::default(),
             realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
-            exported: HashMap::new(),
+            flows: HashMap::new(),
+            export_tick: 0,
             flows_removed: 0,
             live_flows: 0,
             scratch: Vec::new(),
@@ -162,14 +183,19 @@ impl Pipeline {
     }
 
     pub(crate) fn on_record(&mut self, bytes: &[u8]) -> Result<()> {
-        self.counters.records_received += 1;
         if bytes.len() < RECORD_HEADER_LEN {
+            self.counters.records_received += 1;
             self.counters.records_short += 1;
             return Ok(());
         }
         // SAFETY: RecordHeader is plain old data and `bytes` holds at least its size;
         // read_unaligned copes with any alignment.
         let header: RecordHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        if header.kind == RecordKind::FlowEvicted as u8 {
+            self.on_flow_evicted(bytes);
+            return Ok(());
+        }
+        self.counters.records_received += 1;
         let cap = usize::from(header.cap_len);
         let Some(data) = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + cap) else {
             self.counters.records_short += 1;
@@ -202,6 +228,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// A flow-cache slot the kernel flushed: its counters join the flow's totals.
+    fn on_flow_evicted(&mut self, bytes: &[u8]) {
+        if bytes.len() < std::mem::size_of::<FlowRecord>() {
+            self.counters.records_short += 1;
+            return;
+        }
+        // SAFETY: FlowRecord is plain old data and `bytes` holds at least its size.
+        let rec: FlowRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        self.counters.flow_evictions_received += 1;
+        let state = self.flows.entry(rec.slot.key).or_default();
+        capture::merge_stats(&mut state.flushed, &rec.slot.stats);
+    }
+
     fn ifname(&mut self, ifindex: u32) -> Arc<str> {
         self.ifnames
             .entry(ifindex)
@@ -220,8 +259,14 @@ impl Pipeline {
             .clone()
     }
 
-    /// Writes a `flow` event for every flow that moved since its last export; removes flows
-    /// idle longer than `idle_ns` (or all of them when `final_export`).
+    /// Writes a `flow` event for every flow that moved since its last export (its slots in the
+    /// kernel's flow cache plus the slots the kernel flushed to us); forgets flows idle longer
+    /// than `idle_ns` that no slot holds any more (never when `final_export`).
+    ///
+    /// A flush can be in flight (out of its slot, its record not read yet): a flow's total
+    /// then dips for one export and comes back. Exported totals only grow (field-wise maximum),
+    /// so the dip and its return export nothing twice; a flow is forgotten only once no slot
+    /// held it at two exports in a row, after its last flush was surely read.
     pub(crate) fn export_flows(
         &mut self,
         maps: &mut KernelMaps,
@@ -229,22 +274,38 @@ impl Pipeline {
         final_export: bool,
     ) -> Result<()> {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
-        let flows = maps.flows();
-        self.live_flows = flows.len();
-        for entry in flows {
-            let prev = self.exported.get(&entry.key).copied().unwrap_or_default();
+        self.export_tick += 1;
+        let tick = self.export_tick;
+        let live = maps.flows();
+        self.live_flows = live.len();
+        let mut in_slots: HashMap<FlowKey, FlowStats> = HashMap::with_capacity(live.len());
+        for entry in live {
+            self.flows.entry(entry.key).or_default().live_at = tick;
+            in_slots.insert(entry.key, entry.stats);
+        }
+        let mut forget = Vec::new();
+        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
+        for key in keys {
+            let Some(state) = self.flows.get(&key).copied() else {
+                continue;
+            };
+            let mut total = state.flushed;
+            if let Some(s) = in_slots.get(&key) {
+                capture::merge_stats(&mut total, s);
+            }
+            let prev = state.exported;
             let delta = FlowStats {
-                packets: entry.stats.packets.saturating_sub(prev.packets),
-                bytes: entry.stats.bytes.saturating_sub(prev.bytes),
-                payload_bytes: entry.stats.payload_bytes.saturating_sub(prev.payload_bytes),
-                first_ns: entry.stats.first_ns,
-                last_ns: entry.stats.last_ns,
-                tcp_flags: entry.stats.tcp_flags,
+                packets: total.packets.saturating_sub(prev.packets),
+                bytes: total.bytes.saturating_sub(prev.bytes),
+                payload_bytes: total.payload_bytes.saturating_sub(prev.payload_bytes),
+                first_ns: total.first_ns,
+                last_ns: total.last_ns,
+                tcp_flags: total.tcp_flags,
                 _pad: 0,
             };
-            if delta.packets > 0 {
-                let iface = self.ifname(entry.key.ifindex);
-                match flow_event(&entry.key, &delta, iface, self) {
+            if delta.packets > 0 || delta.bytes > 0 {
+                let iface = self.ifname(key.ifindex);
+                match flow_event(&key, &delta, iface, self) {
                     Some(flow) => {
                         if let Some(sink) = &mut self.events {
                             sink.line(&Event::Flow(flow))?;
@@ -253,16 +314,26 @@ impl Pipeline {
                     }
                     None => self.counters.flows_without_ports += 1,
                 }
-                self.exported.insert(entry.key, entry.stats);
-            }
-            if !final_export && now_mono.saturating_sub(entry.stats.last_ns) > idle_ns {
-                if maps.remove_flow(&entry.key) {
-                    self.live_flows -= 1;
-                    self.flows_removed += 1;
-                    self.counters.flows_removed_idle += 1;
+                if let Some(st) = self.flows.get_mut(&key) {
+                    st.exported = FlowStats {
+                        packets: prev.packets.max(total.packets),
+                        bytes: prev.bytes.max(total.bytes),
+                        payload_bytes: prev.payload_bytes.max(total.payload_bytes),
+                        ..total
+                    };
                 }
-                self.exported.remove(&entry.key);
             }
+            if !final_export
+                && tick.saturating_sub(state.live_at) >= 2
+                && now_mono.saturating_sub(total.last_ns) > idle_ns
+            {
+                forget.push(key);
+            }
+        }
+        for key in forget {
+            self.flows.remove(&key);
+            self.flows_removed += 1;
+            self.counters.flows_removed_idle += 1;
         }
         Ok(())
     }
@@ -304,18 +375,17 @@ impl Pipeline {
                 }
             }
         }
-        let inserts = kernel.total(Counter::FlowInserts);
-        let evicted = inserts.saturating_sub(live_flows as u64 + self.flows_removed);
+        let evicted = kernel.total(Counter::FlowEvictions);
         e.family(
             "shadowtap_flows_live",
             "gauge",
-            "Flows in the kernel flow map.",
+            "Flows in the kernel flow cache.",
             &[(&[], live_flows as f64)],
         );
         e.family(
             "shadowtap_flows_evicted_total",
             "counter",
-            "Flows the kernel LRU evicted under pressure.",
+            "Flows whose kernel flow-cache slot a colliding flow took (their counters were flushed to the agent first).",
             &[(&[], evicted as f64)],
         );
         e
@@ -327,10 +397,7 @@ impl Pipeline {
         live_flows: usize,
         final_line: bool,
     ) -> Result<()> {
-        // Inserts the kernel made that are neither still in the map nor removed by us were
-        // evicted by the LRU under pressure.
-        let inserts = kernel.total(Counter::FlowInserts);
-        let evicted = inserts.saturating_sub(live_flows as u64 + self.flows_removed);
+        let evicted = kernel.total(Counter::FlowEvictions);
         let line = serde_json::json!({
             "kind": "stats",
             "final": final_line,
