@@ -9,13 +9,13 @@ use aya::{
 use shadowtap_agent::{
     capture::{
         CounterSnapshot, KernelMaps, Mode, TC_PROGRAM, Tap, TapOptions, XDP_PROGRAM, XdpMode,
-        default_wakeup_bytes,
+        default_wakeup_bytes, merge_stats,
     },
     decode::{self, LinkType},
 };
 use shadowtap_common::{
-    Counter, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, RECORD_HEADER_LEN, Record, RecordHeader,
-    RecordKind, SMALL_CAPTURE, SmallRecord, TLS_HEAD_LEN,
+    Counter, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowRecord, FlowSlot, FlowStats, MAX_CAPTURE,
+    RECORD_HEADER_LEN, Record, RecordHeader, RecordKind, SMALL_CAPTURE, SmallRecord, TLS_HEAD_LEN,
 };
 
 const XDP_DROP: u32 = 1;
@@ -60,7 +60,10 @@ struct Rec {
 
 struct Outcome {
     verdict: u32,
+    /// Frame records (every kind but `FlowEvicted`).
     records: Vec<Rec>,
+    /// Flow-cache slots the kernel flushed (`FlowEvicted` records).
+    evicted: Vec<FlowSlot>,
     delta: CounterSnapshot,
 }
 
@@ -133,10 +136,18 @@ impl Harness {
         let before = self.maps.counters().expect("counters");
         let verdict = self.test_run(frame, egress, 1);
         let mut records = Vec::new();
+        let mut evicted = Vec::new();
         while let Some(item) = self.ring.next() {
             assert!(item.len() >= RECORD_HEADER_LEN);
             // SAFETY: the record starts with a RecordHeader written by the kernel.
             let header: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if header.kind == RecordKind::FlowEvicted as u8 {
+                assert_eq!(item.len(), std::mem::size_of::<FlowRecord>());
+                // SAFETY: a FlowEvicted record is a FlowRecord, its size checked just above.
+                let rec: FlowRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                evicted.push(rec.slot);
+                continue;
+            }
             let data =
                 item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(header.cap_len)].to_vec();
             records.push(Rec {
@@ -149,6 +160,7 @@ impl Harness {
         Outcome {
             verdict,
             records,
+            evicted,
             delta,
         }
     }
@@ -642,4 +654,120 @@ fn flows_accumulate_per_direction() {
             .total(Counter::FlowInserts),
         2
     );
+}
+
+/// A TCP segment of the flow 10.2.0.1:`port` -> 10.2.0.2:80 with `payload`.
+fn tcp_flow(port: u16, payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([10, 2, 0, 1], [10, 2, 0, 2], 64)
+        .tcp(port, 80, 1000, 65535);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build frame");
+    out
+}
+
+/// Per flow: what the flow cache still holds plus every slot the kernel flushed.
+fn totals(
+    maps: &KernelMaps,
+    flushed: &[FlowSlot],
+) -> std::collections::HashMap<FlowKey, FlowStats> {
+    let mut out = std::collections::HashMap::new();
+    for f in maps.flows() {
+        merge_stats(out.entry(f.key).or_default(), &f.stats);
+    }
+    for slot in flushed {
+        merge_stats(out.entry(slot.key).or_default(), &slot.stats);
+    }
+    out
+}
+
+#[test]
+fn a_flood_of_new_flows_evicts_and_flushes_every_counter() {
+    // 8 slots, 300 flows, 3 rounds of 1..=3 packets each: most slots change hands many times.
+    let mut opts = options(Mode::Host);
+    opts.flow_entries = 8;
+    let mut h = Harness::new(&opts);
+    let mut flushed = Vec::new();
+    let mut sent: std::collections::HashMap<u16, (u64, u64, u64)> =
+        std::collections::HashMap::new();
+    let mut evictions = 0;
+    let mut inserts = 0;
+    for round in 0..3u16 {
+        for port in 30000..30300u16 {
+            let payload = vec![b'x'; usize::from(port % 7 + round)];
+            let frame = tcp_flow(port, &payload);
+            for _ in 0..=(port + round) % 3 {
+                let o = h.run(&frame, false);
+                assert!(o.records.is_empty());
+                assert_eq!(o.delta.get(DIR_INGRESS, Counter::FlowUpdateFailed), 0);
+                assert_eq!(
+                    o.delta.get(DIR_INGRESS, Counter::FlowEvictions),
+                    o.evicted.len() as u64
+                );
+                evictions += o.evicted.len();
+                inserts += o.delta.get(DIR_INGRESS, Counter::FlowInserts);
+                flushed.extend(o.evicted);
+                let e = sent.entry(port).or_default();
+                e.0 += 1;
+                e.1 += frame.len() as u64;
+                e.2 += payload.len() as u64;
+            }
+        }
+    }
+    assert!(evictions > 500, "only {evictions} evictions with 8 slots");
+    let live = h.maps.flows();
+    assert!(live.len() <= 8 && !live.is_empty());
+    // Every insert either still holds its slot or was flushed.
+    assert_eq!(inserts, evictions as u64 + live.len() as u64);
+    let totals = totals(&h.maps, &flushed);
+    assert_eq!(totals.len(), sent.len());
+    for (key, stats) in &totals {
+        let (packets, bytes, payload) = sent[&key.src_port];
+        assert_eq!(
+            (stats.packets, stats.bytes, stats.payload_bytes),
+            (packets, bytes, payload),
+            "flow from port {}",
+            key.src_port
+        );
+        assert!(stats.first_ns > 0 && stats.last_ns >= stats.first_ns);
+    }
+}
+
+#[test]
+fn a_full_ring_keeps_the_old_flow_and_counts_the_packet() {
+    // One slot and a ring too small for anything: the second flow cannot flush the first.
+    let mut opts = options(Mode::Host);
+    opts.flow_entries = 1;
+    opts.ringbuf_bytes = 4096;
+    opts.wakeup_bytes = default_wakeup_bytes(4096);
+    let mut h = Harness::new(&opts);
+    let a = tcp_flow(40001, b"aaaa");
+    let b = tcp_flow(40002, b"bbbb");
+    let first = h.run(&a, false);
+    assert_eq!(first.delta.get(DIR_INGRESS, Counter::FlowInserts), 1);
+    // Fill the ring with flushes of the two flows taking turns, without reading it.
+    let mut turns = 0u64;
+    loop {
+        let before = h.maps.counters().expect("counters");
+        h.test_run(if turns % 2 == 0 { &b } else { &a }, false, 1);
+        let d = h.counters_since(&before);
+        turns += 1;
+        if d.get(DIR_INGRESS, Counter::FlowUpdateFailed) == 1 {
+            assert_eq!(d.get(DIR_INGRESS, Counter::RingbufReserveFailed), 1);
+            assert_eq!(d.get(DIR_INGRESS, Counter::FlowEvictions), 0);
+            break;
+        }
+        assert_eq!(d.get(DIR_INGRESS, Counter::FlowEvictions), 1);
+        assert!(turns < 100, "the 4 KiB ring never filled");
+    }
+    // The flow that held the slot still does, with its packet; the failed packet is counted.
+    let flows = h.maps.flows();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].stats.packets, 1);
+    let c = h.maps.counters().expect("counters");
+    assert_eq!(
+        c.get(DIR_INGRESS, Counter::FlowInserts),
+        1 + c.get(DIR_INGRESS, Counter::FlowEvictions)
+    );
+    assert_eq!(c.get(DIR_INGRESS, Counter::FlowUpdateFailed), 1);
 }
