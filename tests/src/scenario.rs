@@ -441,12 +441,23 @@ pub fn start_agent(
     xdp_mode: XdpMode,
     dir: &Path,
 ) -> RunningAgent {
+    start_agent_with(pair, mode, xdp_mode, dir, Vec::new())
+}
+
+/// [`start_agent`] with more agent options.
+pub fn start_agent_with(
+    pair: &VethPair,
+    mode: CaptureMode,
+    xdp_mode: XdpMode,
+    dir: &Path,
+    extra_args: Vec<String>,
+) -> RunningAgent {
     let config = AgentConfig {
         iface: pair.server_if.clone(),
         mode,
         xdp_mode,
         stats_interval_secs: 1,
-        extra_args: Vec::new(),
+        extra_args,
     };
     let mut agent = must(RunningAgent::start(&pair.server, &config, dir));
     must(agent.wait_attached(&pair.server, AGENT_ATTACH_TIMEOUT));

@@ -19,8 +19,9 @@ use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::peer::{ClientSummary, ServerSummary};
 use shadowtap_tests::scenario::{
     ClientPlan, PORT, assert_loss_accounted, assert_peers_agree, finish_client, is_egress,
-    is_ingress, must, preflight_agent, run_client, serial, spawn_client, start_agent, start_server,
-    stop_agent_cleanly, stop_server, total_of, traffic_plan, work_dir,
+    is_ingress, must, preflight_agent, run_client, serial, spawn_client, start_agent,
+    start_agent_with, start_server, stats_number, stop_agent_cleanly, stop_server, total_of,
+    traffic_plan, work_dir,
 };
 use shadowtap_tests::support::require_tool;
 
@@ -91,17 +92,20 @@ fn drop_data_frames_after_the_taps(pair: &VethPair, dir: &Path) {
     }
 }
 
-fn live_http_counts(xdp_mode: XdpMode, wire: Wire) {
+/// `flow_slots`: the agent's `--flow-entries` (default when `None`).
+fn live_http_counts(xdp_mode: XdpMode, wire: Wire, flow_slots: Option<u32>) {
     preflight_agent();
     let _serial = serial();
-    let label = match wire {
-        Wire::Clean => "http",
-        Wire::LossyAfterTaps => "http-lossy",
+    let label = match (wire, flow_slots) {
+        (Wire::Clean, None) => "http",
+        (Wire::Clean, Some(_)) => "http-slots",
+        (Wire::LossyAfterTaps, _) => "http-lossy",
     };
     let dir = work_dir(&format!("{label}-{}", xdp_mode.as_arg()));
     let pair = must(VethPair::create(VethConfig::default()));
     let server = start_server(peer(), &pair, dir.path());
-    let agent = start_agent(&pair, CaptureMode::Host, xdp_mode, dir.path());
+    let extra = flow_slots.map_or_else(Vec::new, |n| vec!["--flow-entries".into(), n.to_string()]);
+    let agent = start_agent_with(&pair, CaptureMode::Host, xdp_mode, dir.path(), extra);
     if wire == Wire::LossyAfterTaps {
         drop_data_frames_after_the_taps(&pair, dir.path());
     }
@@ -176,6 +180,17 @@ fn live_http_counts(xdp_mode: XdpMode, wire: Wire) {
         "ring buffer overflowed in a test sized never to fill it; exact counts cannot be owed"
     );
 
+    if flow_slots.is_some() {
+        let stats = log.last_stats().expect("stats line");
+        let evictions = stats_number(&stats, "flow_evictions");
+        assert!(evictions > 0, "no flow slot changed hands: {stats}");
+        assert_eq!(
+            stats_number(&stats, "flow_evictions_received"),
+            evictions,
+            "flushed slots the agent did not read: {stats}"
+        );
+        assert_eq!(stats_number(&stats, "flow_update_failed"), 0, "{stats}");
+    }
     assert_common_fields(log, &pair.server_if);
     assert_http_events(log, &peers);
     assert_connection_events(log, &plans, connections);
@@ -377,18 +392,25 @@ impl DirectionBytes {
 
 #[test]
 fn agent_counts_live_http_exactly_xdp_driver() {
-    live_http_counts(XdpMode::Driver, Wire::Clean);
+    live_http_counts(XdpMode::Driver, Wire::Clean, None);
 }
 
 #[test]
 fn agent_counts_live_http_exactly_xdp_skb() {
-    live_http_counts(XdpMode::Skb, Wire::Clean);
+    live_http_counts(XdpMode::Skb, Wire::Clean, None);
+}
+
+/// Exact flow bytes when the connections take turns in a two-slot flow cache: every flow's
+/// slot is flushed to the agent many times over, and its totals must still come out exact.
+#[test]
+fn agent_counts_live_http_exactly_through_a_two_slot_flow_cache() {
+    live_http_counts(XdpMode::Skb, Wire::Clean, Some(2));
 }
 
 /// Exact counts even when TCP retransmits: every copy is on the wire, the agent counts each.
 #[test]
 fn agent_counts_live_http_exactly_with_retransmissions_xdp_skb() {
-    live_http_counts(XdpMode::Skb, Wire::LossyAfterTaps);
+    live_http_counts(XdpMode::Skb, Wire::LossyAfterTaps, None);
 }
 
 /// SIGKILL gives the agent no chance to detach: whatever it attached must go with its file
