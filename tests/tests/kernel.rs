@@ -749,7 +749,7 @@ fn a_full_ring_keeps_the_old_flow_and_counts_the_packet() {
     let mut turns = 0u64;
     loop {
         let before = h.maps.counters().expect("counters");
-        h.test_run(if turns % 2 == 0 { &b } else { &a }, false, 1);
+        h.test_run(if turns.is_multiple_of(2) { &b } else { &a }, false, 1);
         let d = h.counters_since(&before);
         turns += 1;
         if d.get(DIR_INGRESS, Counter::FlowUpdateFailed) == 1 {

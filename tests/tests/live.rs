@@ -182,14 +182,14 @@ fn live_http_counts(xdp_mode: XdpMode, wire: Wire, flow_slots: Option<u32>) {
 
     if flow_slots.is_some() {
         let stats = log.last_stats().expect("stats line");
-        let evictions = stats_number(&stats, "flow_evictions");
+        let evictions = stats_number(stats, "flow_evictions");
         assert!(evictions > 0, "no flow slot changed hands: {stats}");
         assert_eq!(
-            stats_number(&stats, "flow_evictions_received"),
+            stats_number(stats, "flow_evictions_received"),
             evictions,
             "flushed slots the agent did not read: {stats}"
         );
-        assert_eq!(stats_number(&stats, "flow_update_failed"), 0, "{stats}");
+        assert_eq!(stats_number(stats, "flow_update_failed"), 0, "{stats}");
     }
     assert_common_fields(log, &pair.server_if);
     assert_http_events(log, &peers);
