@@ -389,7 +389,7 @@ fn update_flow(p: &Parsed, frame_len: u32, now: u64, cfg: &Config, ctrs: Ctrs) {
                 return;
             }
             // Another flow holds the slot: flush its counters before taking it over.
-            if !flush_slot(slot, ctrs) {
+            if !flush_slot(slot, cfg, ctrs) {
                 count(ctrs, Counter::FlowUpdateFailed, 1);
                 return;
             }
@@ -415,7 +415,7 @@ fn update_flow(p: &Parsed, frame_len: u32, now: u64, cfg: &Config, ctrs: Ctrs) {
 /// # Safety
 /// `slot` is this CPU's value of a `FLOWS` slot.
 #[inline(always)]
-unsafe fn flush_slot(slot: *mut FlowSlot, ctrs: Ctrs) -> bool {
+unsafe fn flush_slot(slot: *mut FlowSlot, cfg: &Config, ctrs: Ctrs) -> bool {
     let Some(mut entry) = EVENTS.reserve::<FlowRecord>(0) else {
         count(ctrs, Counter::RingbufReserveFailed, 1);
         return false;
@@ -442,7 +442,8 @@ unsafe fn flush_slot(slot: *mut FlowSlot, ctrs: Ctrs) -> bool {
         }
         (*slot).stats.packets = 0;
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    // A flood of new flows fills the ring with these: the same early wakeup as for frames.
+    entry.submit(wakeup_flags(cfg, core::mem::size_of::<FlowRecord>(), ctrs));
     count(ctrs, Counter::FlowEvictions, 1);
     true
 }
