@@ -771,3 +771,31 @@ fn a_full_ring_keeps_the_old_flow_and_counts_the_packet() {
     );
     assert_eq!(c.get(DIR_INGRESS, Counter::FlowUpdateFailed), 1);
 }
+
+#[test]
+fn flows_are_read_whole_across_batches_of_slots() {
+    // 4096 slots are read in several batches; 300 flows land all over them.
+    let mut opts = options(Mode::Host);
+    opts.flow_entries = 4096;
+    let mut h = Harness::new(&opts);
+    let mut flushed = Vec::new();
+    for port in 31000..31300u16 {
+        let frame = tcp_flow(port, &[b'y'; 10]);
+        for _ in 0..2 {
+            flushed.extend(h.run(&frame, false).evicted);
+        }
+    }
+    let totals = totals(&h.maps, &flushed);
+    assert_eq!(totals.len(), 300);
+    assert!(
+        totals
+            .values()
+            .all(|s| (s.packets, s.payload_bytes) == (2, 20)),
+        "a flow's counters went missing"
+    );
+    let occupied = h.maps.flows().len();
+    assert!(
+        occupied >= 300 - flushed.len(),
+        "{occupied} flows in the slots"
+    );
+}

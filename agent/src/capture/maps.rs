@@ -1,10 +1,14 @@
 //! Userspace views of the kernel's counter and flow maps.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
+    util::nr_cpus,
 };
 use shadowtap_common::{
     COUNTER_COUNT, Counter, Counters, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowStats,
@@ -56,6 +60,8 @@ pub struct FlowEntry {
 pub struct KernelMaps {
     counters: PerCpuArray<MapData, Counters>,
     flows: PerCpuArray<MapData, FlowSlot>,
+    /// A duplicate of the flow cache's descriptor, for batched reads.
+    flows_fd: Option<OwnedFd>,
     slots: u32,
 }
 
@@ -67,6 +73,10 @@ impl KernelMaps {
         let flows = ebpf
             .take_map("FLOWS")
             .ok_or(CaptureError::MissingMap("FLOWS"))?;
+        let flows_fd = match &flows {
+            Map::PerCpuArray(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
         let flows: PerCpuArray<MapData, FlowSlot> =
             PerCpuArray::try_from(flows).map_err(|e| CaptureError::Map("FLOWS", e))?;
         Ok(Self {
@@ -74,6 +84,7 @@ impl KernelMaps {
                 .map_err(|e| CaptureError::Map("COUNTERS", e))?,
             slots: flows.len(),
             flows,
+            flows_fd,
         })
     }
 
@@ -97,24 +108,98 @@ impl KernelMaps {
     }
 
     /// Every flow in the flow cache, its slots on all CPUs summed (a flow has one slot per
-    /// CPU it was seen on). One lookup per slot index (each returns all CPUs' values).
+    /// CPU it was seen on). Read in batches of slot indices (`BPF_MAP_LOOKUP_BATCH`, each
+    /// index with all CPUs' values); one lookup per index where batches are not supported.
     pub fn flows(&self) -> Vec<FlowEntry> {
         let mut by_key: HashMap<FlowKey, FlowStats> = HashMap::new();
-        for index in 0..self.slots {
-            let Ok(values) = self.flows.get(&index, 0) else {
-                continue;
-            };
-            for slot in values.iter() {
-                if slot.stats.packets == 0 {
-                    continue;
+        let batched = match (&self.flows_fd, nr_cpus()) {
+            (Some(fd), Ok(cpus)) => read_batched(fd.as_raw_fd(), cpus.get() as usize),
+            _ => None,
+        };
+        let occupied = batched.unwrap_or_else(|| {
+            let mut out = Vec::new();
+            for index in 0..self.slots {
+                if let Ok(values) = self.flows.get(&index, 0) {
+                    out.extend(values.iter().filter(|s| s.stats.packets != 0).copied());
                 }
-                merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
             }
+            out
+        });
+        for slot in &occupied {
+            merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
         }
         by_key
             .into_iter()
             .map(|(key, stats)| FlowEntry { key, stats })
             .collect()
+    }
+}
+
+/// `union bpf_attr` for `BPF_MAP_LOOKUP_BATCH` (its `batch` member).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The occupied slots (every CPU's) of the per-CPU flow cache behind `fd`, read in batches of
+/// indices; `None` when the kernel refused a batch (the caller then reads index by index).
+fn read_batched(fd: i32, cpus: usize) -> Option<Vec<FlowSlot>> {
+    const BATCH: usize = 1024;
+    let mut keys = vec![0u32; BATCH];
+    // A per-CPU map's batch holds, per key, one value per possible CPU, each rounded up to 8
+    // bytes (FlowSlot is 96).
+    let mut values = vec![FlowSlot::default(); BATCH * cpus];
+    let mut out = Vec::new();
+    let mut token = 0u32;
+    let mut next = 0u32;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const token) as u64 },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` points at buffers of `count` keys and `count * cpus` values, and at
+        // the two batch tokens, all alive for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        // ENOENT: the last batch (possibly empty) was returned.
+        let done = ret < 0;
+        if done && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            return None;
+        }
+        let n = (attr.count as usize).min(BATCH);
+        out.extend(
+            values[..n * cpus]
+                .iter()
+                .filter(|s| s.stats.packets != 0)
+                .copied(),
+        );
+        if done {
+            return Some(out);
+        }
+        token = next;
+        first = false;
     }
 }
 
