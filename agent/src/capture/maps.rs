@@ -112,21 +112,25 @@ impl KernelMaps {
     /// index with all CPUs' values); one lookup per index where batches are not supported.
     pub fn flows(&self) -> Vec<FlowEntry> {
         let mut by_key: HashMap<FlowKey, FlowStats> = HashMap::new();
-        let batched = match (&self.flows_fd, nr_cpus()) {
-            (Some(fd), Ok(cpus)) => read_batched(fd.as_raw_fd(), cpus.get() as usize),
-            _ => None,
+        let mut add = |slot: &FlowSlot| {
+            if slot.stats.packets != 0 {
+                merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
+            }
         };
-        let occupied = batched.unwrap_or_else(|| {
-            let mut out = Vec::new();
+        let batched = match (&self.flows_fd, nr_cpus()) {
+            (Some(fd), Ok(cpus)) => read_batched(fd.as_raw_fd(), cpus.get() as usize, &mut add),
+            _ => false,
+        };
+        if !batched {
+            // Nothing of a refused batch pass may count twice.
+            by_key.clear();
             for index in 0..self.slots {
                 if let Ok(values) = self.flows.get(&index, 0) {
-                    out.extend(values.iter().filter(|s| s.stats.packets != 0).copied());
+                    for slot in values.iter().filter(|s| s.stats.packets != 0) {
+                        merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
+                    }
                 }
             }
-            out
-        });
-        for slot in &occupied {
-            merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
         }
         by_key
             .into_iter()
@@ -150,15 +154,15 @@ struct BatchAttr {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// The occupied slots (every CPU's) of the per-CPU flow cache behind `fd`, read in batches of
-/// indices; `None` when the kernel refused a batch (the caller then reads index by index).
-fn read_batched(fd: i32, cpus: usize) -> Option<Vec<FlowSlot>> {
+/// Calls `each` with every CPU's value of every slot of the per-CPU flow cache behind `fd`,
+/// read in batches of indices; false when the kernel refused a batch (the caller then discards
+/// what `each` saw and reads index by index).
+fn read_batched(fd: i32, cpus: usize, each: &mut impl FnMut(&FlowSlot)) -> bool {
     const BATCH: usize = 1024;
     let mut keys = vec![0u32; BATCH];
     // A per-CPU map's batch holds, per key, one value per possible CPU, each rounded up to 8
     // bytes (FlowSlot is 96).
     let mut values = vec![FlowSlot::default(); BATCH * cpus];
-    let mut out = Vec::new();
     let mut token = 0u32;
     let mut next = 0u32;
     let mut first = true;
@@ -186,17 +190,12 @@ fn read_batched(fd: i32, cpus: usize) -> Option<Vec<FlowSlot>> {
         // ENOENT: the last batch (possibly empty) was returned.
         let done = ret < 0;
         if done && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-            return None;
+            return false;
         }
         let n = (attr.count as usize).min(BATCH);
-        out.extend(
-            values[..n * cpus]
-                .iter()
-                .filter(|s| s.stats.packets != 0)
-                .copied(),
-        );
+        values[..n * cpus].iter().for_each(&mut *each);
         if done {
-            return Some(out);
+            return true;
         }
         token = next;
         first = false;

@@ -90,12 +90,33 @@ pub(crate) enum StatsOut {
 /// The agent's view of one flow of the kernel's flow cache.
 #[derive(Clone, Copy, Debug, Default)]
 struct FlowState {
-    /// Totals already written as `flow` events (each field only grows).
-    exported: FlowStats,
+    /// Packets, bytes and payload bytes already written as `flow` events (each only grows).
+    exported: [u64; 3],
     /// Sum of the slots the kernel flushed for this flow (`FlowEvicted` records).
     flushed: FlowStats,
     /// The last export that found the flow in a slot.
     live_at: u64,
+}
+
+impl FlowState {
+    /// The delta from what was exported to `total`, if the flow moved; records it as exported
+    /// (field-wise maximum, so a total that dipped while a flush was in flight exports nothing
+    /// twice when it comes back).
+    fn advance(&mut self, total: &FlowStats) -> Option<FlowStats> {
+        let now = [total.packets, total.bytes, total.payload_bytes];
+        let [packets, bytes, payload_bytes] =
+            std::array::from_fn(|i| now[i].saturating_sub(self.exported[i]));
+        if packets == 0 && bytes == 0 {
+            return None;
+        }
+        self.exported = std::array::from_fn(|i| self.exported[i].max(now[i]));
+        Some(FlowStats {
+            packets,
+            bytes,
+            payload_bytes,
+            ..*total
+        })
+    }
 }
 
 pub(crate) struct Pipeline {
@@ -276,64 +297,48 @@ impl Pipeline {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
         self.export_tick += 1;
         let tick = self.export_tick;
+        let mut moved: Vec<(FlowKey, FlowStats)> = Vec::new();
         let live = maps.flows();
         self.live_flows = live.len();
-        let mut in_slots: HashMap<FlowKey, FlowStats> = HashMap::with_capacity(live.len());
-        for entry in live {
-            self.flows.entry(entry.key).or_default().live_at = tick;
-            in_slots.insert(entry.key, entry.stats);
-        }
-        let mut forget = Vec::new();
-        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
-        for key in keys {
-            let Some(state) = self.flows.get(&key).copied() else {
-                continue;
-            };
+        for entry in &live {
+            let state = self.flows.entry(entry.key).or_default();
+            state.live_at = tick;
             let mut total = state.flushed;
-            if let Some(s) = in_slots.get(&key) {
-                capture::merge_stats(&mut total, s);
-            }
-            let prev = state.exported;
-            let delta = FlowStats {
-                packets: total.packets.saturating_sub(prev.packets),
-                bytes: total.bytes.saturating_sub(prev.bytes),
-                payload_bytes: total.payload_bytes.saturating_sub(prev.payload_bytes),
-                first_ns: total.first_ns,
-                last_ns: total.last_ns,
-                tcp_flags: total.tcp_flags,
-                _pad: 0,
-            };
-            if delta.packets > 0 || delta.bytes > 0 {
-                let iface = self.ifname(key.ifindex);
-                match flow_event(&key, &delta, iface, self) {
-                    Some(flow) => {
-                        if let Some(sink) = &mut self.events {
-                            sink.line(&Event::Flow(flow))?;
-                            self.counters.flow_events_written += 1;
-                        }
-                    }
-                    None => self.counters.flows_without_ports += 1,
-                }
-                if let Some(st) = self.flows.get_mut(&key) {
-                    st.exported = FlowStats {
-                        packets: prev.packets.max(total.packets),
-                        bytes: prev.bytes.max(total.bytes),
-                        payload_bytes: prev.payload_bytes.max(total.payload_bytes),
-                        ..total
-                    };
-                }
-            }
-            if !final_export
-                && tick.saturating_sub(state.live_at) >= 2
-                && now_mono.saturating_sub(total.last_ns) > idle_ns
-            {
-                forget.push(key);
+            capture::merge_stats(&mut total, &entry.stats);
+            if let Some(delta) = state.advance(&total) {
+                moved.push((entry.key, delta));
             }
         }
-        for key in forget {
-            self.flows.remove(&key);
-            self.flows_removed += 1;
-            self.counters.flows_removed_idle += 1;
+        drop(live);
+        // Flows no slot holds: what the kernel flushed of them.
+        let mut forgotten = 0;
+        self.flows.retain(|key, state| {
+            if state.live_at == tick {
+                return true;
+            }
+            let total = state.flushed;
+            if let Some(delta) = state.advance(&total) {
+                moved.push((*key, delta));
+            }
+            let forget = !final_export
+                && tick.saturating_sub(state.live_at) >= 2
+                && now_mono.saturating_sub(total.last_ns) > idle_ns;
+            forgotten += u64::from(forget);
+            !forget
+        });
+        self.flows_removed += forgotten;
+        self.counters.flows_removed_idle += forgotten;
+        for (key, delta) in moved {
+            let iface = self.ifname(key.ifindex);
+            match flow_event(&key, &delta, iface, self) {
+                Some(flow) => {
+                    if let Some(sink) = &mut self.events {
+                        sink.line(&Event::Flow(flow))?;
+                        self.counters.flow_events_written += 1;
+                    }
+                }
+                None => self.counters.flows_without_ports += 1,
+            }
         }
         Ok(())
     }
