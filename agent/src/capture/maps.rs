@@ -111,6 +111,14 @@ impl KernelMaps {
     /// CPU it was seen on). Read in batches of slot indices (`BPF_MAP_LOOKUP_BATCH`, each
     /// index with all CPUs' values); one lookup per index where batches are not supported.
     pub fn flows(&self) -> Vec<FlowEntry> {
+        self.flow_totals()
+            .into_iter()
+            .map(|(key, stats)| FlowEntry { key, stats })
+            .collect()
+    }
+
+    /// [`KernelMaps::flows`] as a map by key (without the extra copy).
+    pub fn flow_totals(&self) -> HashMap<FlowKey, FlowStats> {
         let mut by_key: HashMap<FlowKey, FlowStats> = HashMap::new();
         let mut add = |slot: &FlowSlot| {
             if slot.stats.packets != 0 {
@@ -133,9 +141,6 @@ impl KernelMaps {
             }
         }
         by_key
-            .into_iter()
-            .map(|(key, stats)| FlowEntry { key, stats })
-            .collect()
     }
 }
 

@@ -298,15 +298,15 @@ impl Pipeline {
         self.export_tick += 1;
         let tick = self.export_tick;
         let mut moved: Vec<(FlowKey, FlowStats)> = Vec::new();
-        let live = maps.flows();
+        let live = maps.flow_totals();
         self.live_flows = live.len();
-        for entry in &live {
-            let state = self.flows.entry(entry.key).or_default();
+        for (key, stats) in &live {
+            let state = self.flows.entry(*key).or_default();
             state.live_at = tick;
             let mut total = state.flushed;
-            capture::merge_stats(&mut total, &entry.stats);
+            capture::merge_stats(&mut total, stats);
             if let Some(delta) = state.advance(&total) {
-                moved.push((entry.key, delta));
+                moved.push((*key, delta));
             }
         }
         drop(live);
