@@ -62,6 +62,8 @@ pub struct KernelMaps {
     flows: PerCpuArray<MapData, FlowSlot>,
     /// A duplicate of the flow cache's descriptor, for batched reads.
     flows_fd: Option<OwnedFd>,
+    /// Possible CPUs when batched reads work here (probed once), else `None`.
+    batch_cpus: Option<usize>,
     slots: u32,
 }
 
@@ -79,12 +81,20 @@ impl KernelMaps {
         };
         let flows: PerCpuArray<MapData, FlowSlot> =
             PerCpuArray::try_from(flows).map_err(|e| CaptureError::Map("FLOWS", e))?;
+        let batch_cpus = match (&flows_fd, nr_cpus()) {
+            (Some(fd), Ok(cpus)) => {
+                let cpus = cpus.get() as usize;
+                read_batched(fd.as_raw_fd(), cpus, &mut |_| {}).then_some(cpus)
+            }
+            _ => None,
+        };
         Ok(Self {
             counters: PerCpuArray::try_from(counters)
                 .map_err(|e| CaptureError::Map("COUNTERS", e))?,
             slots: flows.len(),
             flows,
             flows_fd,
+            batch_cpus,
         })
     }
 
@@ -117,30 +127,31 @@ impl KernelMaps {
             .collect()
     }
 
-    /// [`KernelMaps::flows`] as a map by key (without the extra copy).
+    /// [`KernelMaps::flows`] as a map by key.
     pub fn flow_totals(&self) -> HashMap<FlowKey, FlowStats> {
         let mut by_key: HashMap<FlowKey, FlowStats> = HashMap::new();
-        let mut add = |slot: &FlowSlot| {
+        self.for_each_slot(|slot| merge_stats(by_key.entry(slot.key).or_default(), &slot.stats));
+        by_key
+    }
+
+    /// Calls `each` with every occupied slot, every CPU's. Batched where the kernel supports
+    /// it (checked when the maps were taken), else one lookup per index. A batch the kernel
+    /// refuses mid-pass ends the pass early: a flow it missed looks absent for one export.
+    pub fn for_each_slot(&self, mut each: impl FnMut(&FlowSlot)) {
+        let mut occupied = |slot: &FlowSlot| {
             if slot.stats.packets != 0 {
-                merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
+                each(slot);
             }
         };
-        let batched = match (&self.flows_fd, nr_cpus()) {
-            (Some(fd), Ok(cpus)) => read_batched(fd.as_raw_fd(), cpus.get() as usize, &mut add),
-            _ => false,
-        };
-        if !batched {
-            // Nothing of a refused batch pass may count twice.
-            by_key.clear();
-            for index in 0..self.slots {
-                if let Ok(values) = self.flows.get(&index, 0) {
-                    for slot in values.iter().filter(|s| s.stats.packets != 0) {
-                        merge_stats(by_key.entry(slot.key).or_default(), &slot.stats);
-                    }
-                }
+        if let (Some(fd), Some(cpus)) = (&self.flows_fd, self.batch_cpus) {
+            read_batched(fd.as_raw_fd(), cpus, &mut occupied);
+            return;
+        }
+        for index in 0..self.slots {
+            if let Ok(values) = self.flows.get(&index, 0) {
+                values.iter().for_each(&mut occupied);
             }
         }
-        by_key
     }
 }
 
@@ -160,8 +171,7 @@ struct BatchAttr {
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Calls `each` with every CPU's value of every slot of the per-CPU flow cache behind `fd`,
-/// read in batches of indices; false when the kernel refused a batch (the caller then discards
-/// what `each` saw and reads index by index).
+/// read in batches of indices; false when the kernel refused a batch.
 fn read_batched(fd: i32, cpus: usize, each: &mut impl FnMut(&FlowSlot)) -> bool {
     const BATCH: usize = 1024;
     let mut keys = vec![0u32; BATCH];

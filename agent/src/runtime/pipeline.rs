@@ -94,6 +94,8 @@ struct FlowState {
     exported: [u64; 3],
     /// Sum of the slots the kernel flushed for this flow (`FlowEvicted` records).
     flushed: FlowStats,
+    /// Sum of its slots at the export `live_at` (filled while reading the flow cache).
+    in_slots: FlowStats,
     /// The last export that found the flow in a slot.
     live_at: u64,
 }
@@ -297,49 +299,61 @@ impl Pipeline {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
         self.export_tick += 1;
         let tick = self.export_tick;
-        let mut moved: Vec<(FlowKey, FlowStats)> = Vec::new();
-        let live = maps.flow_totals();
-        self.live_flows = live.len();
-        for (key, stats) in &live {
-            let state = self.flows.entry(*key).or_default();
-            state.live_at = tick;
-            let mut total = state.flushed;
-            capture::merge_stats(&mut total, stats);
-            if let Some(delta) = state.advance(&total) {
-                moved.push((*key, delta));
+        // Taken out so events can be written while walking it; put back on every path.
+        let mut flows = std::mem::take(&mut self.flows);
+        maps.for_each_slot(|slot| {
+            let state = flows.entry(slot.key).or_default();
+            if state.live_at != tick {
+                state.live_at = tick;
+                state.in_slots = FlowStats::default();
             }
-        }
-        drop(live);
-        // Flows no slot holds: what the kernel flushed of them.
-        let mut forgotten = 0;
-        self.flows.retain(|key, state| {
-            if state.live_at == tick {
-                return true;
-            }
-            let total = state.flushed;
-            if let Some(delta) = state.advance(&total) {
-                moved.push((*key, delta));
-            }
-            let forget = !final_export
-                && tick.saturating_sub(state.live_at) >= 2
-                && now_mono.saturating_sub(total.last_ns) > idle_ns;
-            forgotten += u64::from(forget);
-            !forget
+            capture::merge_stats(&mut state.in_slots, &slot.stats);
         });
-        self.flows_removed += forgotten;
-        self.counters.flows_removed_idle += forgotten;
-        for (key, delta) in moved {
-            let iface = self.ifname(key.ifindex);
-            match flow_event(&key, &delta, iface, self) {
-                Some(flow) => {
-                    if let Some(sink) = &mut self.events {
-                        sink.line(&Event::Flow(flow))?;
-                        self.counters.flow_events_written += 1;
+        let walked = self.export_flow_deltas(&mut flows, tick, now_mono, idle_ns, final_export);
+        self.flows = flows;
+        walked
+    }
+
+    fn export_flow_deltas(
+        &mut self,
+        flows: &mut HashMap<FlowKey, FlowState>,
+        tick: u64,
+        now_mono: u64,
+        idle_ns: u64,
+        final_export: bool,
+    ) -> Result<()> {
+        let mut live = 0;
+        let mut forget = Vec::new();
+        for (key, state) in flows.iter_mut() {
+            let mut total = state.flushed;
+            if state.live_at == tick {
+                live += 1;
+                capture::merge_stats(&mut total, &state.in_slots);
+            } else if !final_export
+                && tick.saturating_sub(state.live_at) >= 2
+                && now_mono.saturating_sub(total.last_ns) > idle_ns
+            {
+                forget.push(*key);
+            }
+            if let Some(delta) = state.advance(&total) {
+                let iface = self.ifname(key.ifindex);
+                match flow_event(key, &delta, iface, self) {
+                    Some(flow) => {
+                        if let Some(sink) = &mut self.events {
+                            sink.line(&Event::Flow(flow))?;
+                            self.counters.flow_events_written += 1;
+                        }
                     }
+                    None => self.counters.flows_without_ports += 1,
                 }
-                None => self.counters.flows_without_ports += 1,
             }
         }
+        self.live_flows = live;
+        for key in &forget {
+            flows.remove(key);
+        }
+        self.flows_removed += forget.len() as u64;
+        self.counters.flows_removed_idle += forget.len() as u64;
         Ok(())
     }
 
