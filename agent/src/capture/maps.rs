@@ -138,18 +138,25 @@ impl KernelMaps {
     /// it (checked when the maps were taken), else one lookup per index. A batch the kernel
     /// refuses mid-pass ends the pass early: a flow it missed looks absent for one export.
     pub fn for_each_slot(&self, mut each: impl FnMut(&FlowSlot)) {
-        let mut occupied = |slot: &FlowSlot| {
-            if slot.stats.packets != 0 {
-                each(slot);
-            }
-        };
+        self.for_each_index(|slots| {
+            slots
+                .iter()
+                .filter(|slot| slot.stats.packets != 0)
+                .for_each(&mut each);
+        });
+    }
+
+    /// Calls `each` with the slots of one index on every possible CPU, index by index (as
+    /// [`KernelMaps::for_each_slot`], empty slots included). A flow's index is the same on
+    /// every CPU, so all of a flow's slots are in one call.
+    pub fn for_each_index(&self, mut each: impl FnMut(&[FlowSlot])) {
         if let (Some(fd), Some(cpus)) = (&self.flows_fd, self.batch_cpus) {
-            read_batched(fd.as_raw_fd(), cpus, &mut occupied);
+            read_batched(fd.as_raw_fd(), cpus, &mut each);
             return;
         }
         for index in 0..self.slots {
             if let Ok(values) = self.flows.get(&index, 0) {
-                values.iter().for_each(&mut occupied);
+                each(&values);
             }
         }
     }
@@ -170,9 +177,9 @@ struct BatchAttr {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Calls `each` with every CPU's value of every slot of the per-CPU flow cache behind `fd`,
-/// read in batches of indices; false when the kernel refused a batch.
-fn read_batched(fd: i32, cpus: usize, each: &mut impl FnMut(&FlowSlot)) -> bool {
+/// Calls `each` with every index's values (one per possible CPU) of the per-CPU flow cache
+/// behind `fd`, read in batches of indices; false when the kernel refused a batch.
+fn read_batched(fd: i32, cpus: usize, each: &mut impl FnMut(&[FlowSlot])) -> bool {
     const BATCH: usize = 1024;
     let mut keys = vec![0u32; BATCH];
     // A per-CPU map's batch holds, per key, one value per possible CPU, each rounded up to 8
@@ -208,7 +215,7 @@ fn read_batched(fd: i32, cpus: usize, each: &mut impl FnMut(&FlowSlot)) -> bool 
             return false;
         }
         let n = (attr.count as usize).min(BATCH);
-        values[..n * cpus].iter().for_each(&mut *each);
+        values[..n * cpus].chunks_exact(cpus).for_each(&mut *each);
         if done {
             return true;
         }

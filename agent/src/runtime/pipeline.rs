@@ -6,7 +6,7 @@ use std::{collections::HashMap, fs::File, io::Write, path::PathBuf, sync::Arc};
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use shadowtap_common::{
-    Counter, DIR_EGRESS, FlowKey, FlowRecord, FlowStats, RECORD_HEADER_LEN, RecordHeader,
+    Counter, DIR_EGRESS, FlowKey, FlowRecord, FlowSlot, FlowStats, RECORD_HEADER_LEN, RecordHeader,
     RecordKind,
 };
 
@@ -87,38 +87,91 @@ pub(crate) enum StatsOut {
     Off,
 }
 
-/// The agent's view of one flow of the kernel's flow cache.
+/// The agent's view of one flow of the kernel's flow cache: 48 bytes, as main's
+/// exported-totals entry was (a table entry per flow seen, until it is forgotten).
 #[derive(Clone, Copy, Debug, Default)]
 struct FlowState {
-    /// Packets, bytes and payload bytes already written as `flow` events (each only grows).
-    exported: [u64; 3],
-    /// Sum of the slots the kernel flushed for this flow (`FlowEvicted` records).
-    flushed: FlowStats,
-    /// Sum of its slots at the export `live_at` (filled while reading the flow cache).
-    in_slots: FlowStats,
-    /// The last export that found the flow in a slot.
-    live_at: u64,
+    /// Per counter (packets, bytes, payload bytes): what the kernel flushed for this flow
+    /// (`FlowEvicted` records) minus what was written as `flow` events. Positive: flushed
+    /// counters no export carried yet; negative: exported slot counters whose flush has not
+    /// arrived (it then cancels them out).
+    pending: [i64; 3],
+    /// Earliest first packet and latest last packet over the flow's slots and flushes seen
+    /// (`last_ns == 0`: none yet).
+    first_ns: u64,
+    last_ns: u64,
+    /// TCP flags seen, OR-ed over the flow's slots and flushes.
+    tcp_flags: u32,
+    /// The last export (its tick) that found the flow in a slot.
+    live_at: u32,
 }
 
 impl FlowState {
-    /// The delta from what was exported to `total`, if the flow moved; records it as exported
-    /// (field-wise maximum, so a total that dipped while a flush was in flight exports nothing
-    /// twice when it comes back).
-    fn advance(&mut self, total: &FlowStats) -> Option<FlowStats> {
-        let now = [total.packets, total.bytes, total.payload_bytes];
-        let [packets, bytes, payload_bytes] =
-            std::array::from_fn(|i| now[i].saturating_sub(self.exported[i]));
+    fn counts(s: &FlowStats) -> [u64; 3] {
+        [s.packets, s.bytes, s.payload_bytes]
+    }
+
+    /// Widens the times and ORs the flags with `s`'s.
+    fn see(&mut self, s: &FlowStats) {
+        if s.packets == 0 {
+            return;
+        }
+        self.first_ns = if self.last_ns == 0 {
+            s.first_ns
+        } else {
+            self.first_ns.min(s.first_ns)
+        };
+        self.last_ns = self.last_ns.max(s.last_ns);
+        self.tcp_flags |= s.tcp_flags;
+    }
+
+    /// A slot the kernel flushed for this flow.
+    fn flushed(&mut self, s: &FlowStats) {
+        let add = Self::counts(s);
+        for (p, a) in self.pending.iter_mut().zip(add) {
+            *p = p.saturating_add(i64::try_from(a).unwrap_or(i64::MAX));
+        }
+        self.see(s);
+    }
+
+    /// The delta to export when the flow's slots now hold `in_slots` (zero when no slot holds
+    /// it), if the flow moved; records it as exported. Totals (flushed + in slots) that dip
+    /// while a flush is in flight export nothing twice when they come back: what was exported
+    /// is the field-wise maximum of the totals so far.
+    fn advance(&mut self, in_slots: [u64; 3]) -> Option<FlowStats> {
+        let [packets, bytes, payload_bytes] = std::array::from_fn(|i| {
+            let total = i128::from(in_slots[i]) + i128::from(self.pending[i]);
+            u64::try_from(total.max(0)).unwrap_or(u64::MAX)
+        });
         if packets == 0 && bytes == 0 {
             return None;
         }
-        self.exported = std::array::from_fn(|i| self.exported[i].max(now[i]));
+        for (p, s) in self.pending.iter_mut().zip(in_slots) {
+            let exported_slots = i64::try_from(-i128::from(s)).unwrap_or(i64::MIN);
+            *p = (*p).min(exported_slots);
+        }
         Some(FlowStats {
             packets,
             bytes,
             payload_bytes,
-            ..*total
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            tcp_flags: self.tcp_flags,
+            _pad: 0,
         })
     }
+}
+
+/// Key order for grouping one index's slots by flow.
+fn key_order(k: &FlowKey) -> impl Ord {
+    (
+        k.src,
+        k.dst,
+        k.ifindex,
+        k.src_port,
+        k.dst_port,
+        (k.proto, k.family, k.direction),
+    )
 }
 
 pub(crate) struct Pipeline {
@@ -133,8 +186,10 @@ pub(crate) struct Pipeline {
     /// Per flow: what was exported and what the kernel flushed, so each `flow` event carries
     /// a delta.
     flows: HashMap<FlowKey, FlowState>,
-    /// Exports so far (`FlowState::live_at` refers to them).
-    export_tick: u64,
+    /// Exports so far, wrapping (`FlowState::live_at` refers to them).
+    export_tick: u32,
+    /// One index's occupied slots, grouped by flow while reading the flow cache.
+    index_scratch: Vec<FlowSlot>,
     flows_removed: u64,
     /// Flows in the kernel map at the last export (iterating the map costs a syscall per entry,
     /// so it is only walked on the stats tick).
@@ -170,6 +225,7 @@ impl Pipeline {
             realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
             flows: HashMap::new(),
             export_tick: 0,
+            index_scratch: Vec::new(),
             flows_removed: 0,
             live_flows: 0,
             scratch: Vec::new(),
@@ -260,8 +316,10 @@ impl Pipeline {
         // SAFETY: FlowRecord is plain old data and `bytes` holds at least its size.
         let rec: FlowRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         self.counters.flow_evictions_received += 1;
-        let state = self.flows.entry(rec.slot.key).or_default();
-        capture::merge_stats(&mut state.flushed, &rec.slot.stats);
+        self.flows
+            .entry(rec.slot.key)
+            .or_default()
+            .flushed(&rec.slot.stats);
     }
 
     fn ifname(&mut self, ifindex: u32) -> Arc<str> {
@@ -297,63 +355,94 @@ impl Pipeline {
         final_export: bool,
     ) -> Result<()> {
         let now_mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0);
-        self.export_tick += 1;
+        self.export_tick = self.export_tick.wrapping_add(1);
         let tick = self.export_tick;
-        // Taken out so events can be written while walking it; put back on every path.
+        // Taken out so events can be written while walking them; put back on every path.
         let mut flows = std::mem::take(&mut self.flows);
-        maps.for_each_slot(|slot| {
-            let state = flows.entry(slot.key).or_default();
-            if state.live_at != tick {
-                state.live_at = tick;
-                state.in_slots = FlowStats::default();
+        let mut scratch = std::mem::take(&mut self.index_scratch);
+        let mut live = 0;
+        let mut failed = None;
+        // A flow's slots (one per CPU it was seen on) share an index: summed per index, the
+        // flow's delta is known there, without keeping its slot sum per flow.
+        maps.for_each_index(|slots| {
+            scratch.clear();
+            scratch.extend(slots.iter().filter(|s| s.stats.packets != 0));
+            if scratch.len() > 1 {
+                scratch.sort_unstable_by(|a, b| key_order(&a.key).cmp(&key_order(&b.key)));
             }
-            capture::merge_stats(&mut state.in_slots, &slot.stats);
+            for group in scratch.chunk_by(|a, b| a.key == b.key) {
+                let key = group[0].key;
+                let state = flows.entry(key).or_default();
+                let mut in_slots = [0u64; 3];
+                for slot in group {
+                    let c = FlowState::counts(&slot.stats);
+                    in_slots = std::array::from_fn(|i| in_slots[i].saturating_add(c[i]));
+                    state.see(&slot.stats);
+                }
+                state.live_at = tick;
+                live += 1;
+                if let Some(delta) = state.advance(in_slots)
+                    && failed.is_none()
+                {
+                    failed = self.export_delta(&key, &delta).err();
+                }
+            }
         });
-        let walked = self.export_flow_deltas(&mut flows, tick, now_mono, idle_ns, final_export);
+        self.live_flows = live;
+        let walked = match failed {
+            Some(e) => Err(e),
+            None => self.export_unheld(&mut flows, tick, now_mono, idle_ns, final_export),
+        };
         self.flows = flows;
+        self.index_scratch = scratch;
         walked
     }
 
-    fn export_flow_deltas(
+    /// The export's second part: flows no slot holds (their flushes not exported yet), and
+    /// forgetting idle ones.
+    fn export_unheld(
         &mut self,
         flows: &mut HashMap<FlowKey, FlowState>,
-        tick: u64,
+        tick: u32,
         now_mono: u64,
         idle_ns: u64,
         final_export: bool,
     ) -> Result<()> {
-        let mut live = 0;
         let mut forget = Vec::new();
         for (key, state) in flows.iter_mut() {
-            let mut total = state.flushed;
             if state.live_at == tick {
-                live += 1;
-                capture::merge_stats(&mut total, &state.in_slots);
-            } else if !final_export
-                && tick.saturating_sub(state.live_at) >= 2
-                && now_mono.saturating_sub(total.last_ns) > idle_ns
+                continue;
+            }
+            if !final_export
+                && tick.wrapping_sub(state.live_at) >= 2
+                && now_mono.saturating_sub(state.last_ns) > idle_ns
             {
                 forget.push(*key);
             }
-            if let Some(delta) = state.advance(&total) {
-                let iface = self.ifname(key.ifindex);
-                match flow_event(key, &delta, iface, self) {
-                    Some(flow) => {
-                        if let Some(sink) = &mut self.events {
-                            sink.line(&Event::Flow(flow))?;
-                            self.counters.flow_events_written += 1;
-                        }
-                    }
-                    None => self.counters.flows_without_ports += 1,
-                }
+            if let Some(delta) = state.advance([0; 3]) {
+                self.export_delta(key, &delta)?;
             }
         }
-        self.live_flows = live;
         for key in &forget {
             flows.remove(key);
         }
         self.flows_removed += forget.len() as u64;
         self.counters.flows_removed_idle += forget.len() as u64;
+        Ok(())
+    }
+
+    /// Writes one flow's delta as a `flow` event (counted when the protocol has no ports).
+    fn export_delta(&mut self, key: &FlowKey, delta: &FlowStats) -> Result<()> {
+        let iface = self.ifname(key.ifindex);
+        match flow_event(key, delta, iface, self) {
+            Some(flow) => {
+                if let Some(sink) = &mut self.events {
+                    sink.line(&Event::Flow(flow))?;
+                    self.counters.flow_events_written += 1;
+                }
+            }
+            None => self.counters.flows_without_ports += 1,
+        }
         Ok(())
     }
 
@@ -500,4 +589,69 @@ pub(crate) fn drain(ring: &mut RingBuf<MapData>, pipe: &mut Pipeline) -> Result<
         pipe.flush_events()?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(packets: u64, bytes: u64, first_ns: u64, last_ns: u64) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes,
+            payload_bytes: bytes / 2,
+            first_ns,
+            last_ns,
+            tcp_flags: 0,
+            _pad: 0,
+        }
+    }
+
+    fn exported(d: Option<FlowStats>) -> (u64, u64, u64) {
+        d.map_or((0, 0, 0), |d| (d.packets, d.bytes, d.payload_bytes))
+    }
+
+    /// A flow's slot grows, is flushed, a new slot starts; one flush is read only after the
+    /// export that missed it (in flight): the deltas add up to the flow's exact totals.
+    #[test]
+    fn flow_deltas_add_up_across_flushes_and_a_dip() {
+        let mut s = FlowState::default();
+        let mut sum = (0, 0, 0);
+        let mut add = |d: Option<FlowStats>| {
+            let (p, b, y) = exported(d);
+            sum = (sum.0 + p, sum.1 + b, sum.2 + y);
+            (p, b, y)
+        };
+        // Export 1: slot holds 3 packets.
+        s.see(&stats(3, 300, 10, 30));
+        assert_eq!(add(s.advance([3, 300, 150])), (3, 300, 150));
+        // The slot reaches 5 packets and is flushed; its record is in flight at export 2,
+        // whose walk finds no slot: nothing is exported, nothing is lost.
+        assert_eq!(add(s.advance([0; 3])), (0, 0, 0));
+        // The record arrives; a new slot holds 2 packets at export 3.
+        s.flushed(&stats(5, 500, 10, 50));
+        s.see(&stats(2, 200, 60, 70));
+        assert_eq!(add(s.advance([2, 200, 100])), (4, 400, 200));
+        // Nothing moved: nothing exported.
+        assert!(s.advance([2, 200, 100]).is_none());
+        // That slot is flushed and read before export 5, which finds no slot.
+        s.flushed(&stats(2, 200, 60, 70));
+        assert!(s.advance([0; 3]).is_none());
+        // A third slot: 1 packet.
+        s.see(&stats(1, 100, 80, 80));
+        let last = s.advance([1, 100, 50]);
+        assert_eq!(add(last), (1, 100, 50));
+        assert_eq!(sum, (8, 800, 400), "7 + 1 packets, each exported once");
+        let last = last.expect("moved");
+        assert_eq!((last.first_ns, last.last_ns), (10, 80));
+    }
+
+    /// Flushed counters of a flow no slot holds are exported once.
+    #[test]
+    fn flushed_flow_without_slot_is_exported_once() {
+        let mut s = FlowState::default();
+        s.flushed(&stats(4, 400, 5, 9));
+        assert_eq!(exported(s.advance([0; 3])), (4, 400, 200));
+        assert!(s.advance([0; 3]).is_none());
+    }
 }
