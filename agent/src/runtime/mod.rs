@@ -9,6 +9,7 @@
 //! ring buffer is drained, so the final stats can prove that every record the kernel emitted
 //! was read.
 
+mod flow_state;
 mod http;
 mod lifecycle_in;
 mod pipeline;
