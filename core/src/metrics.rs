@@ -41,7 +41,17 @@ pub async fn serve_http(
     addr: SocketAddr,
     handler: Arc<dyn Fn(&str) -> Response + Send + Sync>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    serve_listener(TcpListener::bind(addr).await?, handler).await
+}
+
+/// [`serve_http`] on a listener bound beforehand: a caller that binds before it announces
+/// itself ready (the agent binds before attaching its programs) has clients queue in the
+/// backlog until this runs, rather than be refused.
+pub async fn serve_listener(
+    listener: TcpListener,
+    handler: Arc<dyn Fn(&str) -> Response + Send + Sync>,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     info!(%addr, "HTTP endpoint listening");
     loop {
         let (mut stream, peer) = listener.accept().await?;

@@ -8,11 +8,10 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
-use shadowtap_core::metrics::{Response, serve_http};
+use shadowtap_core::metrics::{Response, serve_listener};
 
 /// Rendered views shared between the pipeline (writer) and the responder (reader).
 pub struct ApiViews {
@@ -151,9 +150,10 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Serves `state` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
-    serve_http(addr, Arc::new(move |path: &str| state.respond(path))).await
+/// Serves `state` on `listener` until the task is dropped. The agent binds it before it
+/// attaches its programs (see `bind_api`).
+pub async fn serve_on(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    serve_listener(listener, Arc::new(move |path: &str| state.respond(path))).await
 }
 
 /// Aborts the spawned task when dropped, so no server outlives the run.

@@ -214,7 +214,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(run_async(args, &opts, api))
+    rt.block_on(async {
+        let api_listener = bind_api(api).await?;
+        run_async(args, &opts, api_listener).await
+    })
 }
 
 /// Everything the live loop owns besides the kernel objects.
@@ -376,12 +379,23 @@ fn api_addr(listen: &str, expose: bool) -> Result<Option<std::net::SocketAddr>> 
     Ok(Some(addr))
 }
 
-fn spawn_api(addr: Option<std::net::SocketAddr>, api: &ApiState) -> Option<AbortOnDrop> {
-    let addr = addr?;
+/// Bind the API/metrics listener. Done before the programs are attached: a taken port is a
+/// start-up error, and a client that connects as soon as the programs show up (an operator's
+/// readiness check, the live tests) waits in the backlog instead of being refused.
+async fn bind_api(addr: Option<std::net::SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .with_context(|| format!("binding the API/metrics endpoint --metrics-listen {addr}"))
+}
+
+fn spawn_api(listener: Option<tokio::net::TcpListener>, api: &ApiState) -> Option<AbortOnDrop> {
+    let listener = listener?;
     let api = api.clone();
     Some(AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = http::serve(addr, api).await {
-            tracing::error!(%addr, error = %e, "API/metrics endpoint failed; capture continues");
+        if let Err(e) = http::serve_on(listener, api).await {
+            tracing::error!(error = %e, "API/metrics endpoint failed; capture continues");
         }
     })))
 }
@@ -406,7 +420,7 @@ fn outputs(args: &RunArgs) -> Result<(Option<LineSink>, StatsOut)> {
 async fn run_async(
     args: &RunArgs,
     opts: &TapOptions,
-    api_addr: Option<std::net::SocketAddr>,
+    api_listener: Option<tokio::net::TcpListener>,
 ) -> Result<()> {
     let (model, _) = state::load_model(args.state_dir.as_deref(), &args.model_config())?;
     // Bad policy or Kafka settings are reported before anything is attached.
@@ -457,7 +471,7 @@ async fn run_async(
         .context("installing SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing SIGINT handler")?;
-    let _api_task = spawn_api(api_addr, &live.api);
+    let _api_task = spawn_api(api_listener, &live.api);
     // Records arrive without wakeups (see `Config::wakeup_bytes`): drain on a timer.
     let mut poll = tokio::time::interval(Duration::from_millis(args.ringbuf_poll_ms));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
