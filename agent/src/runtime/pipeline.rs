@@ -104,7 +104,6 @@ pub(crate) struct Pipeline {
     export_tick: u32,
     /// One index's occupied slots, grouped by flow while reading the flow cache.
     index_scratch: Vec<FlowSlot>,
-    flows_removed: u64,
     /// Flows in the kernel map at the last export (iterating the map costs a syscall per entry,
     /// so it is only walked on the stats tick).
     live_flows: usize,
@@ -140,7 +139,6 @@ impl Pipeline {
             flows: HashMap::new(),
             export_tick: 0,
             index_scratch: Vec::new(),
-            flows_removed: 0,
             live_flows: 0,
             scratch: Vec::new(),
             model,
@@ -340,7 +338,6 @@ impl Pipeline {
         for key in &forget {
             flows.remove(key);
         }
-        self.flows_removed += forget.len() as u64;
         self.counters.flows_removed_idle += forget.len() as u64;
         Ok(())
     }
@@ -428,7 +425,7 @@ impl Pipeline {
             "agent": &self.counters,
             "tracker": self.tracker.stats(),
             "model": self.model.stats(),
-            "flows": { "live": live_flows, "removed_idle": self.flows_removed, "evicted": evicted },
+            "flows": { "live": live_flows, "removed_idle": self.counters.flows_removed_idle, "evicted": evicted },
             "unread_records": kernel.total(Counter::Events).saturating_sub(self.counters.records_received),
         });
         if final_line {
