@@ -165,16 +165,17 @@ impl ClosedWindow {
             return None;
         }
         let decision = self.decision.as_ref()?;
-        ScaleEvent::from_decision(
-            source,
-            decision,
-            WindowDigest {
-                start_ms: self.start_ms,
-                end_ms: self.end_ms,
-                agents: self.agents.clone(),
-                counts: CountsDigest::from(&self.merged),
-            },
-        )
+        ScaleEvent::from_decision(source, decision, self.digest(self.agents.clone()))
+    }
+
+    /// The window as its scale event describes it.
+    fn digest(&self, agents: Vec<String>) -> WindowDigest {
+        WindowDigest {
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            agents,
+            counts: CountsDigest::from(&self.merged),
+        }
     }
 
     /// What [`scale_event`](Self::scale_event) is built from, taken out of the window: the
@@ -182,24 +183,16 @@ impl ClosedWindow {
     /// built and serialised elsewhere (the collector's publisher thread) while the histogram,
     /// tens of KB that only the digest needs, is freed here. `None` exactly when
     /// `scale_event` is `None`.
-    pub fn into_event_parts(self) -> Option<(Decision, WindowDigest)> {
+    pub fn into_event_parts(mut self) -> Option<(Decision, WindowDigest)> {
         if !self.publish {
             return None;
         }
-        let decision = self.decision?;
+        let decision = self.decision.take()?;
         if decision.action == crate::decision::Action::Hold {
             return None;
         }
-        let counts = CountsDigest::from(&self.merged);
-        Some((
-            decision,
-            WindowDigest {
-                start_ms: self.start_ms,
-                end_ms: self.end_ms,
-                agents: self.agents,
-                counts,
-            },
-        ))
+        let agents = std::mem::take(&mut self.agents);
+        Some((decision, self.digest(agents)))
     }
 }
 
