@@ -9,6 +9,15 @@
 //! only at or past its next offset: the group's committed offset when its state was loaded, then
 //! one past each applied record. Stale copies replayed after a reassignment are skipped, and
 //! nothing the consumer handed over is dropped.
+//!
+//! Offsets on the observation topic are contiguous (idempotent producers, no compaction, no
+//! transactions), so a record past the next offset means the consumer stepped over records:
+//! a stale copy fetched before a reassignment came first, or the broker answered a fetch with a
+//! later batch than the one asked for. nisshi 0.8.1 does the latter when two producers append
+//! to one partition at once: it hands out the offsets before it stores the batches, so a fetch
+//! can find the second batch before the first. The partition is then rewound to its next offset
+//! once; a gap still there on the second pass (a compacted topic, transaction markers) is
+//! accepted and counted.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,6 +37,23 @@ pub(crate) struct Ownership {
     pub loaded: BTreeSet<i32>,
     pub resource_partition: HashMap<String, i32>,
     next_offset: HashMap<i32, i64>,
+    /// Per partition, the next offset it was last rewound to (a gap there is not re-fetched
+    /// twice).
+    rewound_to: HashMap<i32, i64>,
+}
+
+/// What to do with a record (see [`Ownership::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Apply it.
+    Apply,
+    /// Apply it, though `skipped` offsets before it never arrived (a re-fetch did not fill them).
+    ApplyAfterGap { skipped: i64 },
+    /// Already applied: skip it.
+    Replayed,
+    /// Records before it are missing: rewind the partition to `next` and drop this and the
+    /// partition's later records of the batch (they come again).
+    Rewind { next: i64 },
 }
 
 impl Ownership {
@@ -53,6 +79,7 @@ impl Ownership {
                         self.owned.remove(p);
                         self.loaded.remove(p);
                         self.next_offset.remove(p);
+                        self.rewound_to.remove(p);
                         revoked.insert(*p);
                     }
                     let moved: Vec<String> = self
@@ -77,6 +104,7 @@ impl Ownership {
     /// offset, if any) are already part of it.
     pub fn mark_loaded(&mut self, partition: i32, committed: Option<i64>) {
         self.loaded.insert(partition);
+        self.rewound_to.remove(&partition);
         match committed {
             Some(next) => self.next_offset.insert(partition, next),
             None => self.next_offset.remove(&partition),
@@ -84,14 +112,31 @@ impl Ownership {
     }
 
     /// Whether the record at `offset` of `partition` is still to be applied; if so, it counts
-    /// as applied from now on.
-    pub fn admit(&mut self, partition: i32, offset: i64) -> bool {
+    /// as applied from now on. A record past the next offset asks for a rewind, once per gap.
+    pub fn admit(&mut self, partition: i32, offset: i64) -> Admission {
         let next = self.next_offset.entry(partition).or_insert(offset);
         if offset < *next {
-            return false;
+            return Admission::Replayed;
+        }
+        let skipped = offset - *next;
+        if skipped > 0 && self.rewound_to.get(&partition) != Some(next) {
+            self.rewound_to.insert(partition, *next);
+            return Admission::Rewind { next: *next };
         }
         *next = offset + 1;
-        true
+        if skipped > 0 {
+            Admission::ApplyAfterGap { skipped }
+        } else {
+            Admission::Apply
+        }
+    }
+
+    /// A rewind could not be made: the gap stands.
+    pub fn accept_gap(&mut self, partition: i32, offset: i64) -> i64 {
+        let next = self.next_offset.entry(partition).or_insert(offset);
+        let skipped = (offset - *next).max(0);
+        *next = (*next).max(offset + 1);
+        skipped
     }
 }
 
@@ -170,20 +215,63 @@ mod tests {
         // Stale copies fetched before the revocation (5, 6), then the re-fetch from the commit.
         let admitted: Vec<i64> = [5, 6, 5, 6, 7, 4]
             .into_iter()
-            .filter(|&o| own.admit(2, o))
+            .filter(|&o| own.admit(2, o) == Admission::Apply)
             .collect();
         assert_eq!(admitted, vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn a_gap_rewinds_the_partition_once_then_is_accepted_and_counted() {
+        let mut own = Ownership::default();
+        own.mark_loaded(0, Some(3));
+        assert_eq!(own.admit(0, 3), Admission::Apply);
+        // The broker handed over 5 before 4 was readable (nisshi's race): rewind to 4.
+        assert_eq!(own.admit(0, 5), Admission::Rewind { next: 4 });
+        // The re-fetch from 4 fills it.
+        assert_eq!(own.admit(0, 4), Admission::Apply);
+        assert_eq!(own.admit(0, 5), Admission::Apply);
+        // A second gap is rewound too; if the re-fetch skips it again it stands, counted.
+        assert_eq!(own.admit(0, 8), Admission::Rewind { next: 6 });
+        assert_eq!(own.admit(0, 8), Admission::ApplyAfterGap { skipped: 2 });
+        assert_eq!(own.admit(0, 9), Admission::Apply);
+        // Rewinding to the same offset again after a reload is allowed.
+        own.mark_loaded(0, Some(9));
+        assert_eq!(own.admit(0, 11), Admission::Rewind { next: 9 });
+    }
+
+    #[test]
+    fn a_stale_record_ahead_of_the_commit_rewinds_instead_of_skipping_the_commit() {
+        // Revoked at position 9 with 5 committed and handed back in one rebalance: a stale copy
+        // of 7 ahead of the re-fetch from 5 must not make 5 and 6 look applied.
+        let mut own = Ownership::default();
+        own.mark_loaded(2, Some(5));
+        assert_eq!(own.admit(2, 7), Admission::Rewind { next: 5 });
+        let admitted: Vec<i64> = [5, 6, 7, 8]
+            .into_iter()
+            .filter(|&o| own.admit(2, o) == Admission::Apply)
+            .collect();
+        assert_eq!(admitted, vec![5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn an_unmade_rewind_accepts_the_gap() {
+        let mut own = Ownership::default();
+        own.mark_loaded(1, Some(10));
+        assert_eq!(own.admit(1, 13), Admission::Rewind { next: 10 });
+        assert_eq!(own.accept_gap(1, 13), 3);
+        assert_eq!(own.admit(1, 13), Admission::Replayed);
+        assert_eq!(own.admit(1, 14), Admission::Apply);
     }
 
     #[test]
     fn a_partition_without_a_commit_admits_from_its_first_record() {
         let mut own = Ownership::default();
         own.mark_loaded(1, None);
-        assert!(own.admit(1, 40));
-        assert!(!own.admit(1, 40));
-        assert!(own.admit(1, 41));
+        assert_eq!(own.admit(1, 40), Admission::Apply);
+        assert_eq!(own.admit(1, 40), Admission::Replayed);
+        assert_eq!(own.admit(1, 41), Admission::Apply);
         // Reloading after a revocation starts from the commit again.
         own.mark_loaded(1, Some(38));
-        assert!(own.admit(1, 38));
+        assert_eq!(own.admit(1, 38), Admission::Apply);
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use rdkafka::{
-    ClientContext, Message as _, TopicPartitionList,
+    ClientContext, Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
     message::OwnedMessage,
     producer::FutureProducer,
@@ -19,7 +19,7 @@ use shadowtap_core::{
 };
 
 use crate::{
-    ownership::{Ownership, RebalanceNote},
+    ownership::{Admission, Ownership, RebalanceNote},
     publish::{Body, Publish, Purpose, dead_letter, scale_event},
     publisher::{Job, Publisher, PublisherStopped},
     state,
@@ -250,7 +250,8 @@ impl Collector {
                 stats: Arc::clone(&self.stats),
             })?;
         consumer.subscribe(&[kafka.observations_topic.as_str()])?;
-        let producer: FutureProducer = kafka.producer_config(cfg.delivery_timeout).create()?;
+        let producer_config = kafka.producer_config(cfg.delivery_timeout);
+        let producer: FutureProducer = producer_config.create()?;
         let mut fleet = Fleet::new(cfg.fleet.clone(), cfg.policies.clone());
         let mut own = Ownership::default();
         tracing::info!(group = %cfg.group_id, topic = %kafka.observations_topic, "collector started");
@@ -267,6 +268,7 @@ impl Collector {
         let mut commit_in_flight = false;
         let mut publisher = Publisher::start(
             producer,
+            producer_config,
             Arc::clone(&self.stats),
             self.config.fleet.source.clone(),
         )
@@ -320,7 +322,7 @@ impl Collector {
             }
             let consumed_ms = now_ms();
             let (mut pending, offsets) = self
-                .process(&mut own, &mut fleet, batch, &mut dirty)
+                .process(&consumer, &mut own, &mut fleet, batch, &mut dirty)
                 .await?;
             let decided_ms = now_ms();
             for p in &mut pending {
@@ -515,6 +517,7 @@ impl Collector {
 
     async fn process(
         &self,
+        consumer: &StreamConsumer<GroupContext>,
         own: &mut Ownership,
         fleet: &mut Fleet,
         batch: Vec<OwnedMessage>,
@@ -526,8 +529,13 @@ impl Collector {
         // Each closed window becomes its event at once: holding a batch's closed windows held
         // each one's latency histogram (tens of KB) until the batch ended, and the allocator
         // returned and re-faulted that memory every batch.
+        // Partitions rewound in this batch: their later records here come again.
+        let mut rewound: HashSet<i32> = HashSet::new();
         for msg in batch {
             let p = msg.partition();
+            if rewound.contains(&p) {
+                continue;
+            }
             if !own.owned.contains(&p) {
                 // Assignment notes arrive with the first poll; trust the message's partition.
                 own.owned.insert(p);
@@ -538,11 +546,52 @@ impl Collector {
             self.stats
                 .observations_consumed
                 .fetch_add(1, Ordering::Relaxed);
-            if !own.admit(p, msg.offset()) {
-                self.stats
-                    .observations_replayed
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
+            match own.admit(p, msg.offset()) {
+                Admission::Apply => {}
+                Admission::Replayed => {
+                    self.stats
+                        .observations_replayed
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Admission::Rewind { next } => {
+                    match consumer.seek(
+                        &cfg.kafka.observations_topic,
+                        p,
+                        Offset::Offset(next),
+                        Duration::from_secs(2),
+                    ) {
+                        Ok(()) => {
+                            tracing::warn!(
+                                partition = p,
+                                offset = msg.offset(),
+                                next,
+                                "records missing before this one; re-fetching from the next offset"
+                            );
+                            self.stats.offset_rewinds.fetch_add(1, Ordering::Relaxed);
+                            rewound.insert(p);
+                            continue;
+                        }
+                        Err(e) => {
+                            let skipped = own.accept_gap(p, msg.offset());
+                            tracing::error!(partition = p, offset = msg.offset(), skipped, error = %e, "could not re-fetch missing records; they are lost");
+                            self.stats
+                                .offset_gaps
+                                .fetch_add(u64::try_from(skipped).unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                }
+                Admission::ApplyAfterGap { skipped } => {
+                    tracing::error!(
+                        partition = p,
+                        offset = msg.offset(),
+                        skipped,
+                        "offsets missing on the partition after a re-fetch; skipped"
+                    );
+                    self.stats
+                        .offset_gaps
+                        .fetch_add(u64::try_from(skipped).unwrap_or(0), Ordering::Relaxed);
+                }
             }
             offsets.insert(p, msg.offset() + 1);
             match decode_observation(msg.key(), msg.payload().unwrap_or_default()) {

@@ -21,12 +21,18 @@ pub struct CollectorStats {
     /// Records below the partition's next offset (already applied; fetched again after a
     /// rebalance).
     pub observations_replayed: AtomicU64,
+    /// Partitions rewound because records before one received had not arrived.
+    pub offset_rewinds: AtomicU64,
+    /// Offsets still missing after a rewind (lost to this collector).
+    pub offset_gaps: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub scale_events_published: AtomicU64,
     pub snapshots_written: AtomicU64,
     pub snapshots_loaded: AtomicU64,
     pub snapshots_rejected: AtomicU64,
     pub publish_retries: AtomicU64,
+    /// Producers replaced after a fatal error.
+    pub producer_restarts: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     pub rebalances: AtomicU64,
@@ -130,6 +136,18 @@ impl CollectorStats {
         );
         c(
             &mut e,
+            "shadowtap_collector_offset_rewinds_total",
+            "Times a partition was re-fetched from its next offset because a later record arrived first.",
+            &self.offset_rewinds,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_offset_gaps_total",
+            "Observation offsets still missing after a re-fetch (records this collector never saw).",
+            &self.offset_gaps,
+        );
+        c(
+            &mut e,
             "shadowtap_collector_dead_lettered_total",
             "Records sent to the dead-letter topic.",
             &self.dead_lettered,
@@ -163,6 +181,12 @@ impl CollectorStats {
             "shadowtap_collector_publish_retries_total",
             "Publishes retried after a failed delivery.",
             &self.publish_retries,
+        );
+        c(
+            &mut e,
+            "shadowtap_collector_producer_restarts_total",
+            "Kafka producers replaced after a fatal error.",
+            &self.producer_restarts,
         );
         c(
             &mut e,

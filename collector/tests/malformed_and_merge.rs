@@ -155,8 +155,10 @@ fn malformed_records_are_dead_lettered_and_merging_sums_agents() {
     });
     let page = http_get(collector.metrics_port, "/metrics").unwrap_or_default();
     if !ok {
-        // Say whether the broker holds every acknowledged record: a record missing from the
-        // topic is the broker's loss, one present but unprocessed is the collector's.
+        // Say whether the broker holds every acknowledged record. One present but
+        // unprocessed was stepped over: nisshi can answer a fetch with a later batch while two
+        // producers append to one partition (see ownership.rs); the page's
+        // offset_rewinds/offset_gaps counters say whether the collector saw the gap.
         let held: Vec<String> = read_topic(
             &broker,
             "shadowtap.observations",
