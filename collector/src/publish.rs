@@ -88,6 +88,8 @@ impl Body {
 /// Produces records and waits for their acknowledgement, counting what landed.
 pub(crate) struct Producing {
     pub producer: FutureProducer,
+    /// To replace `producer` after a fatal error.
+    pub producer_config: rdkafka::ClientConfig,
     pub stats: std::sync::Arc<CollectorStats>,
     /// The scale events' CloudEvents `source`.
     pub source: String,
@@ -96,8 +98,7 @@ pub(crate) struct Producing {
 impl Producing {
     /// Publish everything and wait for acknowledgements, retrying failures until they land
     /// (in order: a record is sent before every record queued after it).
-    pub(crate) async fn publish_all(&self, mut pending: Vec<Publish>) {
-        let producer = &self.producer;
+    pub(crate) async fn publish_all(&mut self, mut pending: Vec<Publish>) {
         let mut backoff = Duration::from_millis(100);
         while !pending.is_empty() {
             let mut futures = Vec::with_capacity(pending.len());
@@ -118,7 +119,7 @@ impl Producing {
                 if let Some(partition) = p.partition {
                     record = record.partition(partition);
                 }
-                match producer.send_result(record) {
+                match self.producer.send_result(record) {
                     Ok(f) => futures.push((p, f)),
                     Err(_) => not_queued.push(p),
                 }
@@ -135,6 +136,16 @@ impl Producing {
                 }
             }
             if !failed.is_empty() {
+                // A producer that failed fatally sends nothing more: the retry goes through a
+                // new one (in order, as before; duplicates carry the same event id).
+                if shadowtap_core::kafka::replace_if_fatal(
+                    &mut self.producer,
+                    &self.producer_config,
+                )
+                .is_some()
+                {
+                    self.stats.producer_restarts.fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats
                     .publish_retries
                     .fetch_add(failed.len() as u64, Ordering::Relaxed);

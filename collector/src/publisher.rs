@@ -54,14 +54,16 @@ pub struct PublisherStopped;
 impl Publisher {
     pub(crate) fn start(
         producer: FutureProducer,
+        producer_config: rdkafka::ClientConfig,
         stats: Arc<CollectorStats>,
         source: String,
     ) -> std::io::Result<Self> {
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
         let (done, committable) = mpsc::unbounded_channel();
         let (cancel, mut cancelled) = watch::channel(false);
-        let producing = Producing {
+        let mut producing = Producing {
             producer,
+            producer_config,
             stats,
             source,
         };

@@ -21,7 +21,7 @@ use std::{
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use tokio::sync::Notify;
 
@@ -147,6 +147,9 @@ impl SinkConfig {
 struct Counters {
     delivered: AtomicU64,
     delivery_errors: AtomicU64,
+    producer_restarts: AtomicU64,
+    /// Test hook: make the pump's producer fail fatally at its next round.
+    inject_fatal: AtomicBool,
     retries: AtomicU64,
     broker_up: AtomicBool,
 }
@@ -160,6 +163,8 @@ pub struct SinkStats {
     pub delivered: u64,
     /// Failed delivery attempts (each is retried).
     pub delivery_errors: u64,
+    /// Producers replaced after a fatal error.
+    pub producer_restarts: u64,
     /// Pump rounds that had to retry.
     pub retries: u64,
     /// The last round delivered everything it tried.
@@ -224,10 +229,20 @@ impl ObservationSink {
             accepted: spool.appended,
             delivered: self.counters.delivered.load(Ordering::Relaxed),
             delivery_errors: self.counters.delivery_errors.load(Ordering::Relaxed),
+            producer_restarts: self.counters.producer_restarts.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             broker_up: self.counters.broker_up.load(Ordering::Relaxed),
             spool,
         }
+    }
+
+    /// Test hook: the producer fails fatally before its next delivery round, as an idempotent
+    /// producer does when the broker rejects its sequence numbers (librdkafka's
+    /// `rd_kafka_test_fatal_error`).
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self) {
+        self.counters.inject_fatal.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
     }
 
     /// Wait until the spool is empty or `timeout` passes; true when empty.
@@ -280,6 +295,12 @@ impl ObservationSink {
         );
         counter(
             page,
+            "shadowtap_sink_producer_restarts_total",
+            "Kafka producers replaced after a fatal error (their records were sent again).",
+            s.producer_restarts,
+        );
+        counter(
+            page,
             "shadowtap_sink_spool_dropped_total",
             "Observations dropped because the spool was full.",
             s.spool.dropped_records,
@@ -311,8 +332,52 @@ impl ObservationSink {
     }
 }
 
+/// The fatal error `producer` has hit, if any. A producer in that state sends nothing more;
+/// librdkafka's guidance is to replace it (the new one gets a new producer id, so its sequence
+/// numbers start afresh). Idempotent producers hit one when the broker rejects a sequence
+/// number: nisshi 0.8.1 sometimes rejects an in-order batch with `OutOfOrderSequenceNumber`
+/// while two producers append to one partition.
+pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
+    producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"))
+}
+
+/// Replace `producer` with a new one from `config` if it has hit a fatal error; returns the
+/// error when it did (the replacement may itself fail to build: then the old one stays and the
+/// next round tries again).
+pub fn replace_if_fatal(producer: &mut FutureProducer, config: &ClientConfig) -> Option<String> {
+    let reason = fatal_error(producer)?;
+    match config.create::<FutureProducer>() {
+        Ok(fresh) => {
+            tracing::error!(error = %reason, "Kafka producer failed fatally; replaced it");
+            *producer = fresh;
+        }
+        Err(e) => {
+            tracing::error!(error = %reason, replacement = %e, "Kafka producer failed fatally and could not be replaced yet");
+        }
+    }
+    Some(reason)
+}
+
+/// Test hook: put `producer` in the fatal state (librdkafka's `rd_kafka_test_fatal_error`).
+#[doc(hidden)]
+pub fn inject_fatal_error(producer: &FutureProducer) {
+    let reason = c"injected by a test";
+    // SAFETY: the client pointer is live for the producer's lifetime and the reason is a
+    // NUL-terminated string; librdkafka copies it.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
+}
+
 async fn pump(
-    producer: FutureProducer,
+    mut producer: FutureProducer,
     config: SinkConfig,
     spool: Arc<Mutex<Spool>>,
     notify: Arc<Notify>,
@@ -320,8 +385,12 @@ async fn pump(
     stop: Arc<AtomicBool>,
 ) {
     let topic = config.kafka.observations_topic.clone();
+    let producer_config = config.kafka.producer_config(config.delivery_timeout);
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
+        if counters.inject_fatal.swap(false, Ordering::Relaxed) {
+            inject_fatal_error(&producer);
+        }
         let batch = match spool.lock() {
             Ok(s) => s.peek(config.batch),
             Err(_) => return,
@@ -387,6 +456,10 @@ async fn pump(
                 .fetch_add(delivered as u64, Ordering::Relaxed);
         }
         if failed > 0 || delivered == 0 {
+            // What a dead producer did not send stays in the spool for its replacement.
+            if replace_if_fatal(&mut producer, &producer_config).is_some() {
+                counters.producer_restarts.fetch_add(1, Ordering::Relaxed);
+            }
             counters
                 .delivery_errors
                 .fetch_add(failed, Ordering::Relaxed);
@@ -404,6 +477,19 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fatally_failed_producer_is_replaced_by_a_working_one() {
+        // No broker needed: the fatal state is librdkafka's own, set through its test hook.
+        let config = KafkaSettings::new("127.0.0.1:1").producer_config(Duration::from_secs(5));
+        let mut producer: FutureProducer = config.create().expect("producer");
+        assert_eq!(replace_if_fatal(&mut producer, &config), None);
+        inject_fatal_error(&producer);
+        let reason = fatal_error(&producer).expect("fatal after the hook");
+        assert!(reason.contains("OutOfOrderSequenceNumber"), "{reason}");
+        assert_eq!(replace_if_fatal(&mut producer, &config), Some(reason));
+        assert_eq!(fatal_error(&producer), None, "the replacement is healthy");
+    }
 
     /// librdkafka rejects TLS and SCRAM settings at client creation when built without them,
     /// so creating (not connecting) a producer proves the pass-through settings can work.
