@@ -48,7 +48,7 @@ pub(crate) enum Admission {
     /// Apply it.
     Apply,
     /// Apply it, though `skipped` offsets before it never arrived (a re-fetch did not fill them).
-    ApplyAfterGap { skipped: i64 },
+    ApplyAfterGap { skipped: u64 },
     /// Already applied: skip it.
     Replayed,
     /// Records before it are missing: rewind the partition to `next` and drop this and the
@@ -112,13 +112,15 @@ impl Ownership {
     }
 
     /// Whether the record at `offset` of `partition` is still to be applied; if so, it counts
-    /// as applied from now on. A record past the next offset asks for a rewind, once per gap.
+    /// as applied from now on. A record past the next offset asks for a rewind, once per gap;
+    /// asked again (the re-fetch skipped it too, or no rewind could be made), it is applied
+    /// after the gap.
     pub fn admit(&mut self, partition: i32, offset: i64) -> Admission {
         let next = self.next_offset.entry(partition).or_insert(offset);
         if offset < *next {
             return Admission::Replayed;
         }
-        let skipped = offset - *next;
+        let skipped = offset.abs_diff(*next);
         if skipped > 0 && self.rewound_to.get(&partition) != Some(next) {
             self.rewound_to.insert(partition, *next);
             return Admission::Rewind { next: *next };
@@ -129,14 +131,6 @@ impl Ownership {
         } else {
             Admission::Apply
         }
-    }
-
-    /// A rewind could not be made: the gap stands.
-    pub fn accept_gap(&mut self, partition: i32, offset: i64) -> i64 {
-        let next = self.next_offset.entry(partition).or_insert(offset);
-        let skipped = (offset - *next).max(0);
-        *next = (*next).max(offset + 1);
-        skipped
     }
 }
 
@@ -258,7 +252,8 @@ mod tests {
         let mut own = Ownership::default();
         own.mark_loaded(1, Some(10));
         assert_eq!(own.admit(1, 13), Admission::Rewind { next: 10 });
-        assert_eq!(own.accept_gap(1, 13), 3);
+        // The seek failed: asked again, the record is applied after the gap.
+        assert_eq!(own.admit(1, 13), Admission::ApplyAfterGap { skipped: 3 });
         assert_eq!(own.admit(1, 13), Admission::Replayed);
         assert_eq!(own.admit(1, 14), Admission::Apply);
     }

@@ -526,11 +526,11 @@ impl Collector {
         let cfg = &self.config;
         let mut pending = Vec::new();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        // Partitions rewound in this batch: their later records here come again.
+        let mut rewound: HashSet<i32> = HashSet::new();
         // Each closed window becomes its event at once: holding a batch's closed windows held
         // each one's latency histogram (tens of KB) until the batch ended, and the allocator
         // returned and re-faulted that memory every batch.
-        // Partitions rewound in this batch: their later records here come again.
-        let mut rewound: HashSet<i32> = HashSet::new();
         for msg in batch {
             let p = msg.partition();
             if rewound.contains(&p) {
@@ -546,40 +546,39 @@ impl Collector {
             self.stats
                 .observations_consumed
                 .fetch_add(1, Ordering::Relaxed);
-            match own.admit(p, msg.offset()) {
-                Admission::Apply => {}
+            let mut admission = own.admit(p, msg.offset());
+            if let Admission::Rewind { next } = admission {
+                match consumer.seek(
+                    &cfg.kafka.observations_topic,
+                    p,
+                    Offset::Offset(next),
+                    Duration::from_secs(2),
+                ) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            partition = p,
+                            offset = msg.offset(),
+                            next,
+                            "records missing before this one; re-fetching from the next offset"
+                        );
+                        self.stats.offset_rewinds.fetch_add(1, Ordering::Relaxed);
+                        rewound.insert(p);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = p, next, error = %e, "could not re-fetch missing records");
+                        // Asked again, the record is applied after the gap.
+                        admission = own.admit(p, msg.offset());
+                    }
+                }
+            }
+            match admission {
+                Admission::Apply | Admission::Rewind { .. } => {}
                 Admission::Replayed => {
                     self.stats
                         .observations_replayed
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
-                }
-                Admission::Rewind { next } => {
-                    match consumer.seek(
-                        &cfg.kafka.observations_topic,
-                        p,
-                        Offset::Offset(next),
-                        Duration::from_secs(2),
-                    ) {
-                        Ok(()) => {
-                            tracing::warn!(
-                                partition = p,
-                                offset = msg.offset(),
-                                next,
-                                "records missing before this one; re-fetching from the next offset"
-                            );
-                            self.stats.offset_rewinds.fetch_add(1, Ordering::Relaxed);
-                            rewound.insert(p);
-                            continue;
-                        }
-                        Err(e) => {
-                            let skipped = own.accept_gap(p, msg.offset());
-                            tracing::error!(partition = p, offset = msg.offset(), skipped, error = %e, "could not re-fetch missing records; they are lost");
-                            self.stats
-                                .offset_gaps
-                                .fetch_add(u64::try_from(skipped).unwrap_or(0), Ordering::Relaxed);
-                        }
-                    }
                 }
                 Admission::ApplyAfterGap { skipped } => {
                     tracing::error!(
@@ -588,9 +587,7 @@ impl Collector {
                         skipped,
                         "offsets missing on the partition after a re-fetch; skipped"
                     );
-                    self.stats
-                        .offset_gaps
-                        .fetch_add(u64::try_from(skipped).unwrap_or(0), Ordering::Relaxed);
+                    self.stats.offset_gaps.fetch_add(skipped, Ordering::Relaxed);
                 }
             }
             offsets.insert(p, msg.offset() + 1);

@@ -188,15 +188,14 @@ impl ObservationSink {
             &config.spool_dir,
             config.spool_max_bytes,
         )?));
-        let producer: FutureProducer = config
-            .kafka
-            .producer_config(config.delivery_timeout)
-            .create()?;
+        let producer_config = config.kafka.producer_config(config.delivery_timeout);
+        let producer: FutureProducer = producer_config.create()?;
         let notify = Arc::new(Notify::new());
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(pump(
             producer,
+            producer_config,
             config,
             spool.clone(),
             notify.clone(),
@@ -378,6 +377,7 @@ pub fn inject_fatal_error(producer: &FutureProducer) {
 
 async fn pump(
     mut producer: FutureProducer,
+    producer_config: ClientConfig,
     config: SinkConfig,
     spool: Arc<Mutex<Spool>>,
     notify: Arc<Notify>,
@@ -385,7 +385,6 @@ async fn pump(
     stop: Arc<AtomicBool>,
 ) {
     let topic = config.kafka.observations_topic.clone();
-    let producer_config = config.kafka.producer_config(config.delivery_timeout);
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
         if counters.inject_fatal.swap(false, Ordering::Relaxed) {
