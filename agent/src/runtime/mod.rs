@@ -14,11 +14,13 @@ mod http;
 mod lifecycle_in;
 mod pipeline;
 mod publish;
+mod scheduling;
 mod state;
 mod views;
 
 pub use publish::PublishArgs;
 pub(crate) use publish::level_of as publish_level;
+pub use scheduling::Scheduling;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -75,6 +77,12 @@ pub struct RunArgs {
     /// ring is unread.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), help_heading = "Capture")]
     pub ringbuf_poll_ms: u64,
+    /// yield: the agent's loop runs in the idle scheduling class (SCHED_IDLE), on CPU time the
+    /// host's workload leaves unused, and returns to the normal class while the ring fills
+    /// (a quarter unread) until it has caught up; normal: always the normal class. Yielding
+    /// needs CAP_SYS_NICE (root has it); without it the agent warns and stays normal.
+    #[arg(long, value_enum, default_value = "yield", help_heading = "Capture")]
+    pub scheduling: Scheduling,
     /// Slots per CPU of the kernel's direct-mapped flow cache (rounded up to a power of two).
     /// A flow whose slot holds another flow takes it over; the other's counters are flushed to
     /// the agent first (`flow_evictions`).
@@ -230,9 +238,18 @@ struct Live {
     idle_ns: u64,
     state_dir: Option<PathBuf>,
     publisher: Publisher,
+    sched: scheduling::Yielding,
 }
 
 impl Live {
+    /// Drain the ring, then let the scheduling class follow what the drain found.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        let before = self.sched.promotions();
+        let n = drain(ring, &mut self.pipe)?;
+        self.sched.after_drain(n, before);
+        Ok(())
+    }
+
     fn on_summaries(&mut self, summaries: &[WindowSummary]) -> Result<()> {
         self.latest.absorb(summaries);
         self.publisher.publish(summaries)
@@ -265,7 +282,9 @@ impl Live {
     /// as late).
     fn on_second(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         let now_ns = wall_clock_ns();
-        drain(ring, &mut self.pipe)?;
+        self.drain(ring)?;
+        self.pipe.counters.scheduling_promotions = self.sched.promotions();
+        self.pipe.counters.scheduling_idle = u64::from(self.sched.idle());
         let closed = self.pipe.close_windows(now_ns);
         self.on_summaries(&closed)?;
         self.publisher.tick()?;
@@ -329,7 +348,10 @@ impl Live {
 
     /// After detaching: drain what the kernel submitted, final flows, windows, stats, snapshot.
     fn finish(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        drain(ring, &mut self.pipe)?;
+        self.sched.stay_normal();
+        self.drain(ring)?;
+        self.pipe.counters.scheduling_promotions = self.sched.promotions();
+        self.pipe.counters.scheduling_idle = 0;
         self.pipe.export_flows(&mut self.maps, self.idle_ns, true)?;
         let closed = self.pipe.flush_windows();
         self.on_summaries(&closed)?;
@@ -463,6 +485,7 @@ async fn run_async(
         idle_ns: args.flow_idle_timeout.saturating_mul(1_000_000_000),
         state_dir: args.state_dir.clone(),
         publisher,
+        sched: scheduling::Yielding::new(args.scheduling, &ring, opts.ringbuf_bytes)?,
     };
     // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -499,13 +522,11 @@ async fn run_async(
             }
         };
         tokio::select! {
-            _ = poll.tick() => {
-                drain(ring.get_mut(), &mut live.pipe)?;
-            }
+            _ = poll.tick() => live.drain(ring.get_mut())?,
             // The kernel's early wakeup: the ring is filling faster than the timer drains it.
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut live.pipe)?;
+                live.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             guard = log_ready => {

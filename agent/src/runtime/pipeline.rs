@@ -33,6 +33,11 @@ pub struct AgentCounters {
     pub flow_evictions_received: u64,
     /// Flow deltas of protocols other than TCP/UDP (no ports): counted, not exported as events.
     pub flows_without_ports: u64,
+    /// Times the loop returned from the idle to the normal scheduling class because the ring
+    /// was filling (`--scheduling yield`).
+    pub scheduling_promotions: u64,
+    /// 1 while the loop is in the idle scheduling class.
+    pub scheduling_idle: u64,
 }
 
 /// A JSON-lines output that writes whole lines in batches: events are serialised into a

@@ -32,6 +32,8 @@ use crate::{ebpf, util};
 pub enum Config {
     NoCapture,
     Host,
+    /// (b) with `--scheduling normal`: the same-run baseline of the scheduling step.
+    HostNormal,
     Tcpdump,
     Mirror,
     Tap,
@@ -39,9 +41,10 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::NoCapture,
         Self::Host,
+        Self::HostNormal,
         Self::Tcpdump,
         Self::Mirror,
         Self::Tap,
@@ -52,6 +55,7 @@ impl Config {
         match self {
             Self::NoCapture => "(a) no capture",
             Self::Host => "(b) shadowtap, host mode",
+            Self::HostNormal => "(g) (b) with --scheduling normal",
             Self::Tcpdump => "(c) tcpdump -s 128 -w /dev/null",
             Self::Mirror => "(e) tc mirror, nothing on it",
             Self::Tap => "(d) shadowtap, tap mode on mirror",
@@ -63,6 +67,7 @@ impl Config {
         match self {
             Self::NoCapture => "none",
             Self::Host => "host",
+            Self::HostNormal => "host-normal",
             Self::Tcpdump => "tcpdump",
             Self::Mirror => "mirror",
             Self::Tap => "tap",
@@ -73,6 +78,7 @@ impl Config {
     fn agent_mode(self) -> Option<AgentMode> {
         match self {
             Self::Host => Some(AgentMode::Host),
+            Self::HostNormal => Some(AgentMode::HostNormal),
             Self::Tap => Some(AgentMode::Tap),
             Self::Baseline => Some(AgentMode::Baseline),
             _ => None,
@@ -293,7 +299,7 @@ fn capture_frames(ctx: &Ctx) -> Result<(Frames, Frames)> {
 fn start_agent(ctx: &Ctx, mode: AgentMode, label: &str) -> Result<Agent> {
     let bed = ctx.bed;
     let iface = match mode {
-        AgentMode::Host | AgentMode::Baseline => &bed.pair.server_if,
+        AgentMode::Host | AgentMode::HostNormal | AgentMode::Baseline => &bed.pair.server_if,
         AgentMode::Tap => &bed.mirror_out,
     };
     Agent::start(ctx.cli, bed.server(), iface, mode, ctx.dir, label)
@@ -402,10 +408,10 @@ fn kernel_round(
     let mut figures = Vec::new();
     for (b, a) in before.iter().zip(after) {
         let (frames, which): (Vec<&[u8]>, &'static str) = match (mode, a.prog_type.as_str()) {
-            (AgentMode::Host | AgentMode::Baseline, "xdp") => {
+            (AgentMode::Host | AgentMode::HostNormal | AgentMode::Baseline, "xdp") => {
                 (ingress.iter().map(|f| f.1.as_slice()).collect(), "ingress")
             }
-            (AgentMode::Host | AgentMode::Baseline, _) => {
+            (AgentMode::Host | AgentMode::HostNormal | AgentMode::Baseline, _) => {
                 (egress.iter().map(|f| f.1.as_slice()).collect(), "egress")
             }
             // The mirror carries both directions, in time order.

@@ -18,6 +18,9 @@ use crate::util::output;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AgentMode {
     Host,
+    /// Host mode with `--scheduling normal`: the agent's loop competes with the workload for
+    /// CPU instead of yielding to it (the default before issue 12's scheduling step).
+    HostNormal,
     Tap,
     /// Host mode with do-nothing programs on the same hooks (`--baseline-programs`): what the
     /// hooks themselves cost, apart from the tap's work.
@@ -29,6 +32,7 @@ impl AgentMode {
     pub fn label(self) -> &'static str {
         match self {
             Self::Host => "host",
+            Self::HostNormal => "host-n",
             Self::Tap => "tap",
             Self::Baseline => "hooks",
         }
@@ -36,7 +40,7 @@ impl AgentMode {
 
     pub fn as_arg(self) -> &'static str {
         match self {
-            Self::Host | Self::Baseline => "host",
+            Self::Host | Self::HostNormal | Self::Baseline => "host",
             Self::Tap => "tap",
         }
     }
@@ -112,8 +116,14 @@ impl Agent {
             .arg("--scale-events")
             .arg(dir.join(format!("{label}.scale-events.jsonl")))
             .env("RUST_LOG", "info");
-        if mode == AgentMode::Baseline {
-            cmd.arg("--baseline-programs");
+        match mode {
+            AgentMode::Baseline => {
+                cmd.arg("--baseline-programs");
+            }
+            AgentMode::HostNormal => {
+                cmd.args(["--scheduling", "normal"]);
+            }
+            AgentMode::Host | AgentMode::Tap => {}
         }
         let process = BackgroundProcess::spawn(cmd, label, dir)?;
         let mut agent = Self {

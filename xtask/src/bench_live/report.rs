@@ -183,6 +183,12 @@ fn throughput(out: &mut dyn Write, settings: &Settings, runs: &[Run]) -> Result<
                 opt(ratio(base), 3),
                 opt(ratio(hooks_base), 3)
             ),
+            // The scheduling step's same-run baseline: (b) over (g) is what yielding buys.
+            Config::HostNormal => format!(
+                "{} of (a); (b) is {} of (g)",
+                opt(ratio(base), 3),
+                opt(med(Config::Host).zip(m).map(|(h, g)| h / g), 3)
+            ),
             _ => format!("{} of (a)", opt(ratio(base), 3)),
         };
         writeln!(out, " {:>9}  {ratios}", opt(m, 0))?;
@@ -245,8 +251,9 @@ fn agent_cpu(out: &mut dyn Write, runs: &[Run]) -> Result<()> {
     }
     writeln!(
         out,
-        "median: host {} us/packet, tap {} us/packet\n",
+        "median: host {} us/packet (host, --scheduling normal: {}), tap {} us/packet\n",
         opt(us_median(runs, AgentMode::Host), 3),
+        opt(us_median(runs, AgentMode::HostNormal), 3),
         opt(us_median(runs, AgentMode::Tap), 3)
     )?;
     Ok(())
