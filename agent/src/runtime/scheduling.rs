@@ -18,8 +18,8 @@
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -35,6 +35,10 @@ pub enum Scheduling {
     Yield,
     /// Always the normal class (the agent competes with the workload for CPU).
     Normal,
+    /// Tests and benchmarks only: the idle class and nothing to bring the loop back, to show
+    /// what the watchdog is for (a starved loop loses records).
+    #[value(hide = true)]
+    Idle,
 }
 
 /// The two classes the loop moves between.
@@ -83,34 +87,52 @@ impl Marks {
 struct Shared {
     /// The loop's thread.
     tid: libc::pid_t,
-    /// The class the loop's thread is in; transitions happen under this lock.
-    class: Mutex<Class>,
+    /// Whether the loop is meant to be in the idle class. No lock: the loop's thread must
+    /// never hold one while it may be in the idle class (the moment it moves itself there it
+    /// can be descheduled for hundreds of milliseconds, and a watchdog waiting on its lock
+    /// could not promote it: measured, 0.8 s and thousands of records lost).
+    idle: AtomicBool,
     /// Times the thread was moved back to the normal class because the ring was filling.
     promotions: AtomicU64,
     /// Set for good at shutdown: the final drain must not wait for idle CPU time.
-    pinned_normal: std::sync::atomic::AtomicBool,
+    pinned_normal: AtomicBool,
 }
 
 impl Shared {
-    fn set(&self, to: Class, why: &str) {
-        let Ok(mut class) = self.class.lock() else {
-            return;
-        };
-        if *class == to || (to == Class::Idle && self.pinned_normal.load(Ordering::Relaxed)) {
+    /// The loop's own move to the idle class (it is the only one to demote).
+    fn demote(&self, why: &str) {
+        if self.pinned_normal.load(Ordering::Relaxed) {
             return;
         }
-        match set_class(self.tid, to) {
-            Ok(()) => {
-                if to == Class::Normal {
-                    self.promotions.fetch_add(1, Ordering::Relaxed);
-                }
-                debug!(?to, why, "agent loop scheduling class");
-                *class = to;
+        self.idle.store(true, Ordering::SeqCst);
+        debug!(why, "agent loop to the idle scheduling class");
+        // A watchdog that promotes between the store and the call is overridden here; it
+        // promotes again at its next look (it re-asserts the normal class while a quarter of
+        // the ring is unread, whatever the flag says).
+        if let Err(e) = set_class(self.tid, Class::Idle) {
+            warn!("moving the agent's loop to the idle scheduling class: {e:#}");
+            self.idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Move the loop to the normal class (from any thread). Counted as a promotion when it was
+    /// meant to be idle, unless `why` is the shutdown's.
+    fn promote(&self, why: &str) {
+        let was_idle = self.idle.swap(false, Ordering::SeqCst);
+        if let Err(e) = set_class(self.tid, Class::Normal) {
+            warn!("moving the agent's loop to the normal scheduling class: {e:#}");
+            return;
+        }
+        if was_idle {
+            if why != SHUTDOWN {
+                self.promotions.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!("moving the agent's loop to the {to:?} scheduling class: {e:#}"),
+            debug!(why, "agent loop to the normal scheduling class");
         }
     }
 }
+
+const SHUTDOWN: &str = "shutdown";
 
 /// The loop's scheduling, as `--scheduling` asks.
 pub(crate) struct Yielding {
@@ -126,6 +148,13 @@ impl Yielding {
         match how {
             Scheduling::Yield => Self::start(ring, ring_bytes),
             Scheduling::Normal => Ok(Self::normal()),
+            Scheduling::Idle => {
+                warn!("--scheduling idle: the loop never returns to the normal class (tests only)");
+                let mut idle = Self::start(ring, ring_bytes)?;
+                idle.stop_watchdog();
+                idle.marks.promote_records = usize::MAX;
+                Ok(idle)
+            }
         }
     }
 
@@ -153,9 +182,9 @@ impl Yielding {
         let tid = gettid();
         let shared = Arc::new(Shared {
             tid,
-            class: Mutex::new(Class::Normal),
+            idle: AtomicBool::new(false),
             promotions: AtomicU64::new(0),
-            pinned_normal: std::sync::atomic::AtomicBool::new(false),
+            pinned_normal: AtomicBool::new(false),
         });
         let ring_fd = ring
             .as_fd()
@@ -171,20 +200,20 @@ impl Yielding {
         let stop_watch = stop
             .try_clone()
             .context("duplicating the watchdog's stop eventfd")?;
+        let positions = RingPositions::map(&ring_fd, u64::from(ring_bytes / 4))?;
         let watched = Arc::clone(&shared);
         let watchdog = std::thread::Builder::new()
             .name("shadowtap-sched".into())
             .spawn(move || {
-                if let Err(e) = watch(&ring_fd, &stop_watch, &watched) {
+                if let Err(e) = watch(&ring_fd, &stop_watch, &watched, &positions) {
                     warn!("scheduling watchdog stopped: {e:#}; the agent's loop stays in the normal class");
                     watched.pinned_normal.store(true, Ordering::Relaxed);
-                    watched.set(Class::Normal, "watchdog failed");
+                    watched.promote(SHUTDOWN);
                 }
             })
             .context("starting the scheduling watchdog thread")?;
         // The watchdog thread was created in the normal class; only the loop's thread yields.
-        shared.set(Class::Idle, "start");
-        // The move to idle at start is not a promotion.
+        shared.demote("start");
         info!("agent loop in the idle scheduling class; back to normal while the ring fills");
         Ok(Self {
             shared: Some(shared),
@@ -205,7 +234,7 @@ impl Yielding {
     pub(crate) fn idle(&self) -> bool {
         self.shared
             .as_ref()
-            .is_some_and(|s| s.class.lock().is_ok_and(|c| *c == Class::Idle))
+            .is_some_and(|s| s.idle.load(Ordering::Relaxed))
     }
 
     /// After a drain of `drained` records that began when `promotions` read `before`.
@@ -213,12 +242,16 @@ impl Yielding {
         let Some(shared) = &self.shared else {
             return;
         };
-        let Ok(class) = shared.class.lock().map(|c| *c) else {
-            return;
+        let class = if shared.idle.load(Ordering::Relaxed) {
+            Class::Idle
+        } else {
+            Class::Normal
         };
         let meanwhile = shared.promotions.load(Ordering::Relaxed) != before;
-        if let Some(to) = self.marks.next(class, drained, meanwhile) {
-            shared.set(to, "drain size");
+        match self.marks.next(class, drained, meanwhile) {
+            Some(Class::Normal) => shared.promote("drain size"),
+            Some(Class::Idle) => shared.demote("drain size"),
+            None => {}
         }
     }
 
@@ -226,13 +259,13 @@ impl Yielding {
     pub(crate) fn stay_normal(&self) {
         if let Some(shared) = &self.shared {
             shared.pinned_normal.store(true, Ordering::Relaxed);
-            shared.set(Class::Normal, "shutdown");
+            shared.promote(SHUTDOWN);
         }
     }
 }
 
-impl Drop for Yielding {
-    fn drop(&mut self) {
+impl Yielding {
+    fn stop_watchdog(&mut self) {
         if let Some(stop) = &self.stop {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a local to an eventfd we own.
@@ -246,9 +279,16 @@ impl Drop for Yielding {
     }
 }
 
-/// The watchdog: wait for the kernel's early wakeups on the ring (edge-triggered, so a ring
-/// that simply holds records does not keep it awake) and promote the loop on each.
-fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared) -> Result<()> {
+impl Drop for Yielding {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+    }
+}
+
+/// The watchdog: wake on the kernel's early wakeups on the ring (edge-triggered, so a ring
+/// that simply holds records does not keep it awake) and every [`WATCH_PERIOD`], and promote
+/// the loop whenever a quarter of the ring is unread.
+fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared, positions: &RingPositions) -> Result<()> {
     // SAFETY: plain syscalls on fds we own; results are checked.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -269,12 +309,11 @@ fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared) -> Result<()> {
             return Err(std::io::Error::last_os_error()).context("epoll_ctl");
         }
     }
-    // An edge-triggered registration also reports an fd that is readable already: at worst
-    // one promotion at start, which the next small drain undoes.
+    let period = i32::try_from(WATCH_PERIOD.as_millis()).unwrap_or(10);
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
     loop {
         // SAFETY: `events` outlives the call and its length is passed.
-        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 2, period) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -283,11 +322,82 @@ fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared) -> Result<()> {
             return Err(err).context("epoll_wait");
         }
         let n = usize::try_from(n).unwrap_or(0);
-        for ev in &events[..n] {
-            match ev.u64 {
-                2 => return Ok(()),
-                _ => shared.set(Class::Normal, "ring filling"),
-            }
+        if events[..n].iter().any(|ev| ev.u64 == 2) {
+            return Ok(());
+        }
+        // The kernel's wakeup (an event) or the period's check: either way, what counts is how
+        // much is unread now.
+        if positions.unread() >= positions.mark_bytes {
+            shared.promote("ring filling");
+        }
+    }
+}
+
+/// How often the watchdog looks at the ring besides the kernel's wakeups. The kernel wakes on
+/// the record that takes the unread bytes across the mark, and two CPUs reserving at once can
+/// both step over it (each sees the other's reservation too): then no wakeup comes until the
+/// ring is drained, and an idle-class loop on busy cores may wait half a second for CPU. A
+/// look is two loads from a mapped page.
+const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A read-only mapping of a ring buffer's consumer and producer position pages.
+struct RingPositions {
+    base: *mut libc::c_void,
+    page: usize,
+    /// Unread bytes at which the loop is brought back (the kernel's early-wakeup mark).
+    mark_bytes: u64,
+}
+
+// SAFETY: the mapping is only read (atomically) and unmapped once, on drop.
+unsafe impl Send for RingPositions {}
+
+impl RingPositions {
+    fn map(ring: &OwnedFd, mark_bytes: u64) -> Result<Self> {
+        // SAFETY: no arguments.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .context("sysconf(_SC_PAGESIZE)")?;
+        // SAFETY: a fresh shared read-only mapping of the ring's first two pages (consumer
+        // and producer positions), which the kernel allows for any ring buffer fd.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mapping the ring buffer's position pages");
+        }
+        Ok(Self {
+            base,
+            page,
+            mark_bytes,
+        })
+    }
+
+    /// Bytes reserved by the kernel and not yet consumed.
+    fn unread(&self) -> u64 {
+        // SAFETY: both positions are 8-byte aligned at the start of their pages, within the
+        // mapping for its whole life; the kernel and the consumer update them atomically.
+        let (consumer, producer) = unsafe {
+            (
+                (*self.base.cast::<AtomicU64>()).load(Ordering::Acquire),
+                (*self.base.byte_add(self.page).cast::<AtomicU64>()).load(Ordering::Acquire),
+            )
+        };
+        producer.saturating_sub(consumer)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, once.
+        unsafe {
+            libc::munmap(self.base, 2 * self.page);
         }
     }
 }
@@ -347,19 +457,41 @@ mod tests {
         assert_eq!(m.next(Class::Idle, 0, false), None);
     }
 
+    /// A real BPF ring buffer of `bytes` (the watchdog maps its position pages and polls it);
+    /// created with the bpf syscall, which needs CAP_BPF (the agent needs it anyway).
+    fn ringbuf(bytes: u32) -> OwnedFd {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+        // bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, the rest 0.
+        let mut attr = [0_u32; 32];
+        attr[0] = BPF_MAP_TYPE_RINGBUF;
+        attr[3] = bytes;
+        // SAFETY: `attr` outlives the call and its size is passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_CREATE,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "creating a ring buffer map: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd we own.
+        unsafe { std::os::fd::FromRawFd::from_raw_fd(i32::try_from(fd).expect("fd")) }
+    }
+
     #[test]
     fn the_loop_moves_between_classes_and_shutdown_pins_it_normal() {
-        // A real ring stands in with an eventfd: the watchdog only needs an fd to wait on.
-        // SAFETY: plain syscall, checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: fresh fd we own.
-        let fd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let fd = ringbuf(1 << 20);
         let policy = || {
             // SAFETY: plain syscall on this thread.
             unsafe { libc::sched_getscheduler(0) }
         };
-        let y = Yielding::start(&fd, 8 * 1024 * 1024).expect("start");
+        let y = Yielding::start(&fd, 1 << 20).expect("start");
         if y.shared.is_none() {
             // Not permitted here (no CAP_SYS_NICE): the fallback is the normal class.
             assert_eq!(policy(), libc::SCHED_OTHER);
@@ -375,6 +507,7 @@ mod tests {
         assert_eq!(policy(), libc::SCHED_IDLE);
         y.stay_normal();
         assert_eq!(policy(), libc::SCHED_OTHER);
+        assert_eq!(y.promotions(), before + 1, "shutdown is not a promotion");
         y.after_drain(0, y.promotions());
         assert_eq!(policy(), libc::SCHED_OTHER, "pinned for the final drain");
         drop(y);
