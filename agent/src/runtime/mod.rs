@@ -444,6 +444,13 @@ async fn run_async(
     opts: &TapOptions,
     api_listener: Option<tokio::net::TcpListener>,
 ) -> Result<()> {
+    // Before anything is attached: a SIGTERM that arrives once the programs are attached (a
+    // supervisor stopping a fresh agent) must reach the orderly shutdown, not the default
+    // action, which would skip the final drain and stats.
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
     let (model, _) = state::load_model(args.state_dir.as_deref(), &args.model_config())?;
     // Bad policy or Kafka settings are reported before anything is attached.
     let mut publisher = Publisher::start(&args.publish, args.state_dir.as_deref())?;
@@ -490,10 +497,6 @@ async fn run_async(
     // SAFETY: the RingBuf owns its map fd for its whole life and always returns the same fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer fd with tokio: {e}"))?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
-        .context("installing SIGINT handler")?;
     let _api_task = spawn_api(api_listener, &live.api);
     // Records arrive without wakeups (see `Config::wakeup_bytes`): drain on a timer.
     let mut poll = tokio::time::interval(Duration::from_millis(args.ringbuf_poll_ms));
