@@ -67,6 +67,19 @@ pub struct AgentConfig {
     pub extra_args: Vec<String>,
 }
 
+impl AgentConfig {
+    /// Host mode, driver-mode XDP on `iface`, stats every second, and `extra` options.
+    pub fn host_driver(iface: &str, extra: &[&str]) -> Self {
+        Self {
+            iface: iface.to_owned(),
+            mode: CaptureMode::Host,
+            xdp_mode: XdpMode::Driver,
+            stats_interval_secs: 1,
+            extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
 /// The agent binary: `SHADOWTAP_AGENT_BIN`, else the newer of `target/{debug,release}`.
 pub fn agent_binary() -> Result<PathBuf> {
     workspace_binary(

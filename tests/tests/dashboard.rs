@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
-    agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
+    agent::{AgentConfig, RunningAgent},
     netns::{Netns, VethConfig, VethPair},
     scenario::{
         AGENT_ATTACH_TIMEOUT, ClientPlan, HOSTS, api_get, finish_client, must, preflight_agent,
@@ -156,23 +156,18 @@ fn dashboard_renders_live_resources_forecasts_and_decisions() {
 
     let pair = must(VethPair::create(VethConfig::default()));
     let server = start_server(peer(), &pair, dir.path());
-    let config = AgentConfig {
-        iface: pair.server_if.clone(),
-        mode: CaptureMode::Host,
-        xdp_mode: XdpMode::Driver,
-        stats_interval_secs: 1,
-        extra_args: [
+    let policy_arg = policy.display().to_string();
+    let config = AgentConfig::host_driver(
+        &pair.server_if,
+        &[
             "--metrics-listen",
             API,
             "--observation-window",
             "1s",
             "--policy",
-            &policy.display().to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-    };
+            &policy_arg,
+        ],
+    );
     let mut agent = must(RunningAgent::start(&pair.server, &config, dir.path()));
     must(agent.wait_attached(&pair.server, AGENT_ATTACH_TIMEOUT));
     let client = spawn_client(peer(), &pair, &steady_plan(), dir.path());

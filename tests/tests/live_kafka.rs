@@ -18,7 +18,7 @@ use std::{
 use serde_json::Value;
 use shadowtap_tests::scenario::stop_agent_cleanly;
 use shadowtap_tests::{
-    agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode},
+    agent::{AgentConfig, RunningAgent},
     events::{field_str, field_u64},
     netns::{Netns, VethConfig, VethPair},
     process::BackgroundProcess,
@@ -151,25 +151,20 @@ fn live_agent_to_kafka_collector_and_provisioner() {
     ));
 
     let server = start_server(peer(), &pair, dir.path());
-    let config = AgentConfig {
-        iface: pair.server_if.clone(),
-        mode: CaptureMode::Host,
-        xdp_mode: XdpMode::Driver,
-        stats_interval_secs: 1,
-        extra_args: [
+    let spool = dir.path().join("spool").display().to_string();
+    let config = AgentConfig::host_driver(
+        &pair.server_if.clone(),
+        &[
             "--kafka-brokers",
             BROKER,
             "--observation-window",
             "1s",
             "--spool-dir",
-            &dir.path().join("spool").display().to_string(),
+            &spool,
             "--metrics-listen",
             "off",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-    };
+        ],
+    );
     let mut agent = must(RunningAgent::start(ns, &config, dir.path()));
     must(agent.wait_attached(ns, AGENT_ATTACH_TIMEOUT));
 

@@ -7,10 +7,11 @@
 //! bring it back to the normal class (`--scheduling idle`, hidden, for tests), the ring
 //! overflows and the kernel counts the loss. The default must lose nothing and count exactly.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use shadowtap_tests::agent::{AgentConfig, CaptureMode, RunningAgent, XdpMode};
+use shadowtap_tests::agent::{AgentConfig, RunningAgent};
 use shadowtap_tests::events::EventLog;
 use shadowtap_tests::netns::{VethConfig, VethPair};
 use shadowtap_tests::peer::ClientSummary;
@@ -35,11 +36,17 @@ impl Hogs {
         Self(
             (0..2 * cores)
                 .map(|_| {
-                    Command::new("sh")
-                        .args(["-c", "while :; do :; done"])
-                        .stdin(Stdio::null())
-                        .spawn()
-                        .expect("spawning a busy loop")
+                    let mut cmd = Command::new("sh");
+                    cmd.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+                    // SAFETY: only async-signal-safe prctl between fork and exec. The loops
+                    // die with the thread that started them, even if the test is SIGKILLed.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            Ok(())
+                        });
+                    }
+                    cmd.spawn().expect("spawning a busy loop")
                 })
                 .collect(),
         )
@@ -83,16 +90,10 @@ fn burst_under_hogs(how: &str) -> (ClientSummary, EventLog, u64, String) {
     let pair = must(VethPair::create(VethConfig::default()));
     let server = start_server(peer(), &pair, dir.path());
     // As the daemon runs by default: stats, no per-request event stream.
-    let config = AgentConfig {
-        iface: pair.server_if.clone(),
-        mode: CaptureMode::Host,
-        xdp_mode: XdpMode::Driver,
-        stats_interval_secs: 1,
-        extra_args: ["--ringbuf-size", "1", "--scheduling", how]
-            .iter()
-            .map(|a| (*a).to_owned())
-            .collect(),
-    };
+    let config = AgentConfig::host_driver(
+        &pair.server_if,
+        &["--ringbuf-size", "1", "--scheduling", how],
+    );
     let mut agent = must(RunningAgent::start_stats_only(
         &pair.server,
         &config,

@@ -9,11 +9,14 @@
 //! when a workload task wakes.
 //!
 //! The risk is starvation: on a CPU that is never idle an idle-class thread gets a tiny share,
-//! and the ring would fill. So a watchdog thread at normal priority sleeps on the ring's fd;
-//! the kernel wakes it when the unread bytes cross the early-wakeup mark (a quarter of the
-//! ring, see `Config::wakeup_bytes`), and it moves the loop's thread back to the normal class.
+//! and the ring would fill. So a watchdog thread at normal priority moves the loop's thread
+//! back to the normal class whenever a quarter of the ring is unread (the kernel's
+//! early-wakeup mark, `Config::wakeup_bytes`): it wakes on the kernel's wakeup and also looks
+//! at the ring's positions every 10 ms, since the wakeup can be missed (see [`WATCH_PERIOD`]).
 //! The loop returns to the idle class once a drain finds little unread again. Losses, if any,
 //! stay counted by the kernel (`ringbuf_reserve_failed`), as with `--scheduling normal`.
+//! `tests/tests/live_scheduling.rs` shows both halves on hogged cores: the idle class alone
+//! loses records, yielding does not.
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
@@ -175,7 +178,8 @@ impl Yielding {
         if let Err(e) = can_return_from_idle() {
             warn!(
                 "--scheduling yield: {e:#}; the agent stays in the normal scheduling class \
-                 (grant CAP_SYS_NICE, or use --scheduling normal to silence this)"
+                 (grant CAP_SYS_NICE or an RLIMIT_NICE of 20, or use --scheduling normal to \
+                 silence this)"
             );
             return Ok(Self::normal());
         }
