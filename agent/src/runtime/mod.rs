@@ -80,7 +80,8 @@ pub struct RunArgs {
     /// yield: the agent's loop runs in the idle scheduling class (SCHED_IDLE), on CPU time the
     /// host's workload leaves unused, and returns to the normal class while the ring fills
     /// (a quarter unread) until it has caught up; normal: always the normal class. Yielding
-    /// needs CAP_SYS_NICE (root has it); without it the agent warns and stays normal.
+    /// needs CAP_SYS_NICE (root has it) or an RLIMIT_NICE of 20; without either the agent
+    /// warns and stays normal.
     #[arg(long, value_enum, default_value = "yield", help_heading = "Capture")]
     pub scheduling: Scheduling,
     /// Slots per CPU of the kernel's direct-mapped flow cache (rounded up to a power of two).
@@ -242,11 +243,10 @@ struct Live {
 }
 
 impl Live {
-    /// Drain the ring, then let the scheduling class follow what the drain found.
+    /// Drain the ring, then let the scheduling class follow what is left unread.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        let before = self.sched.promotions();
-        let n = drain(ring, &mut self.pipe)?;
-        self.sched.after_drain(n, before);
+        drain(ring, &mut self.pipe)?;
+        self.sched.after_drain();
         Ok(())
     }
 

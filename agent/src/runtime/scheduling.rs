@@ -13,7 +13,7 @@
 //! back to the normal class whenever a quarter of the ring is unread (the kernel's
 //! early-wakeup mark, `Config::wakeup_bytes`): it wakes on the kernel's wakeup and also looks
 //! at the ring's positions every 10 ms, since the wakeup can be missed (see [`WATCH_PERIOD`]).
-//! The loop returns to the idle class once a drain finds little unread again. Losses, if any,
+//! The loop returns to the idle class once a drain leaves less than a sixteenth unread. Losses, if any,
 //! stay counted by the kernel (`ringbuf_reserve_failed`), as with `--scheduling normal`.
 //! `tests/tests/live_scheduling.rs` shows both halves on hogged cores: the idle class alone
 //! loses records, yielding does not.
@@ -51,42 +51,6 @@ enum Class {
     Normal,
 }
 
-/// What to do after a drain, from the drain's size and the class the loop is in.
-///
-/// Promote when a drain alone found a quarter of the ring (the watchdog's wakeup was missed or
-/// is late); demote when a drain found less than a sixteenth and no promotion happened while
-/// it ran (a drain that started before the watchdog promoted must not undo it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Marks {
-    /// Records in a quarter of the ring, at the small record's size.
-    pub promote_records: usize,
-    /// Records in a sixteenth of the ring.
-    pub demote_records: usize,
-}
-
-impl Marks {
-    /// Marks for a ring of `ring_bytes`. Records are counted at the small record's size plus
-    /// the ring's 8-byte header, the size nearly every record has.
-    pub(crate) fn for_ring(ring_bytes: u32) -> Self {
-        let per_record = std::mem::size_of::<shadowtap_common::SmallRecord>() + 8;
-        let records = ring_bytes as usize / per_record;
-        Self {
-            promote_records: (records / 4).max(1),
-            demote_records: (records / 16).max(1),
-        }
-    }
-
-    fn next(self, class: Class, drained: usize, promoted_meanwhile: bool) -> Option<Class> {
-        match class {
-            Class::Idle if drained >= self.promote_records => Some(Class::Normal),
-            Class::Normal if drained < self.demote_records && !promoted_meanwhile => {
-                Some(Class::Idle)
-            }
-            _ => None,
-        }
-    }
-}
-
 struct Shared {
     /// The loop's thread.
     tid: libc::pid_t,
@@ -99,6 +63,8 @@ struct Shared {
     promotions: AtomicU64,
     /// Set for good at shutdown: the final drain must not wait for idle CPU time.
     pinned_normal: AtomicBool,
+    /// The ring's fill, read by the watchdog (promote) and after each drain (demote).
+    positions: RingPositions,
 }
 
 impl Shared {
@@ -140,7 +106,6 @@ const SHUTDOWN: &str = "shutdown";
 /// The loop's scheduling, as `--scheduling` asks.
 pub(crate) struct Yielding {
     shared: Option<Arc<Shared>>,
-    marks: Marks,
     stop: Option<OwnedFd>,
     watchdog: Option<JoinHandle<()>>,
 }
@@ -155,7 +120,6 @@ impl Yielding {
                 warn!("--scheduling idle: the loop never returns to the normal class (tests only)");
                 let mut idle = Self::start(ring, ring_bytes)?;
                 idle.stop_watchdog();
-                idle.marks.promote_records = usize::MAX;
                 Ok(idle)
             }
         }
@@ -165,7 +129,6 @@ impl Yielding {
     pub(crate) fn normal() -> Self {
         Self {
             shared: None,
-            marks: Marks::for_ring(1),
             stop: None,
             watchdog: None,
         }
@@ -183,17 +146,17 @@ impl Yielding {
             );
             return Ok(Self::normal());
         }
-        let tid = gettid();
-        let shared = Arc::new(Shared {
-            tid,
-            idle: AtomicBool::new(false),
-            promotions: AtomicU64::new(0),
-            pinned_normal: AtomicBool::new(false),
-        });
         let ring_fd = ring
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating the ring buffer fd for the scheduling watchdog")?;
+        let shared = Arc::new(Shared {
+            tid: gettid(),
+            idle: AtomicBool::new(false),
+            promotions: AtomicU64::new(0),
+            pinned_normal: AtomicBool::new(false),
+            positions: RingPositions::map(&ring_fd, ring_bytes)?,
+        });
         // SAFETY: plain syscall; the fd is checked below.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if stop < 0 {
@@ -204,12 +167,11 @@ impl Yielding {
         let stop_watch = stop
             .try_clone()
             .context("duplicating the watchdog's stop eventfd")?;
-        let positions = RingPositions::map(&ring_fd, u64::from(ring_bytes / 4))?;
         let watched = Arc::clone(&shared);
         let watchdog = std::thread::Builder::new()
             .name("shadowtap-sched".into())
             .spawn(move || {
-                if let Err(e) = watch(&ring_fd, &stop_watch, &watched, &positions) {
+                if let Err(e) = watch(&ring_fd, &stop_watch, &watched) {
                     warn!("scheduling watchdog stopped: {e:#}; the agent's loop stays in the normal class");
                     watched.pinned_normal.store(true, Ordering::Relaxed);
                     watched.promote(SHUTDOWN);
@@ -221,13 +183,12 @@ impl Yielding {
         info!("agent loop in the idle scheduling class; back to normal while the ring fills");
         Ok(Self {
             shared: Some(shared),
-            marks: Marks::for_ring(ring_bytes),
             stop: Some(stop),
             watchdog: Some(watchdog),
         })
     }
 
-    /// Promotions so far (before a drain), to tell a drain whether one happened while it ran.
+    /// Times the loop was brought back to the normal class.
     pub(crate) fn promotions(&self) -> u64 {
         self.shared
             .as_ref()
@@ -241,21 +202,18 @@ impl Yielding {
             .is_some_and(|s| s.idle.load(Ordering::Relaxed))
     }
 
-    /// After a drain of `drained` records that began when `promotions` read `before`.
-    pub(crate) fn after_drain(&self, drained: usize, before: u64) {
+    /// After a drain: back to the idle class once less than a sixteenth of the ring is
+    /// unread. Judged on the ring as it is now, so a drain that began before the watchdog
+    /// promoted cannot undo the promotion on stale numbers (and if the ring refills, the
+    /// watchdog promotes again within [`WATCH_PERIOD`]).
+    pub(crate) fn after_drain(&self) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let class = if shared.idle.load(Ordering::Relaxed) {
-            Class::Idle
-        } else {
-            Class::Normal
-        };
-        let meanwhile = shared.promotions.load(Ordering::Relaxed) != before;
-        match self.marks.next(class, drained, meanwhile) {
-            Some(Class::Normal) => shared.promote("drain size"),
-            Some(Class::Idle) => shared.demote("drain size"),
-            None => {}
+        if !shared.idle.load(Ordering::Relaxed)
+            && shared.positions.unread() < shared.positions.demote_bytes
+        {
+            shared.demote("caught up");
         }
     }
 
@@ -292,7 +250,7 @@ impl Drop for Yielding {
 /// The watchdog: wake on the kernel's early wakeups on the ring (edge-triggered, so a ring
 /// that simply holds records does not keep it awake) and every [`WATCH_PERIOD`], and promote
 /// the loop whenever a quarter of the ring is unread.
-fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared, positions: &RingPositions) -> Result<()> {
+fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared) -> Result<()> {
     // SAFETY: plain syscalls on fds we own; results are checked.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -331,7 +289,7 @@ fn watch(ring: &OwnedFd, stop: &OwnedFd, shared: &Shared, positions: &RingPositi
         }
         // The kernel's wakeup (an event) or the period's check: either way, what counts is how
         // much is unread now.
-        if positions.unread() >= positions.mark_bytes {
+        if shared.positions.unread() >= shared.positions.promote_bytes {
             shared.promote("ring filling");
         }
     }
@@ -348,15 +306,20 @@ const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 struct RingPositions {
     base: *mut libc::c_void,
     page: usize,
-    /// Unread bytes at which the loop is brought back (the kernel's early-wakeup mark).
-    mark_bytes: u64,
+    /// Unread bytes at which the loop is brought back: a quarter of the ring (the kernel's
+    /// early-wakeup mark).
+    promote_bytes: u64,
+    /// Unread bytes below which it returns to the idle class: a sixteenth of the ring.
+    demote_bytes: u64,
 }
 
-// SAFETY: the mapping is only read (atomically) and unmapped once, on drop.
+// SAFETY: the mapping is only read (atomically, from any thread) and unmapped once, on drop.
 unsafe impl Send for RingPositions {}
+// SAFETY: as above; `unread` takes `&self` and only loads atomics.
+unsafe impl Sync for RingPositions {}
 
 impl RingPositions {
-    fn map(ring: &OwnedFd, mark_bytes: u64) -> Result<Self> {
+    fn map(ring: &OwnedFd, ring_bytes: u32) -> Result<Self> {
         // SAFETY: no arguments.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .context("sysconf(_SC_PAGESIZE)")?;
@@ -379,7 +342,8 @@ impl RingPositions {
         Ok(Self {
             base,
             page,
-            mark_bytes,
+            promote_bytes: u64::from(ring_bytes / 4),
+            demote_bytes: u64::from(ring_bytes / 16),
         })
     }
 
@@ -446,21 +410,6 @@ fn can_return_from_idle() -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn marks_promote_on_a_quarter_and_demote_below_a_sixteenth() {
-        let m = Marks::for_ring(8 * 1024 * 1024);
-        // 8 MiB / 264 bytes = 31,775 records.
-        assert_eq!(m.promote_records, 7_943);
-        assert_eq!(m.demote_records, 1_985);
-        assert_eq!(m.next(Class::Idle, 7_942, false), None);
-        assert_eq!(m.next(Class::Idle, 7_943, false), Some(Class::Normal));
-        assert_eq!(m.next(Class::Normal, 1_985, false), None);
-        assert_eq!(m.next(Class::Normal, 1_984, false), Some(Class::Idle));
-        // A drain that began before the watchdog promoted says nothing about the ring now.
-        assert_eq!(m.next(Class::Normal, 0, true), None);
-        assert_eq!(m.next(Class::Idle, 0, false), None);
-    }
-
     /// A real BPF ring buffer of `bytes` (the watchdog maps its position pages and polls it);
     /// created with the bpf syscall, which needs CAP_BPF (the agent needs it anyway).
     fn ringbuf(bytes: u32) -> OwnedFd {
@@ -495,6 +444,15 @@ mod tests {
             // SAFETY: plain syscall on this thread.
             unsafe { libc::sched_getscheduler(0) }
         };
+        let positions = RingPositions::map(&fd, 1 << 20).expect("mapping the positions");
+        assert_eq!(
+            (
+                positions.promote_bytes,
+                positions.demote_bytes,
+                positions.unread()
+            ),
+            (1 << 18, 1 << 16, 0)
+        );
         let y = Yielding::start(&fd, 1 << 20).expect("start");
         if y.shared.is_none() {
             // Not permitted here (no CAP_SYS_NICE): the fallback is the normal class.
@@ -503,17 +461,22 @@ mod tests {
         }
         assert_eq!(policy(), libc::SCHED_IDLE);
         assert!(y.idle());
+        let shared = Arc::clone(y.shared.as_ref().expect("yielding"));
         let before = y.promotions();
-        y.after_drain(y.marks.promote_records, before);
+        // As the watchdog does when a quarter of the ring is unread.
+        shared.promote("test");
         assert_eq!(policy(), libc::SCHED_OTHER);
         assert_eq!(y.promotions(), before + 1);
-        y.after_drain(0, before + 1);
+        // The ring is empty: the next drain returns the loop to the idle class.
+        y.after_drain();
         assert_eq!(policy(), libc::SCHED_IDLE);
+        assert!(y.idle());
         y.stay_normal();
         assert_eq!(policy(), libc::SCHED_OTHER);
         assert_eq!(y.promotions(), before + 1, "shutdown is not a promotion");
-        y.after_drain(0, y.promotions());
+        y.after_drain();
         assert_eq!(policy(), libc::SCHED_OTHER, "pinned for the final drain");
+        drop(shared);
         drop(y);
     }
 }
