@@ -50,13 +50,79 @@ impl MeanSd {
     }
 }
 
-/// Fresh measurements of the recommended parameters and the grid optimum at the held-out load.
+/// Fresh measurements of the recommended parameters and the grid optimum at the held-out load,
+/// in alternating pairs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Confirmation {
     pub recommended: MeanSd,
     pub optimum: MeanSd,
-    /// recommended.mean / optimum.mean (for a cost to minimise).
+    /// The geometric mean of the pairs' recommended / optimum cost ratios (for a cost to
+    /// minimise). Pairs, not the ratio of the two means: both halves of a pair ran back to back,
+    /// so a drift in the machine's load cancels within the pair.
     pub ratio: f64,
+    /// The standard error of `ln(ratio)` over the pairs (0 with one pair, infinite when a
+    /// measurement failed).
+    pub log_ratio_se: f64,
+    /// Why measuring stopped: "decided" (the ratio is more than two standard errors from the
+    /// goal's bound) or "max pairs" (still within two standard errors at the limit).
+    pub stopped: &'static str,
+}
+
+/// How a confirmation measures: at least `min_pairs` alternating pairs, then one more at a time
+/// while the ratio is within two standard errors of the goal's bound, up to `max_pairs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmPlan {
+    pub min_pairs: usize,
+    pub max_pairs: usize,
+}
+
+impl ConfirmPlan {
+    /// Three pairs, then up to nine while undecided: two configurations whose true costs are a
+    /// few percent apart measure 3–8% apart in three pairs on a shared machine, so the bound at
+    /// 10% needs more pairs exactly when the two are close to it.
+    pub const DEFAULT: Self = Self {
+        min_pairs: 3,
+        max_pairs: 9,
+    };
+    /// No confirmation: the grid ratio is all there is.
+    pub const NONE: Self = Self {
+        min_pairs: 0,
+        max_pairs: 0,
+    };
+}
+
+/// The paired estimate: geometric mean of `rec[i] / opt[i]` and the standard error of its
+/// logarithm.
+fn paired_ratio(rec: &[f64], opt: &[f64]) -> (f64, f64) {
+    let logs: Vec<f64> = rec.iter().zip(opt).map(|(r, o)| (r / o).ln()).collect();
+    if logs.is_empty() {
+        return (f64::NAN, f64::INFINITY);
+    }
+    if logs.iter().any(|l| !l.is_finite()) {
+        // A failed measurement (infinite cost) on either side decides nothing by averaging.
+        let ratio = if rec.iter().any(|c| !c.is_finite()) {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        return (ratio, f64::INFINITY);
+    }
+    let stats = MeanSd::of(&logs);
+    let se = if stats.n > 1 {
+        stats.sd / (stats.n as f64).sqrt()
+    } else {
+        0.0
+    };
+    (stats.mean.exp(), se)
+}
+
+/// Whether the paired estimate is decided against `bound` (a ratio): more than two standard
+/// errors away from it on either side, or a failed measurement.
+fn decided(ratio: f64, log_se: f64, bound: f64) -> bool {
+    if !ratio.is_finite() || ratio <= 0.0 {
+        return true;
+    }
+    (ratio.ln() - bound.ln()).abs() > 2.0 * log_se
 }
 
 /// One neighbour in brief.
@@ -114,8 +180,8 @@ pub struct HeldOutPlan {
     /// Indexes into `loads` of the levels held out (each in turn).
     pub held_out: Vec<usize>,
     pub policy: PolicyConfig,
-    /// Alternating (recommended, optimum) pairs re-measured when the two differ (0: none).
-    pub confirm_pairs: usize,
+    /// Alternating (recommended, optimum) pairs re-measured when the two differ.
+    pub confirm: ConfirmPlan,
 }
 
 /// The catalogue with only `vary` on a grid: every other parameter pinned to one level (an
@@ -207,7 +273,7 @@ pub fn plan(quick: bool) -> HeldOutPlan {
         loads: rate_levels(rates),
         held_out,
         policy: PolicyConfig::default(),
-        confirm_pairs: 3,
+        confirm: ConfirmPlan::DEFAULT,
     }
 }
 
@@ -318,16 +384,18 @@ fn brief(report: &HeldOutReport) -> (String, Vec<NeighbourBrief>) {
     }
 }
 
-/// Re-measures `a` and `b` at `load` in `pairs` alternating pairs; their costs.
+/// Re-measures `rec` (the recommendation) and `opt` (the grid optimum) at `load` in alternating
+/// pairs until the paired ratio is decided against `1 + HELD_OUT_GOAL` (see [`ConfirmPlan`]).
 fn confirm(
     runner: &Runner,
     objective: &Objective,
     load: &LoadSpec,
-    a: &Params,
-    b: &Params,
-    pairs: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut ca, mut cb) = (Vec::new(), Vec::new());
+    rec: &Params,
+    opt: &Params,
+    plan: ConfirmPlan,
+    progress: &mut dyn FnMut(&str),
+) -> Confirmation {
+    let (mut cr, mut co) = (Vec::new(), Vec::new());
     let cost = |p: &Params| {
         let o = runner.run_trial(p, load);
         if o.failure.is_some() {
@@ -336,17 +404,40 @@ fn confirm(
             objective.cost(&o.kpis)
         }
     };
-    for i in 0..pairs {
+    let bound = 1.0 + HELD_OUT_GOAL;
+    let mut stopped = "max pairs";
+    for i in 0..plan.max_pairs.max(plan.min_pairs) {
         // Alternate which goes first, so a drift in the machine's load hits both alike.
         if i % 2 == 0 {
-            ca.push(cost(a));
-            cb.push(cost(b));
+            cr.push(cost(rec));
+            co.push(cost(opt));
         } else {
-            cb.push(cost(b));
-            ca.push(cost(a));
+            co.push(cost(opt));
+            cr.push(cost(rec));
+        }
+        if cr.len() >= plan.min_pairs {
+            let (ratio, se) = paired_ratio(&cr, &co);
+            if decided(ratio, se, bound) {
+                stopped = "decided";
+                break;
+            }
+            if cr.len() < plan.max_pairs {
+                progress(&format!(
+                    "  {} pairs: ratio {ratio:.3}, within two standard errors ({:.3}) of {bound}: one more pair",
+                    cr.len(),
+                    se
+                ));
+            }
         }
     }
-    (ca, cb)
+    let (ratio, log_ratio_se) = paired_ratio(&cr, &co);
+    Confirmation {
+        recommended: MeanSd::of(&cr),
+        optimum: MeanSd::of(&co),
+        ratio,
+        log_ratio_se,
+        stopped,
+    }
 }
 
 /// Holds out each of `plan.held_out` in turn (see the module docs). With a
@@ -377,26 +468,21 @@ pub fn evaluate(
         let same = params_key(&report.answer.params) == params_key(&report.optimum_params);
         let grid_ratio = report.recommended_true_cost.map(rel);
         let confirmation = match runner {
-            Some(runner) if !same && plan.confirm_pairs > 0 => {
+            Some(runner) if !same && plan.confirm.min_pairs > 0 => {
                 progress(&format!(
-                    "held out {}: confirming recommendation against the optimum, {} pairs",
-                    load.name, plan.confirm_pairs
+                    "held out {}: confirming recommendation against the optimum, {} to {} pairs",
+                    load.name, plan.confirm.min_pairs, plan.confirm.max_pairs
                 ));
                 runner.reset_best();
-                let (rec, best) = confirm(
+                Some(confirm(
                     runner,
                     objective,
                     load,
                     &report.answer.params,
                     &report.optimum_params,
-                    plan.confirm_pairs,
-                );
-                let (recommended, optimum) = (MeanSd::of(&rec), MeanSd::of(&best));
-                Some(Confirmation {
-                    ratio: recommended.mean / optimum.mean,
-                    recommended,
-                    optimum,
-                })
+                    plan.confirm,
+                    progress,
+                ))
             }
             _ => None,
         };
@@ -469,7 +555,7 @@ pub fn print(r: &PolicyHeldOut, out: &mut dyn std::io::Write) -> std::io::Result
                     "-".to_owned()
                 }
             },
-            |c| format!("{:.3}", c.ratio),
+            |c| format!("{:.3} ({}p)", c.ratio, c.recommended.n),
         );
         let means = h.confirmation.as_ref().map_or_else(
             || "-".to_owned(),
@@ -516,4 +602,43 @@ pub fn print(r: &PolicyHeldOut, out: &mut dyn std::io::Write) -> std::io::Result
         "  goal: held-out recommendation within 10% of the held-out optimum: {}",
         if r.goal_met { "MET" } else { "MISSED" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decided, paired_ratio};
+
+    #[test]
+    fn paired_ratio_is_the_geometric_mean_of_the_pairs() {
+        let (ratio, se) = paired_ratio(&[2.0, 1.0], &[1.0, 2.0]);
+        assert!((ratio - 1.0).abs() < 1e-12, "{ratio}");
+        // ln 2 and -ln 2: sd √2·ln 2, over √2 pairs.
+        assert!((se - 2f64.ln()).abs() < 1e-12, "{se}");
+        let (ratio, se) = paired_ratio(&[1.2, 1.2, 1.2], &[1.0, 1.0, 1.0]);
+        assert!((ratio - 1.2).abs() < 1e-12 && se == 0.0, "{ratio} {se}");
+    }
+
+    #[test]
+    fn a_failed_measurement_decides() {
+        let (ratio, se) = paired_ratio(&[1.0, f64::INFINITY, 1.0], &[1.0, 1.0, 1.0]);
+        assert!(ratio.is_infinite() && se.is_infinite());
+        assert!(decided(ratio, se, 1.1));
+        let (ratio, se) = paired_ratio(&[1.0, 1.0, 1.0], &[1.0, f64::INFINITY, 1.0]);
+        assert!(ratio == 0.0 && decided(ratio, se, 1.1));
+    }
+
+    #[test]
+    fn close_to_the_bound_is_undecided_until_the_error_is_small() {
+        // 1.106 from pairs that scatter by ±8%: within two standard errors of 1.10.
+        let rec = [1.19, 1.02, 1.11];
+        let opt = [1.0, 1.0, 1.0];
+        let (ratio, se) = paired_ratio(&rec, &opt);
+        assert!((ratio - 1.105).abs() < 0.01, "{ratio}");
+        assert!(!decided(ratio, se, 1.1));
+        // Far from it with the same scatter: decided either way.
+        let (ratio, se) = paired_ratio(&[1.49, 1.32, 1.41], &opt);
+        assert!(decided(ratio, se, 1.1), "{ratio} {se}");
+        let (ratio, se) = paired_ratio(&[1.04, 0.92, 0.98], &opt);
+        assert!(decided(ratio, se, 1.1), "{ratio} {se}");
+    }
 }

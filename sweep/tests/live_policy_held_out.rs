@@ -2,7 +2,8 @@
 //! a grid (keep-alive timeout 0/65 s × gzip level 1/9) is measured on live shadows at four
 //! rates; the policy, fitted without the 400 req/s trials, must recommend for 400 req/s
 //! parameters whose CPU cost there is within 10% of that level's own optimum — re-measured
-//! against it in alternating pairs when the two differ (docs/sweeps.md: why CPU, and the noise).
+//! against it in alternating pairs when the two differ (3 to 9: more while the paired ratio is
+//! within two standard errors of 1.10) (docs/sweeps.md: why CPU, and the noise).
 //!
 //! It can fail: a blind pick at 400 req/s costs up to ~3× the optimum (gzip 9), and keep-alive
 //! off costs 10–20% more CPU than on; the test also checks the goal discriminates (the worst
@@ -13,7 +14,7 @@ use std::path::Path;
 use shadowtap_sweep::catalogue::Catalogue;
 use shadowtap_sweep::policy::PolicyConfig;
 use shadowtap_sweep::policy_live::{
-    HeldOutPlan, goal_objective, held_out_catalogue, rate_levels, run_live,
+    ConfirmPlan, HeldOutPlan, goal_objective, held_out_catalogue, rate_levels, run_live,
 };
 use shadowtap_sweep::runner::{RunnerOptions, cgroup, netns};
 
@@ -27,7 +28,7 @@ fn real_nginx_policy_recommends_within_ten_percent_of_a_held_out_loads_optimum()
         loads: rate_levels(&[250.0, 400.0, 640.0, 1000.0]),
         held_out: vec![1],
         policy: PolicyConfig::default(),
-        confirm_pairs: 3,
+        confirm: ConfirmPlan::DEFAULT,
     };
     let (result, records) = run_live(
         &catalogue,
@@ -58,7 +59,12 @@ fn real_nginx_policy_recommends_within_ten_percent_of_a_held_out_loads_optimum()
         "the grid does not discriminate at 10%: {held:#?}"
     );
     if let Some(c) = &held.confirmation {
-        assert_eq!(c.recommended.n, 3);
+        let n = c.recommended.n;
+        assert!((3..=9).contains(&n) && c.optimum.n == n, "{c:?}");
+        assert!(
+            c.stopped == "decided" || n == 9,
+            "stopped undecided before the limit: {c:?}"
+        );
         assert!(c.recommended.mean > 0.0 && c.optimum.mean > 0.0, "{c:?}");
     }
     assert!(held.within_goal && result.goal_met, "{held:#?}");
