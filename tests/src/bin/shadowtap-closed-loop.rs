@@ -26,8 +26,8 @@ struct Args {
     runs: Vec<Strategy>,
     /// Also run this strategy once through Kafka (nisshi, `shadowtap-collector`, the
     /// provisioner consuming and producing topics); `none` to skip.
-    #[arg(long, default_value = "predictive+prewarm", value_parser = kafka_run)]
-    kafka_run: Option<Strategy>,
+    #[arg(long, default_value = "predictive+prewarm", value_parser = KafkaRun::parse)]
+    kafka_run: KafkaRun,
     /// The demand series (default: the shared nyc_taxi.csv).
     #[arg(long)]
     series: Option<PathBuf>,
@@ -36,11 +36,18 @@ struct Args {
     out: PathBuf,
 }
 
-fn kafka_run(text: &str) -> Result<Option<Strategy>> {
-    if text == "none" {
-        return Ok(None);
+/// The `--kafka-run` value: a strategy, or none. A newtype, not `Option<Strategy>`: clap
+/// stores an `Option` field's inner type, so a parser returning `Option` panics at access.
+#[derive(Clone, Debug, PartialEq)]
+struct KafkaRun(Option<Strategy>);
+
+impl KafkaRun {
+    fn parse(text: &str) -> Result<Self> {
+        if text == "none" {
+            return Ok(Self(None));
+        }
+        Strategy::parse(text).map(|s| Self(Some(s)))
     }
-    Strategy::parse(text).map(Some)
 }
 
 fn main() -> Result<()> {
@@ -66,7 +73,7 @@ fn main() -> Result<()> {
         .into_iter()
         .map(|s| (s, Transport::InProcess))
         .collect();
-    if let Some(s) = args.kafka_run {
+    if let Some(s) = args.kafka_run.0 {
         plan.push((s, Transport::Kafka));
     }
     let mut reports = Vec::new();
@@ -104,4 +111,21 @@ fn main() -> Result<()> {
         println!("{json}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Args, KafkaRun, Strategy};
+
+    #[test]
+    fn kafka_run_defaults_to_predictive_with_prewarm_and_takes_none() {
+        let args = Args::try_parse_from(["shadowtap-closed-loop"]).expect("defaults parse");
+        assert_eq!(args.kafka_run, KafkaRun(Some(Strategy::PredictivePrewarm)));
+        let args = Args::try_parse_from(["shadowtap-closed-loop", "--kafka-run", "none"])
+            .expect("none parses");
+        assert_eq!(args.kafka_run, KafkaRun(None));
+        assert!(Args::try_parse_from(["shadowtap-closed-loop", "--kafka-run", "later"]).is_err());
+    }
 }
