@@ -1,5 +1,6 @@
-//! `cargo xtask experiment closed-loop [--json] [--quick]`: builds the agent, the provisioner
-//! and the experiment binary in release and runs the closed-loop experiment
+//! `cargo xtask experiment closed-loop [--json] [--quick]`: installs what the bed needs, builds
+//! the agent, the provisioner, the collector and the experiment binaries in release and runs
+//! the closed-loop experiment
 //! (docs/experiment.md). Needs root (network namespaces, XDP).
 
 use std::process::Command;
@@ -18,7 +19,9 @@ pub fn run(name: &str, json: bool, quick: bool) -> Result<()> {
     if !util::is_root() {
         bail!("the closed-loop experiment needs root (network namespaces, XDP)");
     }
-    setup::ensure_ebpf_toolchain()?;
+    // Everything the bed runs: HAProxy and nginx, the eBPF toolchain, and nisshi for the
+    // run through Kafka (each step is skipped when already there).
+    setup::run()?;
     ebpf::build()?;
     util::cargo(&[
         "build",
@@ -28,11 +31,17 @@ pub fn run(name: &str, json: bool, quick: bool) -> Result<()> {
         "-p",
         "shadowtap-provisioner",
         "-p",
+        "shadowtap-collector",
+        "-p",
         "shadowtap-tests",
         "--bin",
         "shadowtap-agent",
         "--bin",
         "shadowtap-provisioner",
+        "--bin",
+        "shadowtap-collector",
+        "--bin",
+        "shadowtap-kafka-tail",
         "--bin",
         "shadowtap-closed-loop",
     ])?;
@@ -43,6 +52,14 @@ pub fn run(name: &str, json: bool, quick: bool) -> Result<()> {
         .env(
             "SHADOWTAP_PROVISIONER_BIN",
             release.join("shadowtap-provisioner"),
+        )
+        .env(
+            "SHADOWTAP_COLLECTOR_BIN",
+            release.join("shadowtap-collector"),
+        )
+        .env(
+            "SHADOWTAP_KAFKA_TAIL_BIN",
+            release.join("shadowtap-kafka-tail"),
         )
         .arg("--out")
         .arg(util::target_dir().join("experiments/closed-loop"));
