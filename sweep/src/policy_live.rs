@@ -84,11 +84,6 @@ impl ConfirmPlan {
         min_pairs: 3,
         max_pairs: 9,
     };
-    /// No confirmation: the grid ratio is all there is.
-    pub const NONE: Self = Self {
-        min_pairs: 0,
-        max_pairs: 0,
-    };
 }
 
 /// The paired estimate: geometric mean of `rec[i] / opt[i]` and the standard error of its
@@ -405,7 +400,6 @@ fn confirm(
         }
     };
     let bound = 1.0 + HELD_OUT_GOAL;
-    let mut stopped = "max pairs";
     for i in 0..plan.max_pairs.max(plan.min_pairs) {
         // Alternate which goes first, so a drift in the machine's load hits both alike.
         if i % 2 == 0 {
@@ -418,7 +412,6 @@ fn confirm(
         if cr.len() >= plan.min_pairs {
             let (ratio, se) = paired_ratio(&cr, &co);
             if decided(ratio, se, bound) {
-                stopped = "decided";
                 break;
             }
             if cr.len() < plan.max_pairs {
@@ -430,13 +423,18 @@ fn confirm(
             }
         }
     }
+    // The loop ends decided or at the limit: which one, the final estimate tells.
     let (ratio, log_ratio_se) = paired_ratio(&cr, &co);
     Confirmation {
         recommended: MeanSd::of(&cr),
         optimum: MeanSd::of(&co),
         ratio,
         log_ratio_se,
-        stopped,
+        stopped: if decided(ratio, log_ratio_se, bound) {
+            "decided"
+        } else {
+            "max pairs"
+        },
     }
 }
 
