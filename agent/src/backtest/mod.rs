@@ -345,7 +345,7 @@ pub fn run_series_backtest(
             .forecast(decision_buckets)
             .with_context(|| format!("forecasting at interval {i}"))?;
         // The engine falls back to the reactive rule while the forecast has no skill.
-        engine.set_skill(forecaster.accuracy().mase);
+        engine.set_skill(forecaster.accuracy().recent_mase);
         let capacity_at_start = (predictive.capacity(capacity), baseline.capacity(capacity));
         let bucket = Bucket {
             start_ms: bucket_start,

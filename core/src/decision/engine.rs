@@ -139,7 +139,8 @@ pub struct DecisionEngine {
     last_scale_in_ms: Option<u64>,
     /// (time, required instances), oldest first, covering the stabilisation window.
     recommendations: VecDeque<(u64, u32)>,
-    /// The forecaster's online MASE against seasonal naive, as last told ([`Self::set_skill`]).
+    /// The forecaster's recent MASE (rolling window, current reference), as last told
+    /// ([`Self::set_skill`]).
     #[serde(default)]
     mase: Option<f64>,
     /// What the reactive rule would run: the floor and the base of the cost ceiling.
@@ -166,7 +167,8 @@ impl DecisionEngine {
         }
     }
 
-    /// The forecaster's current online MASE against seasonal naive (`None`: not scored yet).
+    /// The forecaster's recent MASE against its reference (`AccuracySnapshot::recent_mase`;
+    /// `None`: not scored yet, or the model's reference changed too recently).
     /// With `skill_fallback_mase` in the policy, a forecast without skill is not followed.
     pub fn set_skill(&mut self, mase: Option<f64>) {
         self.mase = mase;
@@ -319,7 +321,7 @@ impl DecisionEngine {
         }
     }
 
-    /// The online MASE is at or above the policy's `skill_fallback_mase`.
+    /// The recent MASE is at or above the policy's `skill_fallback_mase`.
     fn without_skill(&self) -> bool {
         matches!((self.policy.skill_fallback_mase, self.mase), (Some(limit), Some(m)) if m >= limit)
     }
@@ -365,7 +367,7 @@ impl DecisionEngine {
         if no_skill && self.without_skill() {
             let _ = write!(
                 summary,
-                "; the forecast has no skill (online MASE {:.2} >= {:.2}): decided on the last \
+                "; the forecast has no skill (recent MASE {:.2} >= {:.2}): decided on the last \
                  observation with headroom",
                 self.mase.unwrap_or_default(),
                 self.policy.skill_fallback_mase.unwrap_or_default()

@@ -57,7 +57,7 @@ pub enum Reason {
     /// Reactive policy: fewer instances would have carried every window of the stabilisation
     /// window.
     ObservedBelowTarget,
-    /// The forecast has no skill (online MASE at or above the policy's
+    /// The forecast has no skill (recent MASE at or above the policy's
     /// `skill_fallback_mase`, or intervals widened by `skill_fallback_widening` or more): the
     /// last observation with headroom exceeds the target.
     ForecastWithoutSkill,

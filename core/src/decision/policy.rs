@@ -96,7 +96,8 @@ pub struct Policy {
     /// more; see `decision::band`); `None`: no ceiling.
     #[serde(default)]
     pub max_cost_ratio: Option<f64>,
-    /// Follow the forecast only while its online MASE against seasonal naive is below this;
+    /// Follow the forecast only while its recent MASE (rolling window, against the model's
+    /// reference) is below this;
     /// at or above it, decide on the last observation with `headroom`. `None`: always follow.
     #[serde(default)]
     pub skill_fallback_mase: Option<f64>,

@@ -422,7 +422,12 @@ impl Fleet {
                 let engine = state
                     .engine
                     .get_or_insert_with(|| DecisionEngine::new(name, policy));
-                engine.set_skill(state.forecaster.as_ref().and_then(|f| f.accuracy().mase));
+                engine.set_skill(
+                    state
+                        .forecaster
+                        .as_ref()
+                        .and_then(|f| f.accuracy().recent_mase),
+                );
                 let mut decision = engine.decide(&DecisionInput {
                     now_ms: end_ms,
                     forecast: &forecast,

@@ -7,6 +7,14 @@
 //! ratio of the two mean absolute errors over the same points (a relative MAE, which is MASE with
 //! the scale measured out of sample: below 1 means better than seasonal naive).
 //!
+//! Two MASE figures are kept. The cumulative one (since start or [`AccuracyTracker::reset_totals`])
+//! is for reports. Decisions read the **recent** one: the same ratio over the rolling window, and
+//! only over points scored against the reference the current model uses. A cumulative score of
+//! a daemon that has run for weeks can hardly move whether its forecasts get better or worse,
+//! and the reference changes with the model (naive `y[t-1]` for ETS, seasonal naive for MSTL and
+//! seasonal naive itself), so a ratio against one says nothing about a model scored against
+//! the other: when the reference changes, the recent score starts again.
+//!
 //! Widening is split-conformal over a rolling window, separately for each side of the interval:
 //! an observation above the point scores `error / upper half-width`, one below scores
 //! `|error| / lower half-width`, and each side's factor is the `1 − (1 − level) / 2` quantile of
@@ -19,7 +27,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-/// Minimum number of scored observations before the widening factor moves off 1.
+/// Minimum number of scored observations before the widening factor moves off 1, and before
+/// the recent MASE is reported.
 const MIN_SCORES_FOR_WIDENING: usize = 20;
 /// Upper bound of the widening factor.
 const MAX_WIDENING: f64 = 4.0;
@@ -46,6 +55,9 @@ pub struct ScoredPoint {
     pub upper: f64,
     /// What seasonal naive would have forecast for the same point, if enough history existed.
     pub seasonal_naive: Option<f64>,
+    /// The season of that reference (1: naive, `y[t-1]`); it follows the model that issued the
+    /// forecast.
+    pub reference_period: usize,
     /// Scores of the observation against the raw interval, in the space the model works in
     /// (see [`interval_scores`]); they drive the widening factors.
     pub scores: IntervalScores,
@@ -82,7 +94,15 @@ pub fn interval_scores(actual: f64, point: f64, lower: f64, upper: f64) -> Inter
 pub struct AccuracySnapshot {
     /// Mean absolute error of the model divided by that of seasonal naive on the same points;
     /// `None` until a point with a seasonal-naive reference was scored or when naive is perfect.
+    /// Cumulative since start or the last reset: for reports.
     pub mase: Option<f64>,
+    /// The same ratio over the rolling window, on points scored against the current model's
+    /// reference only; `None` until 20 such points. Decisions read this one.
+    #[serde(default)]
+    pub recent_mase: Option<f64>,
+    /// Season of the reference the recent MASE is against (1: naive).
+    #[serde(default)]
+    pub reference_period: Option<usize>,
     /// Fraction of observations inside the issued (widened) interval.
     pub coverage: Option<f64>,
     /// Fraction of observations inside the raw model interval.
@@ -113,6 +133,9 @@ pub struct AccuracyTracker {
     model_abs_error: f64,
     naive_abs_error: f64,
     mase_samples: u64,
+    /// (model, reference) absolute errors over the rolling window, all against `skill_period`.
+    recent_errors: VecDeque<(f64, f64)>,
+    skill_period: Option<usize>,
     recent_scores: VecDeque<IntervalScores>,
     recent_covered: VecDeque<bool>,
     widening_upper: f64,
@@ -132,6 +155,8 @@ impl AccuracyTracker {
             model_abs_error: 0.0,
             naive_abs_error: 0.0,
             mase_samples: 0,
+            recent_errors: VecDeque::new(),
+            skill_period: None,
             recent_scores: VecDeque::new(),
             recent_covered: VecDeque::new(),
             widening_upper: 1.0,
@@ -150,7 +175,8 @@ impl AccuracyTracker {
         self.widening_lower
     }
 
-    /// Forget cumulative totals (MASE, coverage) but keep the rolling widening state, e.g. when
+    /// Forget cumulative totals (MASE, coverage) but keep the rolling state (widening, recent
+    /// MASE), e.g. when
     /// a backtest moves from its training part to its evaluation part.
     pub fn reset_totals(&mut self) {
         self.samples = 0;
@@ -172,6 +198,7 @@ impl AccuracyTracker {
             lower,
             upper,
             seasonal_naive,
+            reference_period,
             scores,
         } = *scored;
         if !(actual.is_finite() && point.is_finite()) {
@@ -189,6 +216,15 @@ impl AccuracyTracker {
             self.model_abs_error += (actual - point).abs();
             self.naive_abs_error += (actual - naive).abs();
             self.mase_samples += 1;
+            if self.skill_period != Some(reference_period) {
+                self.recent_errors.clear();
+                self.skill_period = Some(reference_period);
+            }
+            push_bounded(
+                &mut self.recent_errors,
+                ((actual - point).abs(), (actual - naive).abs()),
+                self.window,
+            );
         }
         if scores.upper.max(scores.lower) > OUTLIER_SCORE {
             self.outlier_misses += 1;
@@ -218,9 +254,17 @@ impl AccuracyTracker {
     pub fn snapshot(&self) -> AccuracySnapshot {
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         let window_covered = self.recent_covered.iter().filter(|c| **c).count();
+        let (recent_model, recent_naive) = self
+            .recent_errors
+            .iter()
+            .fold((0.0, 0.0), |(m, n), (em, en)| (m + em, n + en));
         AccuracySnapshot {
             mase: (self.mase_samples > 0 && self.naive_abs_error > 0.0)
                 .then(|| self.model_abs_error / self.naive_abs_error),
+            recent_mase: (self.recent_errors.len() >= MIN_SCORES_FOR_WIDENING
+                && recent_naive > 0.0)
+                .then(|| recent_model / recent_naive),
+            reference_period: self.skill_period,
             coverage: ratio(self.covered, self.samples),
             raw_coverage: ratio(self.raw_covered, self.samples),
             window_coverage: ratio(window_covered as u64, self.recent_covered.len() as u64),
@@ -300,6 +344,7 @@ mod tests {
             lower: point - half * widening,
             upper: point + half * widening,
             seasonal_naive: naive,
+            reference_period: 1,
             scores: interval_scores(actual, point, point - half, point + half),
         }
     }
@@ -400,5 +445,53 @@ mod tests {
         assert_eq!(tracker.snapshot().samples, 0);
         assert_eq!(tracker.snapshot().mase, None);
         assert!((tracker.widening() - widening).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn recent_mase_follows_the_window_not_the_whole_history() {
+        let mut tracker = AccuracyTracker::new(0.95, 40);
+        // 200 points as good as naive (MASE 1), then 40 at a quarter of naive's error.
+        for _ in 0..200 {
+            tracker.record(&point(10.0, 14.0, 5.0, Some(14.0), 1.0));
+        }
+        for _ in 0..40 {
+            tracker.record(&point(10.0, 11.0, 5.0, Some(14.0), 1.0));
+        }
+        let snapshot = tracker.snapshot();
+        // Cumulative: (200 * 4 + 40 * 1) / (240 * 4).
+        let cumulative = snapshot.mase.expect("scored");
+        assert!((cumulative - 840.0 / 960.0).abs() < 1e-12, "{cumulative}");
+        let recent = snapshot.recent_mase.expect("40 recent points");
+        assert!((recent - 0.25).abs() < 1e-12, "{recent}");
+        assert_eq!(snapshot.reference_period, Some(1));
+    }
+
+    #[test]
+    fn recent_mase_starts_again_when_the_reference_changes() {
+        let mut tracker = AccuracyTracker::new(0.95, 100);
+        for _ in 0..30 {
+            tracker.record(&point(10.0, 14.0, 5.0, Some(14.0), 1.0));
+        }
+        assert_eq!(tracker.snapshot().recent_mase, Some(1.0));
+        // A seasonal model is scored against seasonal naive from now on.
+        let seasonal = |actual, forecast| ScoredPoint {
+            reference_period: 48,
+            ..point(actual, forecast, 5.0, Some(20.0), 1.0)
+        };
+        for _ in 0..19 {
+            tracker.record(&seasonal(10.0, 11.0));
+        }
+        let snapshot = tracker.snapshot();
+        assert_eq!(
+            snapshot.recent_mase, None,
+            "19 points against the new reference"
+        );
+        assert_eq!(snapshot.reference_period, Some(48));
+        tracker.record(&seasonal(10.0, 11.0));
+        assert_eq!(tracker.snapshot().recent_mase, Some(0.1));
+        // Resetting the totals for a report keeps the recent score.
+        tracker.reset_totals();
+        assert_eq!(tracker.snapshot().mase, None);
+        assert_eq!(tracker.snapshot().recent_mase, Some(0.1));
     }
 }

@@ -373,6 +373,7 @@ impl ResourceForecaster {
                 lower: transform.inverse(b.lower),
                 upper: transform.inverse(b.upper),
                 seasonal_naive,
+                reference_period: period,
                 scores: accuracy::interval_scores(model_value, b.point, b.raw_lower, b.raw_upper),
             });
         }

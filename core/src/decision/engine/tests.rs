@@ -319,7 +319,7 @@ fn a_forecast_without_skill_is_not_followed() {
     assert!(
         d.explanation
             .summary
-            .contains("no skill (online MASE 1.30 >= 1.00)")
+            .contains("no skill (recent MASE 1.30 >= 1.00)")
     );
 }
 
