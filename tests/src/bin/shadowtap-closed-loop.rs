@@ -31,6 +31,11 @@ struct Args {
     /// The demand series (default: the shared nyc_taxi.csv).
     #[arg(long)]
     series: Option<PathBuf>,
+    /// Whole days skipped from the series' first midnight (default: 6 for the full run, so
+    /// that nyc_taxi's measured day is an ordinary Friday, not Independence Day; 0 with
+    /// `--quick`).
+    #[arg(long)]
+    skip_days: Option<usize>,
     /// Where the report and the plot go.
     #[arg(long, default_value = "target/experiments/closed-loop")]
     out: PathBuf,
@@ -52,18 +57,25 @@ impl KafkaRun {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let config = if args.quick {
+    let mut config = if args.quick {
         BedConfig::quick()
     } else {
         BedConfig::full()
     };
+    if let Some(days) = args.skip_days {
+        config.skip_days = days;
+    }
     let series_path = match &args.series {
         Some(p) => p.clone(),
         None => shadowtap_tests::support::shared_data_dir()
             .context("shared data")?
             .join("series/nyc_taxi.csv"),
     };
-    let series = closed_loop::traffic::Series::load(&series_path, config.training_days + 1)?;
+    let series = closed_loop::traffic::Series::load(
+        &series_path,
+        config.skip_days,
+        config.training_days + 1,
+    )?;
     let runs = if args.runs.is_empty() {
         Strategy::ALL.to_vec()
     } else {

@@ -22,18 +22,23 @@ pub struct Series {
 
 impl Series {
     /// Reads `timestamp,value` lines (with a header) and keeps `days` days (48 steps each)
-    /// starting at the first midnight.
-    pub fn load(path: &Path, days: usize) -> Result<Self> {
+    /// starting at the first midnight, after skipping `skip_days` whole days from there.
+    pub fn load(path: &Path, skip_days: usize, days: usize) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut values = Vec::new();
         let mut started = false;
+        let mut skip = skip_days * 48;
         for line in text.lines().skip(1) {
             let Some((stamp, value)) = line.split_once(',') else {
                 continue;
             };
             started |= stamp.ends_with("00:00:00") && stamp.contains(' ');
             if !started {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
                 continue;
             }
             values.push(
@@ -47,7 +52,10 @@ impl Series {
             }
         }
         if values.len() < days * 48 {
-            bail!("{}: fewer than {days} whole days", path.display());
+            bail!(
+                "{}: fewer than {days} whole days after skipping {skip_days}",
+                path.display()
+            );
         }
         Ok(Self { values })
     }
@@ -196,4 +204,41 @@ pub fn play(
         )
         .context("loadgen")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three days at 30 minutes starting at 23:30 (the partial first step is not a midnight),
+    /// each step's value its index.
+    fn three_days() -> tempfile::NamedTempFile {
+        use std::io::Write as _;
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "timestamp,value").expect("write");
+        writeln!(file, "2014-06-30 23:30:00,-1").expect("write");
+        for i in 0..3 * 48 {
+            let day = 1 + i / 48;
+            let (h, m) = ((i % 48) / 2, (i % 2) * 30);
+            writeln!(file, "2014-07-{day:02} {h:02}:{m:02}:00,{i}").expect("write");
+        }
+        file
+    }
+
+    #[test]
+    fn days_start_at_the_first_midnight_after_the_skipped_ones() {
+        let file = three_days();
+        let first = Series::load(file.path(), 0, 1).expect("one day");
+        assert_eq!(first.values.len(), 48);
+        assert!((first.values[0] - 0.0).abs() < f64::EPSILON);
+        let third = Series::load(file.path(), 2, 1).expect("the third day");
+        assert!((third.values[0] - 96.0).abs() < f64::EPSILON);
+        assert!((third.values[47] - 143.0).abs() < f64::EPSILON);
+        let err = Series::load(file.path(), 2, 2).expect_err("only one day left");
+        assert!(
+            err.to_string()
+                .contains("fewer than 2 whole days after skipping 2"),
+            "{err}"
+        );
+    }
 }
