@@ -314,6 +314,7 @@ impl DecisionEngine {
                 changepoints_ms: forecast.changepoints_ms.clone(),
                 gap_windows: 0,
                 skill_fallback: no_skill,
+                recent_mase: if reactive { None } else { self.mase },
                 cost_capped: capped,
                 reactive_instances: band.map_or(0, |b| b.reactive),
                 reactive_floored: floored,

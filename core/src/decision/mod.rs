@@ -144,6 +144,11 @@ pub struct Explanation {
     /// observation with headroom.
     #[serde(default)]
     pub skill_fallback: bool,
+    /// The forecaster's recent MASE the decision was taken with (`None`: no score yet, or
+    /// the model's reference changed within the last 20 windows); below 0.5 the cost ceiling
+    /// follows the point forecast, at `skill_fallback_mase` the decision falls back.
+    #[serde(default)]
+    pub recent_mase: Option<f64>,
     /// The requirement was cut to the policy's `max_cost_ratio` over the reactive rule.
     #[serde(default)]
     pub cost_capped: bool,

@@ -310,12 +310,14 @@ fn a_forecast_without_skill_is_not_followed() {
         "skilled: 2000 x 1.25 / 50, capped at max 20"
     );
     assert!(!d.explanation.skill_fallback);
+    assert_eq!(d.explanation.recent_mase, Some(0.6));
     e.set_skill(Some(1.3));
     let d = decide(&mut e, MIN, &[500.0, 2000.0, 2000.0, 2000.0], 1);
     // 400 x 1.25 / 50 = 10.
     assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 10));
     assert_eq!(d.reason, Reason::ForecastWithoutSkill);
     assert!(d.explanation.skill_fallback);
+    assert_eq!(d.explanation.recent_mase, Some(1.3));
     assert!(
         d.explanation
             .summary
