@@ -79,9 +79,9 @@ impl ReactiveShadow {
 }
 
 /// The ceiling follows the point forecast only while the forecaster's recent MASE
-/// (`AccuracySnapshot::recent_mase`) is below this: half of seasonal naive's error. A forecast with less skill than that sees its point
-/// drift above the last window on noise alone (mean reversion after every dip), which would
-/// lift the ceiling where nothing is coming.
+/// (`AccuracySnapshot::recent_mase`) is below this: half of seasonal naive's error. A forecast
+/// with less skill than that sees its point drift above the last window on noise alone (mean
+/// reversion after every dip), which would lift the ceiling where nothing is coming.
 pub const POINT_FOLLOWING_MASE: f64 = 0.5;
 
 impl CostBand {

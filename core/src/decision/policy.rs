@@ -97,8 +97,8 @@ pub struct Policy {
     #[serde(default)]
     pub max_cost_ratio: Option<f64>,
     /// Follow the forecast only while its recent MASE (rolling window, against the model's
-    /// reference) is below this;
-    /// at or above it, decide on the last observation with `headroom`. `None`: always follow.
+    /// reference) is below this; at or above it, decide on the last observation with
+    /// `headroom`. `None`: always follow.
     #[serde(default)]
     pub skill_fallback_mase: Option<f64>,
     /// Also fall back to the last observation while the forecaster has widened its intervals

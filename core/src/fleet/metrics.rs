@@ -36,7 +36,7 @@ fn resource_families() -> [(&'static str, &'static str, Getter); 14] {
         ),
         (
             "shadowtap_resource_forecast_mase",
-            "Online MASE against seasonal naive.",
+            "Online MASE against the model's reference, cumulative since start (for reports).",
             |f, r| f.accuracy(r).and_then(|a| a.mase),
         ),
         (
