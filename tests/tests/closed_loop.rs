@@ -22,7 +22,7 @@ fn run_quick(transport: Transport) -> (RunReport, Vec<String>) {
     let series_path = shadowtap_tests::support::shared_data_dir()
         .expect("shared data")
         .join("series/nyc_taxi.csv");
-    let series = closed_loop::traffic::Series::load(&series_path, 0, 1).expect("series");
+    let series = config.load_series(&series_path).expect("series");
     let report =
         closed_loop::run_one(&config, &series, Strategy::Reactive, transport).expect("the run");
     let pid = format!("stap-{}-", std::process::id());

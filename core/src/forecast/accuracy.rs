@@ -176,8 +176,7 @@ impl AccuracyTracker {
     }
 
     /// Forget cumulative totals (MASE, coverage) but keep the rolling state (widening, recent
-    /// MASE), e.g. when
-    /// a backtest moves from its training part to its evaluation part.
+    /// MASE), e.g. when a backtest moves from its training part to its evaluation part.
     pub fn reset_totals(&mut self) {
         self.samples = 0;
         self.covered = 0;

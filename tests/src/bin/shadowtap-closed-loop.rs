@@ -71,11 +71,7 @@ fn main() -> Result<()> {
             .context("shared data")?
             .join("series/nyc_taxi.csv"),
     };
-    let series = closed_loop::traffic::Series::load(
-        &series_path,
-        config.skip_days,
-        config.training_days + 1,
-    )?;
+    let series = config.load_series(&series_path)?;
     let runs = if args.runs.is_empty() {
         Strategy::ALL.to_vec()
     } else {

@@ -162,6 +162,12 @@ impl BedConfig {
         Duration::from_mins(30) / self.compression
     }
 
+    /// The days of the series at `path` this experiment plays: `skip_days` skipped, then the
+    /// training days and the measured one.
+    pub fn load_series(&self, path: &Path) -> Result<Series> {
+        Series::load(path, self.skip_days, self.training_days + 1)
+    }
+
     /// The policy file, every duration scaled by the compression factor.
     pub fn policy(&self, strategy: Strategy) -> String {
         let scaled = |real_minutes: u64| {
