@@ -30,6 +30,11 @@ use serde::{Deserialize, Serialize};
 /// Minimum number of scored observations before the widening factor moves off 1, and before
 /// the recent MASE is reported.
 const MIN_SCORES_FOR_WIDENING: usize = 20;
+/// Two seasonal references whose periods differ by at most this fraction are the same
+/// reference for the recent MASE (the season detector's own tolerance for "the same season"):
+/// refits move a detected daily period by a step or two (48 and 49 windows), and restarting
+/// the score on each would leave decisions without one for 20 windows after every refit.
+const SAME_REFERENCE_TOLERANCE: f64 = 0.1;
 /// Upper bound of the widening factor.
 const MAX_WIDENING: f64 = 4.0;
 /// A miss beyond this many half-widths is an outlier (an outage, a burst, a holiday), not a
@@ -97,7 +102,8 @@ pub struct AccuracySnapshot {
     /// Cumulative since start or the last reset: for reports.
     pub mase: Option<f64>,
     /// The same ratio over the rolling window, on points scored against the current model's
-    /// reference only; `None` until 20 such points. Decisions read this one.
+    /// reference only (a seasonal period within 10% counts as the same); `None` until 20 such
+    /// points. Decisions read this one.
     #[serde(default)]
     pub recent_mase: Option<f64>,
     /// Season of the reference the recent MASE is against (1: naive).
@@ -133,7 +139,8 @@ pub struct AccuracyTracker {
     model_abs_error: f64,
     naive_abs_error: f64,
     mase_samples: u64,
-    /// (model, reference) absolute errors over the rolling window, all against `skill_period`.
+    /// (model, reference) absolute errors over the rolling window, all against references the
+    /// same as `skill_period`, the latest (`same_reference`).
     recent_errors: VecDeque<(f64, f64)>,
     skill_period: Option<usize>,
     recent_scores: VecDeque<IntervalScores>,
@@ -215,10 +222,13 @@ impl AccuracyTracker {
             self.model_abs_error += (actual - point).abs();
             self.naive_abs_error += (actual - naive).abs();
             self.mase_samples += 1;
-            if self.skill_period != Some(reference_period) {
+            if !self
+                .skill_period
+                .is_some_and(|p| same_reference(p, reference_period))
+            {
                 self.recent_errors.clear();
-                self.skill_period = Some(reference_period);
             }
+            self.skill_period = Some(reference_period);
             push_bounded(
                 &mut self.recent_errors,
                 ((actual - point).abs(), (actual - naive).abs()),
@@ -274,6 +284,15 @@ impl AccuracyTracker {
             outlier_misses: self.outlier_misses,
         }
     }
+}
+
+/// Naive (period 1) against naive, or two seasonal periods within
+/// [`SAME_REFERENCE_TOLERANCE`] of each other.
+fn same_reference(a: usize, b: usize) -> bool {
+    if a <= 1 || b <= 1 {
+        return a == b;
+    }
+    a.abs_diff(b) as f64 <= SAME_REFERENCE_TOLERANCE * a.max(b) as f64
 }
 
 fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, capacity: usize) {
@@ -487,6 +506,21 @@ mod tests {
         );
         assert_eq!(snapshot.reference_period, Some(48));
         tracker.record(&seasonal(10.0, 11.0));
+        assert_eq!(tracker.snapshot().recent_mase, Some(0.1));
+        // A refit that detects the day as 49 windows keeps the score (same reference, within
+        // 10%); one that finds a weekly season (336) starts it again.
+        let at_period = |period, actual, forecast| ScoredPoint {
+            reference_period: period,
+            ..point(actual, forecast, 5.0, Some(20.0), 1.0)
+        };
+        tracker.record(&at_period(49, 10.0, 11.0));
+        assert_eq!(tracker.snapshot().recent_mase, Some(0.1));
+        assert_eq!(tracker.snapshot().reference_period, Some(49));
+        tracker.record(&at_period(336, 10.0, 11.0));
+        assert_eq!(tracker.snapshot().recent_mase, None);
+        for _ in 0..19 {
+            tracker.record(&at_period(336, 10.0, 11.0));
+        }
         assert_eq!(tracker.snapshot().recent_mase, Some(0.1));
         // Resetting the totals for a report keeps the recent score.
         tracker.reset_totals();
