@@ -78,10 +78,11 @@ impl ReactiveShadow {
     }
 }
 
-/// The ceiling follows the point forecast only while the forecaster's recent MASE
+/// The ceiling follows the point forecast whenever the forecaster's recent MASE
 /// (`AccuracySnapshot::recent_mase`) is below this: half of seasonal naive's error. A forecast
 /// with less skill than that sees its point drift above the last window on noise alone (mean
-/// reversion after every dip), which would lift the ceiling where nothing is coming.
+/// reversion after every dip), which would lift the ceiling where nothing is coming; it lifts
+/// the ceiling only for a rise its interval is sure of (`CeilingBasis::ExpectedRise`).
 pub const POINT_FOLLOWING_MASE: f64 = 0.5;
 
 impl CostBand {

@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use crate::forecast::{DemandForecast, ForecastPoint};
 
 use super::{
-    Action, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
-    band::ReactiveShadow,
+    Action, CeilingBasis, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
+    band::{POINT_FOLLOWING_MASE, ReactiveShadow},
     fixed::Fixed,
     policy::{PolicyMode, format_duration},
 };
@@ -148,6 +148,16 @@ pub struct DecisionEngine {
     shadow: ReactiveShadow,
 }
 
+/// Why the cost ceiling followed the point forecast, with the figures the summary quotes.
+#[derive(Debug, Clone, Copy)]
+struct PointFollowing {
+    basis: CeilingBasis,
+    /// The highest lower bound of the window's interval.
+    lower: f64,
+    /// The window just observed.
+    last: f64,
+}
+
 fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -203,20 +213,22 @@ impl DecisionEngine {
         };
         let threshold = self.policy.threshold_per_instance();
         let (mut required, at_max) = self.required_instances(window.peak_upper);
+        let follows = if reactive || no_skill || !window.covered {
+            None
+        } else {
+            self.point_following(&window, forecast)
+        };
         // The cost band: never more than `max_cost_ratio` above what the reactive rule would
         // run, never fewer than it (`reactive_floor`).
         let band = (!reactive).then(|| {
             let band = self
                 .shadow
                 .band(&self.policy, now, forecast.last_observed.unwrap_or(0.0));
-            let strong = self
-                .mase
-                .is_some_and(|m| m < super::band::POINT_FOLLOWING_MASE);
-            if no_skill || !window.covered || !strong {
-                band
-            } else {
+            if follows.is_some() {
                 let peak_point = window.points.iter().map(|p| p.point).fold(0.0, f64::max);
                 band.following_point(&self.policy, peak_point)
+            } else {
+                band
             }
         });
         let ceiling = band.and_then(|b| b.ceiling);
@@ -276,6 +288,7 @@ impl DecisionEngine {
                 capped.then_some(ceiling).flatten(),
                 floored.then_some(desired),
             ),
+            follows,
             (!reactive)
                 .then(|| forecast.changepoints_ms.last())
                 .flatten(),
@@ -315,11 +328,40 @@ impl DecisionEngine {
                 gap_windows: 0,
                 skill_fallback: no_skill,
                 recent_mase: if reactive { None } else { self.mase },
+                ceiling_follows_point: follows.map(|f| f.basis),
                 cost_capped: capped,
                 reactive_instances: band.map_or(0, |b| b.reactive),
                 reactive_floored: floored,
             },
         }
+    }
+
+    /// Why the cost ceiling may follow the point forecast in `window`, if it may: a strongly
+    /// skilled forecaster (recent MASE below [`POINT_FOLLOWING_MASE`]), or a rise the
+    /// forecast is sure of at its own interval level (the interval's lower bound somewhere in
+    /// the window above the window just observed). The second is what a daily ramp looks like
+    /// to a forecaster that is skilled but not twice as good as seasonal naive; mean reversion
+    /// after an ordinary dip stays inside the interval and does not lift the ceiling.
+    fn point_following(
+        &self,
+        window: &WindowPeak,
+        forecast: &DemandForecast,
+    ) -> Option<PointFollowing> {
+        let mase = self.mase?;
+        let last = forecast.last_observed.unwrap_or(0.0);
+        let highest_lower = window.points.iter().map(|p| p.lower).fold(0.0, f64::max);
+        let basis = if mase < POINT_FOLLOWING_MASE {
+            CeilingBasis::StrongSkill
+        } else if highest_lower > last {
+            CeilingBasis::ExpectedRise
+        } else {
+            return None;
+        };
+        Some(PointFollowing {
+            basis,
+            lower: highest_lower,
+            last,
+        })
     }
 
     /// The recent MASE is at or above the policy's `skill_fallback_mase`.
@@ -362,6 +404,7 @@ impl DecisionEngine {
         mut summary: String,
         (no_skill, widening): (bool, f64),
         (capped_at, floored_at): (Option<u32>, Option<u32>),
+        follows: Option<PointFollowing>,
         changepoint_ms: Option<&u64>,
     ) -> String {
         use std::fmt::Write as _;
@@ -387,6 +430,26 @@ impl DecisionEngine {
                 "; capped at {cap} instances by max_cost_ratio {:.2} over the reactive rule",
                 self.policy.max_cost_ratio.unwrap_or_default()
             );
+        }
+        match follows.map(|f| (f.basis, f)) {
+            Some((CeilingBasis::StrongSkill, _)) => {
+                let _ = write!(
+                    summary,
+                    "; the cost ceiling follows the point forecast (recent MASE {:.2} < \
+                     {POINT_FOLLOWING_MASE:.2})",
+                    self.mase.unwrap_or_default()
+                );
+            }
+            Some((CeilingBasis::ExpectedRise, f)) => {
+                let _ = write!(
+                    summary,
+                    "; the cost ceiling follows the point forecast (expected rise: the \
+                     interval's lower bound {} is above the last window {})",
+                    Fixed(f.lower, 1),
+                    Fixed(f.last, 1)
+                );
+            }
+            None => {}
         }
         if let Some(floor) = floored_at {
             let _ = write!(

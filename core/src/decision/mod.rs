@@ -146,9 +146,14 @@ pub struct Explanation {
     pub skill_fallback: bool,
     /// The forecaster's recent MASE the decision was taken with (`None`: no score yet, or
     /// the model's reference changed within the last 20 windows); below 0.5 the cost ceiling
-    /// follows the point forecast, at `skill_fallback_mase` the decision falls back.
+    /// follows the point forecast (see `ceiling_follows_point`), at `skill_fallback_mase` the
+    /// decision falls back.
     #[serde(default)]
     pub recent_mase: Option<f64>,
+    /// Why the cost ceiling followed the point forecast instead of staying at
+    /// `max_cost_ratio` over the reactive rule's count now (`None`: it did not).
+    #[serde(default)]
+    pub ceiling_follows_point: Option<CeilingBasis>,
     /// The requirement was cut to the policy's `max_cost_ratio` over the reactive rule.
     #[serde(default)]
     pub cost_capped: bool,
@@ -158,6 +163,17 @@ pub struct Explanation {
     /// The decision was raised to the reactive rule's count (policy `reactive_floor`).
     #[serde(default)]
     pub reactive_floored: bool,
+}
+
+/// Why a decision's cost ceiling followed the point forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CeilingBasis {
+    /// The forecaster's recent MASE is below `band::POINT_FOLLOWING_MASE`.
+    StrongSkill,
+    /// The forecast's interval lies above the window just observed somewhere in the
+    /// decision's window: a rise it is sure of at its own level.
+    ExpectedRise,
 }
 
 /// A scaling decision for one resource.

@@ -355,3 +355,62 @@ fn the_cost_ceiling_caps_the_requirement() {
     assert!(!d.explanation.cost_capped);
     assert_eq!(d.desired_instances, 12, "stabilisation holds the 12");
 }
+
+/// The cost ceiling follows the point forecast of a strongly skilled forecaster, or of a
+/// skilled one whose interval is sure of a rise; a rise inside the interval (what mean
+/// reversion after a dip looks like) leaves it at `max_cost_ratio` over the reactive rule.
+#[test]
+fn the_ceiling_follows_the_point_on_strong_skill_or_a_sure_rise() {
+    let engine = |mase: Option<f64>| {
+        let mut p = policy();
+        p.max_cost_ratio = Some(0.25);
+        p.skill_fallback_mase = Some(1.0);
+        let mut e = DecisionEngine::new("api", p);
+        e.set_skill(mase);
+        e
+    };
+    // Observed 400: the rule runs 8, the ceiling is 10. The window's lower bounds reach 600:
+    // a sure rise. Its point (800) would have the rule run 16, so the ceiling is 20, which
+    // the upper bound (1000 / 50) needs.
+    let rising = [500.0, 1000.0, 1000.0, 1000.0];
+    let d = decide(&mut engine(Some(0.7)), 0, &rising, 8);
+    assert_eq!(d.desired_instances, 20);
+    assert!(!d.explanation.cost_capped);
+    assert_eq!(
+        d.explanation.ceiling_follows_point,
+        Some(CeilingBasis::ExpectedRise)
+    );
+    assert!(
+        d.explanation.summary.contains(
+            "follows the point forecast (expected rise: the interval's lower bound 600.0 is \
+             above the last window 400.0)"
+        ),
+        "{}",
+        d.explanation.summary
+    );
+    // Unscored: the ceiling stays.
+    let d = decide(&mut engine(None), 0, &rising, 8);
+    assert_eq!(d.desired_instances, 10);
+    assert_eq!(d.explanation.ceiling_follows_point, None);
+
+    // Lower bounds at most 360, under the observed 400: the upper bound's 12 is cut to 10.
+    let within = [500.0, 600.0, 600.0, 600.0];
+    let d = decide(&mut engine(Some(0.7)), 0, &within, 8);
+    assert_eq!(d.desired_instances, 10);
+    assert!(d.explanation.cost_capped);
+    assert_eq!(d.explanation.ceiling_follows_point, None);
+    // A strongly skilled forecaster's point (480, the rule's 10) sets the ceiling at 12.
+    let d = decide(&mut engine(Some(0.3)), 0, &within, 8);
+    assert_eq!(d.desired_instances, 12);
+    assert_eq!(
+        d.explanation.ceiling_follows_point,
+        Some(CeilingBasis::StrongSkill)
+    );
+    assert!(
+        d.explanation
+            .summary
+            .contains("follows the point forecast (recent MASE 0.30 < 0.50)"),
+        "{}",
+        d.explanation.summary
+    );
+}
