@@ -431,8 +431,11 @@ impl DecisionEngine {
                 self.policy.max_cost_ratio.unwrap_or_default()
             );
         }
-        match follows.map(|f| (f.basis, f)) {
-            Some((CeilingBasis::StrongSkill, _)) => {
+        match follows {
+            Some(PointFollowing {
+                basis: CeilingBasis::StrongSkill,
+                ..
+            }) => {
                 let _ = write!(
                     summary,
                     "; the cost ceiling follows the point forecast (recent MASE {:.2} < \
@@ -440,7 +443,12 @@ impl DecisionEngine {
                     self.mase.unwrap_or_default()
                 );
             }
-            Some((CeilingBasis::ExpectedRise, f)) => {
+            Some(
+                f @ PointFollowing {
+                    basis: CeilingBasis::ExpectedRise,
+                    ..
+                },
+            ) => {
                 let _ = write!(
                     summary,
                     "; the cost ceiling follows the point forecast (expected rise: the \

@@ -30,11 +30,6 @@ use serde::{Deserialize, Serialize};
 /// Minimum number of scored observations before the widening factor moves off 1, and before
 /// the recent MASE is reported.
 const MIN_SCORES_FOR_WIDENING: usize = 20;
-/// Two seasonal references whose periods differ by at most this fraction are the same
-/// reference for the recent MASE (the season detector's own tolerance for "the same season"):
-/// refits move a detected daily period by a step or two (48 and 49 windows), and restarting
-/// the score on each would leave decisions without one for 20 windows after every refit.
-const SAME_REFERENCE_TOLERANCE: f64 = 0.1;
 /// Upper bound of the widening factor.
 const MAX_WIDENING: f64 = 4.0;
 /// A miss beyond this many half-widths is an outlier (an outage, a burst, a holiday), not a
@@ -286,13 +281,14 @@ impl AccuracyTracker {
     }
 }
 
-/// Naive (period 1) against naive, or two seasonal periods within
-/// [`SAME_REFERENCE_TOLERANCE`] of each other.
-fn same_reference(a: usize, b: usize) -> bool {
-    if a <= 1 || b <= 1 {
-        return a == b;
+/// Naive (period 1) against naive, or the same season as the season detector tells them
+/// apart (`model::same_season`): restarting the recent score each time a refit moves the
+/// detected period by a step would leave decisions without one for 20 windows after it.
+fn same_reference(previous: usize, period: usize) -> bool {
+    if previous <= 1 || period <= 1 {
+        return previous == period;
     }
-    a.abs_diff(b) as f64 <= SAME_REFERENCE_TOLERANCE * a.max(b) as f64
+    super::model::same_season(previous, period)
 }
 
 fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, capacity: usize) {

@@ -145,16 +145,19 @@ pub fn fit_path(
 
 /// Seasons found by the periodogram plus usable hints, shortest first; only those with at least
 /// two full cycles in the window.
+/// `period` is the season `known` again: within 10% of it. Refits move a detected daily
+/// period by a step or two (48 and 49 windows of 30 minutes).
+pub(crate) fn same_season(known: usize, period: usize) -> bool {
+    (known as f64 - period as f64).abs() <= 0.1 * known as f64
+}
+
 pub fn detect_seasons(window: &[f64], settings: &FitSettings) -> Vec<usize> {
     let n = window.len();
     let mut seasons: Vec<usize> = Vec::new();
     // The periodogram needs about three cycles of the longest period it looks for.
     let max_period = settings.max_season.min(n / 3);
-    let near_known = |seasons: &[usize], period: usize| {
-        seasons
-            .iter()
-            .any(|&s| (s as f64 - period as f64).abs() <= 0.1 * s as f64)
-    };
+    let near_known =
+        |seasons: &[usize], period: usize| seasons.iter().any(|&s| same_season(s, period));
     // A few dozen points cannot tell a cycle from noise.
     if n >= MIN_POINTS_FOR_DETECTION && max_period >= 4 && settings.max_seasons > 0 {
         // Without the trend, low frequencies no longer swamp the daily peak; clipping keeps a
