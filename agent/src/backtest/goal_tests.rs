@@ -163,12 +163,21 @@ fn frontiers_of(path: &Path) -> frontier::Frontiers {
     frontiers
 }
 
+/// The frontier goal holds on ELB since decisions size the point at the target utilisation
+/// and the upper bound at full capacity (docs/backtest.md).
 #[test]
 fn frontier_on_the_shared_elb_series() {
     let f = frontiers_of(&shared_series_dir().join("elb_request_count_8c0756.csv"));
-    eprintln!("on or below: {}", f.predictive_on_or_below);
+    assert!(
+        f.predictive_on_or_below,
+        "predictive frontier above reactive's on ELB: {:?}",
+        f.predictive
+    );
 }
 
+/// Printed, not asserted: on msft_volume the levels 0.9 and 0.95 lie 3.5% and 5.5% above the
+/// reactive frontier at equal instance-hours (docs/backtest.md), a miss the issue asks to
+/// report rather than tune away.
 #[test]
 fn frontier_on_the_heldout_msft_volume_series() {
     let f = frontiers_of(&heldout_dir().join("msft_volume.csv"));

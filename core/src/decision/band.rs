@@ -206,9 +206,9 @@ mod tests {
         );
     }
 
-    /// A forecast for 5 one-minute buckets from `now`: the point stays at `last`, just
-    /// observed; the upper bound is `upper`.
-    fn forecast(now: u64, last: f64, upper: f64) -> crate::forecast::DemandForecast {
+    /// A forecast for 5 one-minute buckets from `now`, after `last` was observed: the point
+    /// stays at `point`, the upper bound at `upper`.
+    fn forecast(now: u64, last: f64, point: f64, upper: f64) -> crate::forecast::DemandForecast {
         crate::forecast::DemandForecast {
             resource: "api".into(),
             issued_at_ms: now,
@@ -219,7 +219,7 @@ mod tests {
             points: (0..5)
                 .map(|k| crate::forecast::ForecastPoint {
                     start_ms: now + k * MIN,
-                    point: last,
+                    point,
                     lower: upper * 0.6,
                     upper,
                 })
@@ -240,15 +240,16 @@ mod tests {
         p.horizon = Duration::from_secs(60);
         p.scale_in_cooldown = Duration::from_secs(600);
         let mut e = DecisionEngine::new("api", p);
-        let mut decide = |now: u64, last: f64, upper: f64, current: u32| {
+        let mut decide = |now: u64, last: f64, point: f64, upper: f64, current: u32| {
             e.decide(&DecisionInput {
                 now_ms: now,
-                forecast: &forecast(now, last, upper),
+                forecast: &forecast(now, last, point, upper),
                 current_instances: current,
             })
         };
-        // Observed 400 (rule: 8); the interval wants 2000 / 50 = 40: cut to 10.
-        let d = decide(0, 400.0, 2000.0, 8);
+        // Observed 400 (rule: 8); the upper bound wants 2000 / 100 = 20 at full capacity: cut
+        // to 10.
+        let d = decide(0, 400.0, 400.0, 2000.0, 8);
         assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 10));
         assert!(d.explanation.cost_capped);
         assert_eq!(d.explanation.reactive_instances, 8);
@@ -258,7 +259,7 @@ mod tests {
             d.explanation.summary
         );
         // Observed 800 (rule: 16); the forecast says 100 (2 instances): raised to 16.
-        let d = decide(MIN, 800.0, 100.0, 10);
+        let d = decide(MIN, 800.0, 100.0, 100.0, 10);
         assert_eq!((d.action, d.desired_instances), (Action::ScaleOut, 16));
         assert_eq!(d.reason, Reason::BelowReactiveFloor);
         assert!(d.explanation.reactive_floored);
@@ -270,7 +271,7 @@ mod tests {
         // Demand falls to 100: the rule holds 16 for its stabilisation window, then runs 2,
         // and the ceiling (2) cuts a count the engine's 10-minute scale-in cooldown would
         // still hold.
-        let d = decide(7 * MIN, 100.0, 100.0, 16);
+        let d = decide(7 * MIN, 100.0, 100.0, 100.0, 16);
         assert_eq!((d.action, d.desired_instances), (Action::ScaleIn, 2));
         assert_eq!(d.reason, Reason::AboveCostCeiling);
     }

@@ -1,8 +1,12 @@
 //! The decision state machine.
 //!
 //! Rules, in order:
-//! 1. required = ceil(max upper bound over [now, now + lead time + horizon) × (1 + headroom) /
-//!    (capacity × target utilisation)), clamped to [min, max] instances;
+//! 1. over the window [now, now + lead time + horizon), the highest point forecast runs at the
+//!    target utilisation and the highest upper bound fits in full capacity, both plus headroom:
+//!    required = max(ceil(point × (1 + headroom) / (capacity × target utilisation)),
+//!    ceil(upper × (1 + headroom) / capacity)), clamped to [min, max] instances. The target
+//!    utilisation's slack is what absorbs ordinary forecast error; the interval only has to
+//!    fit in what the slack leaves, not be stacked on top of it;
 //! 2. more than current → scale out at once, unless the scale-out cooldown is running;
 //! 3. fewer → scale in only to the highest requirement seen within the stabilisation window,
 //!    only once the engine has watched a whole window, and not within the scale-in cooldown of
@@ -14,6 +18,7 @@ use crate::forecast::{DemandForecast, ForecastPoint};
 
 use super::{
     Action, CeilingBasis, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
+    SizingBasis,
     band::{POINT_FOLLOWING_MASE, ReactiveShadow},
     fixed::Fixed,
     policy::{PolicyMode, format_duration},
@@ -30,14 +35,17 @@ pub struct DecisionInput<'a> {
     pub current_instances: u32,
 }
 
-/// The forecast over the decision window and its highest upper bound.
+/// The forecast over the decision window, its highest upper bound and its highest point.
 struct WindowPeak {
     end_ms: u64,
     points: Vec<ForecastPoint>,
     /// The forecast reaches the end of the window.
     covered: bool,
     peak_upper: f64,
+    /// The highest point forecast in the window (the last observation when the forecast does
+    /// not cover it).
     peak_point: f64,
+    /// The bucket of `peak_upper`.
     peak_at_ms: u64,
 }
 
@@ -70,11 +78,13 @@ impl WindowPeak {
             .last()
             .is_some_and(|p| p.start_ms.saturating_add(step) >= end_ms);
         let (peak_upper, peak_point, peak_at_ms) = if covered {
-            points
+            let (upper, at) = points
                 .iter()
-                .map(|p| (p.upper, p.point, p.start_ms))
+                .map(|p| (p.upper, p.start_ms))
                 .max_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap_or((0.0, 0.0, now))
+                .unwrap_or((0.0, now));
+            let point = points.iter().map(|p| p.point).fold(0.0, f64::max);
+            (upper, point, at)
         } else {
             // The forecast does not reach the end of the window: decide on what was seen.
             let last = forecast.last_observed.unwrap_or(0.0).max(0.0);
@@ -148,6 +158,21 @@ pub struct DecisionEngine {
     shadow: ReactiveShadow,
 }
 
+/// What a window needs and what set it.
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    instances: u32,
+    /// The policy's `max_instances` cut the count.
+    at_max: bool,
+    /// Instances for the point at the target utilisation (clamped).
+    by_point: u32,
+    /// Instances for the upper bound at full capacity (clamped; the minimum without a
+    /// forecast).
+    by_upper: u32,
+    /// `None`: decided on the last observation.
+    basis: Option<SizingBasis>,
+}
+
 /// Why the cost ceiling followed the point forecast, with the figures the summary quotes.
 #[derive(Debug, Clone, Copy)]
 struct PointFollowing {
@@ -212,7 +237,8 @@ impl DecisionEngine {
             WindowPeak::find(&self.policy, now, forecast)
         };
         let threshold = self.policy.threshold_per_instance();
-        let (mut required, at_max) = self.required_instances(window.peak_upper);
+        let sizing = self.required_instances(&window, !(reactive || no_skill));
+        let (mut required, at_max) = (sizing.instances, sizing.at_max);
         let follows = if reactive || no_skill || !window.covered {
             None
         } else {
@@ -225,8 +251,7 @@ impl DecisionEngine {
                 .shadow
                 .band(&self.policy, now, forecast.last_observed.unwrap_or(0.0));
             if follows.is_some() {
-                let peak_point = window.points.iter().map(|p| p.point).fold(0.0, f64::max);
-                band.following_point(&self.policy, peak_point)
+                band.following_point(&self.policy, window.peak_point)
             } else {
                 band
             }
@@ -267,17 +292,20 @@ impl DecisionEngine {
             )
         } else {
             format!(
-                "{action} {current} -> {desired}: peak upper bound {peak_upper} ({level}% \
-             interval, point {peak_point}, widening x{widening}) with {headroom}% \
-             headroom over the next {span} needs {required} x {threshold} per instance \
-             ({reason:?})",
+                "{action} {current} -> {desired}: over the next {span} point {peak_point} at \
+                 {threshold} per instance needs {by_point}, peak upper bound {peak_upper} \
+                 ({level}% interval, widening x{widening}) at full capacity {capacity} needs \
+                 {by_upper}, with {headroom}% headroom: {required} ({reason:?})",
                 action = action_text(action),
                 peak_upper = Fixed(window.peak_upper, 1),
                 peak_point = Fixed(window.peak_point, 1),
+                by_point = sizing.by_point,
+                by_upper = sizing.by_upper,
                 level = Fixed(forecast.level * 100.0, 0),
                 widening = Fixed(forecast.widening, 2),
                 headroom = Fixed(self.policy.headroom * 100.0, 0),
                 threshold = Fixed(threshold, 1),
+                capacity = Fixed(self.policy.capacity_per_instance, 1),
                 span = format_duration(std::time::Duration::from_millis(window.end_ms - now)),
             )
         };
@@ -322,6 +350,7 @@ impl DecisionEngine {
                 headroom: self.policy.headroom,
                 threshold_per_instance: threshold,
                 required_instances: required,
+                sized_by: sizing.basis,
                 stabilised_instances: stabilised,
                 outliers_ms: forecast.outliers_ms.clone(),
                 changepoints_ms: forecast.changepoints_ms.clone(),
@@ -475,26 +504,54 @@ impl DecisionEngine {
         summary
     }
 
-    /// Instances for `peak_upper` plus headroom, clamped to the limits; and whether the limit
-    /// cut it.
-    fn required_instances(&self, peak_upper: f64) -> (u32, bool) {
+    /// Instances the window needs, clamped to the limits; whether the limit cut it; and which
+    /// of the forecast's point and upper bound set the count.
+    ///
+    /// On a forecast (`on_forecast`) the point runs at the target utilisation and the upper
+    /// bound fits in full capacity: the slack the target utilisation leaves is the margin for
+    /// ordinary forecast error, so stacking the interval on top of it (the upper bound at the
+    /// target utilisation) would pay for the same error twice, all day. On the last
+    /// observation (the reactive rule, a forecast without skill) there is no interval: it runs
+    /// at the target utilisation.
+    fn required_instances(&self, window: &WindowPeak, on_forecast: bool) -> Sizing {
         let policy = &self.policy;
-        // Headroom covers forecast error; the reactive baseline has none, as an HPA has none.
+        // Headroom is the operator's extra margin; the reactive baseline has none, as an HPA
+        // has none.
         let headroom = match policy.mode {
             PolicyMode::Predictive => policy.headroom,
             PolicyMode::Reactive => 0.0,
         };
-        let demand = peak_upper.max(0.0) * (1.0 + headroom);
-        let raw = (demand / policy.threshold_per_instance()).ceil();
-        let required = if raw.is_finite() {
-            (raw as u64).clamp(
-                u64::from(policy.min_instances),
-                u64::from(policy.max_instances),
-            ) as u32
-        } else {
-            policy.max_instances
+        let count = |demand: f64, per_instance: f64| {
+            (demand.max(0.0) * (1.0 + headroom) / per_instance).ceil()
         };
-        (required, raw > f64::from(policy.max_instances))
+        let by_point = count(window.peak_point, policy.threshold_per_instance());
+        let by_upper = if on_forecast {
+            count(window.peak_upper, policy.capacity_per_instance)
+        } else {
+            0.0
+        };
+        let raw = by_point.max(by_upper);
+        let clamp = |raw: f64| {
+            if raw.is_finite() {
+                (raw as u64).clamp(
+                    u64::from(policy.min_instances),
+                    u64::from(policy.max_instances),
+                ) as u32
+            } else {
+                policy.max_instances
+            }
+        };
+        Sizing {
+            instances: clamp(raw),
+            at_max: raw > f64::from(policy.max_instances),
+            by_point: clamp(by_point),
+            by_upper: clamp(by_upper),
+            basis: on_forecast.then_some(if by_upper > by_point {
+                SizingBasis::UpperBound
+            } else {
+                SizingBasis::Point
+            }),
+        }
     }
 
     /// Record `required` and return the highest requirement within the stabilisation window.

@@ -113,19 +113,25 @@ pub struct Explanation {
     pub widening: f64,
     /// The model that produced the forecast.
     pub model: Option<ModelKind>,
-    /// Highest upper bound in the window (the demand the decision provisions for before
-    /// headroom), or the last observation when the forecast does not cover the window.
+    /// Highest upper bound in the window (it must fit in full capacity, with headroom), or the
+    /// last observation when the forecast does not cover the window.
     pub peak_upper: f64,
-    /// Point forecast at the same bucket.
+    /// Highest point forecast in the window (it runs at the target utilisation, with
+    /// headroom), or the last observation when the forecast does not cover the window.
     pub peak_point: f64,
-    /// Start of that bucket, unix ms.
+    /// Start of `peak_upper`'s bucket, unix ms.
     pub peak_at_ms: u64,
-    /// Headroom fraction added on top of `peak_upper`.
+    /// Headroom fraction added on top of the demand sized for.
     pub headroom: f64,
     /// Capacity per instance × target utilisation.
     pub threshold_per_instance: f64,
     /// Instances the window needs (after min/max clamping).
     pub required_instances: u32,
+    /// Which part of the forecast set `required_instances`: the point at the target
+    /// utilisation or the upper bound at full capacity (`None`: the last observation, in
+    /// reactive mode or without skill).
+    #[serde(default)]
+    pub sized_by: Option<SizingBasis>,
     /// Highest requirement within the scale-in stabilisation window.
     pub stabilised_instances: u32,
     /// Observations the forecaster treated as outliers (bucket starts, unix ms), within the
@@ -163,6 +169,16 @@ pub struct Explanation {
     /// The decision was raised to the reactive rule's count (policy `reactive_floor`).
     #[serde(default)]
     pub reactive_floored: bool,
+}
+
+/// What set a predictive decision's instance count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizingBasis {
+    /// The window's highest point forecast at the target utilisation.
+    Point,
+    /// The window's highest upper bound at full capacity.
+    UpperBound,
 }
 
 /// Why a decision's cost ceiling followed the point forecast.

@@ -7,10 +7,12 @@ use crate::forecast::ModelKind;
 
 const MIN: u64 = 60_000;
 
+/// Full utilisation, so the upper bound (at full capacity) sizes every decision of the
+/// helper's forecasts, as the rules under test expect; the point's own sizing has its test.
 fn policy() -> Policy {
     Policy {
-        capacity_per_instance: 100.0,
-        target_utilisation: 0.5,
+        capacity_per_instance: 50.0,
+        target_utilisation: 1.0,
         provisioning_lead_time: Duration::from_secs(120),
         horizon: Duration::from_secs(60),
         min_instances: 1,
@@ -64,7 +66,7 @@ fn required_instances_cover_the_peak_upper_bound_in_the_window() {
     let mut engine = DecisionEngine::new("api", policy());
     // Window = lead 2m + horizon 1m = 3 buckets; the 4th (999) is outside it.
     let d = decide(&mut engine, 0, &[100.0, 120.0, 260.0, 999.0], 1);
-    // 260 / (100 × 0.5) = 5.2 → 6.
+    // 260 / 50 (full capacity) = 5.2 → 6.
     assert_eq!(d.action, Action::ScaleOut);
     assert_eq!(d.desired_instances, 6);
     assert_eq!(d.reason, Reason::ForecastAboveTarget);
@@ -413,4 +415,55 @@ fn the_ceiling_follows_the_point_on_strong_skill_or_a_sure_rise() {
         "{}",
         d.explanation.summary
     );
+}
+
+/// The point runs at the target utilisation and the upper bound fits in full capacity: the
+/// larger count wins, and the explanation says which.
+#[test]
+fn the_point_runs_at_the_target_utilisation_and_the_upper_bound_fits_in_capacity() {
+    let mut p = policy();
+    p.capacity_per_instance = 100.0;
+    p.target_utilisation = 0.5;
+    p.headroom = 0.1;
+    let sized = |upper: f64, point: f64| {
+        let mut f = forecast(0, &[upper; 3]);
+        for q in &mut f.points {
+            q.point = point;
+        }
+        DecisionEngine::new("api", p.clone()).decide(&DecisionInput {
+            now_ms: 0,
+            forecast: &f,
+            current_instances: 1,
+        })
+    };
+    // Narrow interval: 200 × 1.1 / 50 = 4.4 → 5 by the point; 260 × 1.1 / 100 = 2.86 → 3.
+    let d = sized(260.0, 200.0);
+    assert_eq!(d.desired_instances, 5);
+    assert_eq!(d.explanation.sized_by, Some(SizingBasis::Point));
+    assert_eq!(d.explanation.peak_point, 200.0);
+    assert!(
+        d.explanation.summary.contains("needs 5")
+            && d.explanation.summary.contains("needs 3")
+            && d.explanation.summary.contains("10% headroom: 5"),
+        "{}",
+        d.explanation.summary
+    );
+    // Wide interval: 200 by the point is still 5; 600 × 1.1 / 100 = 6.6 → 7 by the upper bound.
+    let d = sized(600.0, 200.0);
+    assert_eq!(d.desired_instances, 7);
+    assert_eq!(d.explanation.sized_by, Some(SizingBasis::UpperBound));
+    // Each side rounds up on its own: 250 × 1.1 / 50 = 5.5 → 6 by the point, 550 × 1.1 / 100
+    // = 6.05 → 7 by the upper bound.
+    assert_eq!(sized(550.0, 250.0).desired_instances, 7);
+    // The reactive rule and a forecast without skill size on the last window alone.
+    let mut reactive = p.clone();
+    reactive.mode = PolicyMode::Reactive;
+    let d = DecisionEngine::new("api", reactive).decide(&DecisionInput {
+        now_ms: 0,
+        forecast: &forecast(0, &[600.0; 3]),
+        current_instances: 1,
+    });
+    // Last observed 480 (80% of the first upper), no headroom: 480 / 50 = 9.6 → 10.
+    assert_eq!(d.desired_instances, 10);
+    assert_eq!(d.explanation.sized_by, None);
 }
