@@ -53,7 +53,8 @@ pub enum PolicyError {
 pub struct Policy {
     /// Demand one instance serves per forecast step, in the units of the demand series.
     pub capacity_per_instance: f64,
-    /// Fraction of capacity the forecast's upper bound may use (0 < u ≤ 1).
+    /// Fraction of capacity the point forecast (or, reactive, the last window) may use
+    /// (0 < u ≤ 1); the forecast's upper bound must fit in full capacity.
     pub target_utilisation: f64,
     /// Time from asking for an instance until it serves traffic.
     #[serde(with = "duration_text")]
@@ -81,7 +82,7 @@ pub struct Policy {
     /// A scale-in goes only as low as the highest recommendation within this window.
     #[serde(with = "duration_text")]
     pub scale_in_stabilisation: Duration,
-    /// Extra fraction on top of the forecast's upper bound (0.1 = 10%).
+    /// Extra fraction on top of the demand sized for, point and upper bound (0.1 = 10%).
     pub headroom: f64,
     /// What a new instance copies while warming up (for the lifecycle hint).
     pub state_copy: Option<String>,
@@ -116,7 +117,8 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyMode {
-    /// Cover the forecast's upper bound over lead time + horizon, plus headroom.
+    /// Over lead time + horizon, the point forecast at the target utilisation and the upper
+    /// bound within full capacity, plus headroom.
     #[default]
     Predictive,
     /// The HPA-like baseline: cover the last observed window at the target utilisation (no

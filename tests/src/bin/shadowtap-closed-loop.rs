@@ -36,6 +36,9 @@ struct Args {
     /// `--quick`).
     #[arg(long)]
     skip_days: Option<usize>,
+    /// The predictive policy's headroom (default 0, the policy's default).
+    #[arg(long)]
+    headroom: Option<f64>,
     /// Where the report and the plot go.
     #[arg(long, default_value = "target/experiments/closed-loop")]
     out: PathBuf,
@@ -64,6 +67,9 @@ fn main() -> Result<()> {
     };
     if let Some(days) = args.skip_days {
         config.skip_days = days;
+    }
+    if let Some(headroom) = args.headroom {
+        config.headroom = headroom;
     }
     let series_path = match &args.series {
         Some(p) => p.clone(),

@@ -112,6 +112,10 @@ pub struct BedConfig {
     pub prewarm_time: Duration,
     /// The policy's target utilisation (same in every run).
     pub target_utilisation: f64,
+    /// The predictive policy's headroom (the reactive rule has none). Default 0, the
+    /// policy's own default: the target utilisation's slack and the upper bound at full
+    /// capacity are its margins for forecast error; until stop 32 the experiment set 0.1.
+    pub headroom: f64,
     pub seed: u64,
 }
 
@@ -144,6 +148,7 @@ impl BedConfig {
             prewarm_requests: 2000,
             prewarm_time: Duration::from_millis(800),
             target_utilisation: 0.7,
+            headroom: 0.0,
             seed: 14,
         }
     }
@@ -192,7 +197,7 @@ impl BedConfig {
         let _ = writeln!(p, "scale_out_cooldown = \"0s\"");
         let _ = writeln!(p, "scale_in_cooldown = {}", scaled(60));
         let _ = writeln!(p, "scale_in_stabilisation = {}", scaled(90));
-        let _ = writeln!(p, "headroom = 0.1");
+        let _ = writeln!(p, "headroom = {}", self.headroom);
         let mode = if strategy == Strategy::Reactive {
             "reactive"
         } else {
