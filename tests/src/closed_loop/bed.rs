@@ -439,6 +439,12 @@ impl Bed {
             AGENT_API,
             "--stats-interval",
             "10",
+            // The decision path's delays are compressed with the series, as policy durations
+            // are: the default 1 s lateness is 30 minutes of series time here, more than half
+            // the policy's lead time. 100 ms still covers the ring's 10 ms drain many times
+            // (late events are counted in the agent's `late_dropped`).
+            "--lateness",
+            "100ms",
             // A warm set can name only the ids a profile lists (32 per template by default).
             "--profile-values",
             "512",
