@@ -104,7 +104,15 @@ impl CostBand {
 /// The reactive rule's count for one observed window: `ceil(demand / threshold)` within the
 /// policy's limits.
 pub fn reactive_count(policy: &Policy, demand: f64) -> u32 {
-    let raw = (demand.max(0.0) / policy.threshold_per_instance()).ceil();
+    clamp_instances(
+        policy,
+        (demand.max(0.0) / policy.threshold_per_instance()).ceil(),
+    )
+}
+
+/// A whole (already rounded) instance count within the policy's limits; `max_instances` when
+/// it is not finite.
+pub(crate) fn clamp_instances(policy: &Policy, raw: f64) -> u32 {
     if raw.is_finite() {
         (raw as u64).clamp(
             u64::from(policy.min_instances),

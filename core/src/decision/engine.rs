@@ -19,7 +19,7 @@ use crate::forecast::{DemandForecast, ForecastPoint};
 use super::{
     Action, CeilingBasis, Decision, Explanation, LifecycleStage, LifecycleStep, Policy, Reason,
     SizingBasis,
-    band::{POINT_FOLLOWING_MASE, ReactiveShadow},
+    band::{POINT_FOLLOWING_MASE, ReactiveShadow, clamp_instances},
     fixed::Fixed,
     policy::{PolicyMode, format_duration},
 };
@@ -531,16 +531,7 @@ impl DecisionEngine {
             0.0
         };
         let raw = by_point.max(by_upper);
-        let clamp = |raw: f64| {
-            if raw.is_finite() {
-                (raw as u64).clamp(
-                    u64::from(policy.min_instances),
-                    u64::from(policy.max_instances),
-                ) as u32
-            } else {
-                policy.max_instances
-            }
-        };
+        let clamp = |raw: f64| clamp_instances(policy, raw);
         Sizing {
             instances: clamp(raw),
             at_max: raw > f64::from(policy.max_instances),
