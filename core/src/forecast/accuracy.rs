@@ -27,6 +27,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::model::same_season;
+
 /// Minimum number of scored observations before the widening factor moves off 1, and before
 /// the recent MASE is reported.
 const MIN_SCORES_FOR_WIDENING: usize = 20;
@@ -135,7 +137,7 @@ pub struct AccuracyTracker {
     naive_abs_error: f64,
     mase_samples: u64,
     /// (model, reference) absolute errors over the rolling window, all against references the
-    /// same as `skill_period`, the latest (`same_reference`).
+    /// same as `skill_period`, the latest (`model::same_season`).
     recent_errors: VecDeque<(f64, f64)>,
     skill_period: Option<usize>,
     recent_scores: VecDeque<IntervalScores>,
@@ -217,9 +219,12 @@ impl AccuracyTracker {
             self.model_abs_error += (actual - point).abs();
             self.naive_abs_error += (actual - naive).abs();
             self.mase_samples += 1;
+            // The same season as the detector tells them apart (naive only as naive):
+            // restarting the score each time a refit moves the detected period by a step
+            // would leave decisions without one for 20 windows after it.
             if !self
                 .skill_period
-                .is_some_and(|p| same_reference(p, reference_period))
+                .is_some_and(|p| same_season(p, reference_period))
             {
                 self.recent_errors.clear();
             }
@@ -279,16 +284,6 @@ impl AccuracyTracker {
             outlier_misses: self.outlier_misses,
         }
     }
-}
-
-/// Naive (period 1) against naive, or the same season as the season detector tells them
-/// apart (`model::same_season`): restarting the recent score each time a refit moves the
-/// detected period by a step would leave decisions without one for 20 windows after it.
-fn same_reference(previous: usize, period: usize) -> bool {
-    if previous <= 1 || period <= 1 {
-        return previous == period;
-    }
-    super::model::same_season(previous, period)
 }
 
 fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, capacity: usize) {

@@ -143,14 +143,15 @@ pub fn fit_path(
     Ok(path)
 }
 
-/// Seasons found by the periodogram plus usable hints, shortest first; only those with at least
-/// two full cycles in the window.
 /// `period` is the season `known` again: within 10% of it. Refits move a detected daily
-/// period by a step or two (48 and 49 windows of 30 minutes).
+/// period by a step or two (48 and 49 windows of 30 minutes). Naive (period 1) is the same
+/// only as naive: no season is within 10% of 1 but 1 itself.
 pub(crate) fn same_season(known: usize, period: usize) -> bool {
     (known as f64 - period as f64).abs() <= 0.1 * known as f64
 }
 
+/// Seasons found by the periodogram plus usable hints, shortest first; only those with at least
+/// two full cycles in the window.
 pub fn detect_seasons(window: &[f64], settings: &FitSettings) -> Vec<usize> {
     let n = window.len();
     let mut seasons: Vec<usize> = Vec::new();
