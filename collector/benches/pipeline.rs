@@ -53,6 +53,11 @@ const DEFAULT_MIN_FORECAST_HISTORY: usize = 8;
 const NO_FORECASTER: usize = 1_000_000;
 const THROUGHPUT_GOAL: f64 = 100_000.0;
 const LATENCY_P99_GOAL_MS: f64 = 200.0;
+/// Partitions of the bench's observation topic (`--partitions` in `procs::spawn`).
+const PARTITIONS: u64 = 4;
+/// Each of two collectors does at least this share of one collector's observations per
+/// CPU-second: splitting the partitions adds no work of its own beyond this.
+const SCALING_EFFICIENCY: f64 = 0.8;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -84,7 +89,11 @@ struct Throughput {
 }
 
 /// Preload `n` observations on a fresh 4-partition topic, then run `collectors` processes on
-/// it until every observation is processed and committed.
+/// it until every observation is processed and committed. Several collectors join first and
+/// the records follow, unless `backlog_first`: then they start together on the whole backlog
+/// (the first to join may take every partition until the second joins; CPU time per
+/// observation does not depend on who owns what).
+#[allow(clippy::too_many_arguments)] // one bench run's whole set-up, each argument named at the call
 fn throughput(
     rt: &tokio::runtime::Runtime,
     broker: &Broker,
@@ -93,6 +102,7 @@ fn throughput(
     collectors: usize,
     min_forecast_history: usize,
     workload: Workload,
+    backlog_first: bool,
 ) -> Throughput {
     let topics = RunTopics::new(suffix);
     let policy = common::write_policy(dir, POLICY);
@@ -109,7 +119,7 @@ fn throughput(
             })
             .collect()
     };
-    if collectors > 1 {
+    if collectors > 1 && !backlog_first {
         // Several: let them split the partitions first (else the first to join takes the
         // whole backlog), then produce; the rates then start while records still arrive.
         let procs = spawn_all();
@@ -159,7 +169,8 @@ fn finish(
 fn main() {
     let n_obs = env_or("BENCH_OBSERVATIONS", 200_000);
     let latency_secs = env_or("BENCH_LATENCY_SECS", 20);
-    // `BENCH_ONLY`: comma-separated subset of latency, observed, forecast, fleet, two.
+    // `BENCH_ONLY`: comma-separated subset of latency, observed, two-observed, forecast, fleet,
+    // two.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs_part = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     // One agent per resource: every observation closes a window (the collector's worst case).
@@ -214,7 +225,34 @@ fn main() {
     if runs_part("observed") {
         runs.push((
             "observed",
-            throughput(&rt, &broker, d, "one-observed", 1, NO_FORECASTER, single),
+            throughput(
+                &rt,
+                &broker,
+                d,
+                "one-observed",
+                1,
+                NO_FORECASTER,
+                single,
+                false,
+            ),
+        ));
+    }
+    // Two collectors on the observed-demand workload: its work is per observation, where the
+    // forecaster's refits run on a wall-clock budget per collector, so only here does CPU time
+    // per observation say whether splitting the partitions splits the work.
+    if runs_part("two-observed") {
+        runs.push((
+            "two-observed",
+            throughput(
+                &rt,
+                &broker,
+                d,
+                "two-observed",
+                2,
+                NO_FORECASTER,
+                single,
+                true,
+            ),
         ));
     }
     if runs_part("forecast") {
@@ -228,6 +266,7 @@ fn main() {
                 1,
                 DEFAULT_MIN_FORECAST_HISTORY,
                 single_forecast,
+                false,
             ),
         ));
     }
@@ -242,6 +281,7 @@ fn main() {
                 1,
                 DEFAULT_MIN_FORECAST_HISTORY,
                 fleet,
+                false,
             ),
         ));
     }
@@ -256,6 +296,7 @@ fn main() {
                 2,
                 DEFAULT_MIN_FORECAST_HISTORY,
                 fleet,
+                false,
             ),
         ));
     }
@@ -273,15 +314,18 @@ fn main() {
             run.all.per_second() / raw,
             run.scale_events
         );
-        if run.per.len() > 1 {
-            for (i, r) in run.per.iter().enumerate() {
-                println!(
-                    "    collector {i}: {:>10.0} observations/s ({} observations in {:.2} s)",
-                    r.per_second(),
-                    r.observations,
-                    r.seconds
-                );
-            }
+        for (i, r) in run.per.iter().enumerate() {
+            println!(
+                "    collector {i}: {:>10.0} observations/s ({} observations in {:.2} s), {} per CPU-second ({:.2} CPU s), {} partition{}",
+                r.per_second(),
+                r.observations,
+                r.seconds,
+                r.per_cpu_second()
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+                r.cpu_seconds,
+                r.partitions,
+                if r.partitions == 1 { "" } else { "s" },
+            );
         }
     }
     println!();
@@ -297,6 +341,14 @@ fn main() {
                 ),
             );
         }
+    }
+    if let Some(two) = find("two-observed") {
+        scaling_by_partitions(two, find("observed"));
+    }
+    if find("two").is_some() {
+        println!(
+            "  (with the forecaster, CPU per observation is no measure of splitting: each collector refits on its own wall-clock budget, so two fit about twice as often)"
+        );
     }
     if let Some(two) = find("two") {
         let min_per = two
@@ -329,6 +381,42 @@ fn main() {
             ),
         );
     }
+}
+
+/// Whether two collectors split the work by partitions: each owns part of the topic, and
+/// each does about as much per second of its own CPU as one collector alone. On this 2-core
+/// VM the two share the cores with the broker (one collector alone already uses more than
+/// one core), so their wall-clock rates add up to no more than one's; their per-CPU rates
+/// say what each would do given the CPU one collector uses alone.
+fn scaling_by_partitions(two: &Throughput, one: Option<&Throughput>) {
+    let owned: Vec<u64> = two.per.iter().map(|r| r.partitions).collect();
+    let split = owned.iter().all(|&p| p > 0) && owned.iter().sum::<u64>() == PARTITIONS;
+    let per_cpu: Vec<Option<f64>> = two.per.iter().map(Rate::per_cpu_second).collect();
+    let one_cpu = one
+        .and_then(|r| r.per.first())
+        .and_then(Rate::per_cpu_second);
+    let (Some(one_cpu), true) = (one_cpu, per_cpu.iter().all(Option::is_some)) else {
+        println!(
+            "  scaling by partitions: not measured (needs the one-collector run of the same workload and /proc)"
+        );
+        return;
+    };
+    let per_cpu: Vec<f64> = per_cpu.into_iter().flatten().collect();
+    let worst = per_cpu.iter().copied().fold(f64::INFINITY, f64::min) / one_cpu;
+    let together: f64 = per_cpu.iter().sum();
+    goal(
+        split && worst >= SCALING_EFFICIENCY,
+        &format!(
+            "two collectors split the work by partitions ({}): partitions owned {owned:?} of {PARTITIONS}; observations per CPU-second {} vs one collector's {one_cpu:.0} (worst {worst:.2}x, goal >= {SCALING_EFFICIENCY}); each with the CPU one collector uses alone, together {together:.0}/s ({:.2}x one)",
+            two.label,
+            per_cpu
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            together / one_cpu,
+        ),
+    );
 }
 
 /// Latency, printed at once (so a long throughput part does not hide it).

@@ -93,9 +93,13 @@ pub async fn preload(broker: &Broker, topics: &RunTopics, load: Workload) -> u64
         agents,
     } = load;
     let kafka = settings(broker, topics);
-    shadowtap_collector::topics::ensure_topics(&kafka, &[(topics.observations.as_str(), false)], 4)
-        .await
-        .expect("topics");
+    shadowtap_collector::topics::ensure_topics(
+        &kafka,
+        &[(topics.observations.as_str(), false)],
+        crate::PARTITIONS as i32,
+    )
+    .await
+    .expect("topics");
     let producer: FutureProducer = kafka
         .producer_config(Duration::from_secs(30))
         .create()

@@ -32,7 +32,7 @@ impl RunTopics {
 
 /// One collector process; killed on drop.
 pub struct CollectorProc {
-    _guard: ChildGuard,
+    guard: ChildGuard,
     pub metrics_port: u16,
 }
 
@@ -80,7 +80,7 @@ pub fn spawn(
             "--lifecycle-topic",
             "",
             "--partitions",
-            "4",
+            &crate::PARTITIONS.to_string(),
             "--merge-wait",
             "0s",
             "--idle-close",
@@ -99,7 +99,7 @@ pub fn spawn(
         .spawn()
         .expect("spawn shadowtap-collector");
     CollectorProc {
-        _guard: ChildGuard(child),
+        guard: ChildGuard(child),
         metrics_port,
     }
 }
@@ -121,6 +121,19 @@ pub struct Scrape {
 }
 
 impl CollectorProc {
+    /// CPU time the process has used so far, every thread (`/proc/PID/task/*/schedstat`,
+    /// nanoseconds: utime and stime move in 10 ms ticks, too coarse for runs of a second).
+    /// Threads that already exited are not counted; the collector's live for its lifetime.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.guard.pid())).ok()?;
+        let mut ns: u64 = 0;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(ns as f64 / 1e9)
+    }
+
     pub fn page(&self) -> Option<String> {
         http_get(self.metrics_port, "/metrics")
     }
@@ -173,16 +186,26 @@ impl CollectorProc {
     }
 }
 
-/// Per collector: observations processed while the bench watched it work, and over how long.
+/// Per collector: observations processed while the bench watched it work, over how long,
+/// and the CPU time the process used meanwhile (0 when not measured, for a sum of several).
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
     pub observations: u64,
     pub seconds: f64,
+    pub cpu_seconds: f64,
+    /// Observation partitions the collector owned at the end.
+    pub partitions: u64,
 }
 
 impl Rate {
     pub fn per_second(&self) -> f64 {
         self.observations as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Observations per second of the collector's own CPU time: what one collector does with
+    /// a core to itself, whatever else shares the machine.
+    pub fn per_cpu_second(&self) -> Option<f64> {
+        (self.cpu_seconds > 0.0).then(|| self.observations as f64 / self.cpu_seconds)
     }
 }
 
@@ -193,8 +216,10 @@ impl Rate {
 pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rate>, Rate) {
     let deadline = Instant::now() + timeout;
     let n = procs.len();
-    let mut first: Vec<Option<(Instant, u64)>> = vec![None; n];
-    let mut last: Vec<Option<(Instant, u64)>> = vec![None; n];
+    // (when, processed, CPU seconds) at the first and the last scrape that moved.
+    let mut first: Vec<Option<(Instant, u64, f64)>> = vec![None; n];
+    let mut last: Vec<Option<(Instant, u64, f64)>> = vec![None; n];
+    let mut partitions = vec![0; n];
     let mut all_first: Option<(Instant, u64)> = None;
     let end = loop {
         let now = Instant::now();
@@ -202,12 +227,15 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
         for (i, p) in procs.iter().enumerate() {
             let Some(s) = p.scrape() else { continue };
             sum += s.processed;
+            partitions[i] = s.partitions;
             if s.processed > 0 && s.commits > 0 {
-                if first[i].is_none() {
-                    first[i] = Some((now, s.processed));
-                }
-                if last[i].is_none_or(|(_, seen)| s.processed > seen) {
-                    last[i] = Some((now, s.processed));
+                let moved = last[i].is_none_or(|(_, seen, _)| s.processed > seen);
+                if first[i].is_none() || moved {
+                    let cpu = p.cpu_seconds().unwrap_or(0.0);
+                    if first[i].is_none() {
+                        first[i] = Some((now, s.processed, cpu));
+                    }
+                    last[i] = Some((now, s.processed, cpu));
                 }
             }
         }
@@ -223,17 +251,28 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    let rate = |f: Option<(Instant, u64)>, l: Option<(Instant, u64)>| match (f, l) {
-        (Some((t0, n0)), Some((t1, n1))) => Rate {
+    let rate = |f: Option<(Instant, u64, f64)>, l: Option<(Instant, u64, f64)>, parts| match (f, l)
+    {
+        (Some((t0, n0, c0)), Some((t1, n1, c1))) => Rate {
             observations: n1 - n0,
             seconds: (t1 - t0).as_secs_f64(),
+            cpu_seconds: c1 - c0,
+            partitions: parts,
         },
         _ => Rate {
             observations: 0,
             seconds: 0.0,
+            cpu_seconds: 0.0,
+            partitions: parts,
         },
     };
-    let per: Vec<Rate> = (0..n).map(|i| rate(first[i], last[i])).collect();
-    let all = rate(all_first, Some((end, total)));
+    let per: Vec<Rate> = (0..n)
+        .map(|i| rate(first[i], last[i], partitions[i]))
+        .collect();
+    let all = rate(
+        all_first.map(|(t, n)| (t, n, 0.0)),
+        Some((end, total, 0.0)),
+        partitions.iter().sum(),
+    );
     (per, all)
 }
