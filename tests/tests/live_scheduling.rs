@@ -1,4 +1,4 @@
-//! The agent yields the CPU to the host's workload (`--scheduling yield`, the default: its
+//! The agent yields the CPU to the host's workload (`--scheduling yield`, an option: its
 //! loop runs in the idle scheduling class) and still reads every record when the workload
 //! leaves it no CPU at all: every core runs a busy loop at normal priority while a client
 //! sends a burst through a small ring.

@@ -77,12 +77,14 @@ pub struct RunArgs {
     /// ring is unread.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), help_heading = "Capture")]
     pub ringbuf_poll_ms: u64,
-    /// yield: the agent's loop runs in the idle scheduling class (SCHED_IDLE), on CPU time the
-    /// host's workload leaves unused, and returns to the normal class while the ring fills
-    /// (a quarter unread) until it has caught up; normal: always the normal class. Yielding
-    /// needs CAP_SYS_NICE (root has it) or an RLIMIT_NICE of 20; without either the agent
-    /// warns and stays normal.
-    #[arg(long, value_enum, default_value = "yield", help_heading = "Capture")]
+    /// normal (default): the agent's loop always runs in the normal scheduling class; yield:
+    /// it runs in the idle class (SCHED_IDLE), on CPU time the host's workload leaves unused,
+    /// and returns to the normal class while the ring fills (a quarter unread) until it has
+    /// caught up. Yielding uses less CPU but, in a VM, every wakeup of the workload on the
+    /// agent's CPU then costs a reschedule IPI: measured from −12% to +4% throughput against
+    /// normal (docs/benchmarks.md). It needs CAP_SYS_NICE (root has it) or an RLIMIT_NICE of
+    /// 20; without either the agent warns and stays normal.
+    #[arg(long, value_enum, default_value = "normal", help_heading = "Capture")]
     pub scheduling: Scheduling,
     /// Slots per CPU of the kernel's direct-mapped flow cache (rounded up to a power of two).
     /// A flow whose slot holds another flow takes it over; the other's counters are flushed to

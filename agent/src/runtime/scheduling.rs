@@ -34,9 +34,9 @@ use tracing::{debug, info, warn};
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Scheduling {
     /// Idle class while the ring keeps up, normal class while it fills.
-    #[default]
     Yield,
     /// Always the normal class (the agent competes with the workload for CPU).
+    #[default]
     Normal,
     /// Tests and benchmarks only: the idle class and nothing to bring the loop back, to show
     /// what the watchdog is for (a starved loop loses records).

@@ -18,9 +18,9 @@ use crate::util::output;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AgentMode {
     Host,
-    /// Host mode with `--scheduling normal`: the agent's loop competes with the workload for
-    /// CPU instead of yielding to it (the default before issue 12's scheduling step).
-    HostNormal,
+    /// Host mode with `--scheduling yield`: the agent's loop in the idle class while it keeps
+    /// up (the default from stop 28 to stop 33).
+    HostYield,
     Tap,
     /// Host mode with do-nothing programs on the same hooks (`--baseline-programs`): what the
     /// hooks themselves cost, apart from the tap's work.
@@ -32,7 +32,7 @@ impl AgentMode {
     pub fn label(self) -> &'static str {
         match self {
             Self::Host => "host",
-            Self::HostNormal => "host-n",
+            Self::HostYield => "host-y",
             Self::Tap => "tap",
             Self::Baseline => "hooks",
         }
@@ -40,7 +40,7 @@ impl AgentMode {
 
     pub fn as_arg(self) -> &'static str {
         match self {
-            Self::Host | Self::HostNormal | Self::Baseline => "host",
+            Self::Host | Self::HostYield | Self::Baseline => "host",
             Self::Tap => "tap",
         }
     }
@@ -120,8 +120,8 @@ impl Agent {
             AgentMode::Baseline => {
                 cmd.arg("--baseline-programs");
             }
-            AgentMode::HostNormal => {
-                cmd.args(["--scheduling", "normal"]);
+            AgentMode::HostYield => {
+                cmd.args(["--scheduling", "yield"]);
             }
             AgentMode::Host | AgentMode::Tap => {}
         }
