@@ -24,7 +24,8 @@ pub struct TrackerConfig {
     pub idle_timeout_ns: u64,
     /// Unanswered requests kept per connection and direction (pipelining depth).
     pub max_pending_per_conn: usize,
-    /// L7 head sequence numbers remembered per direction for retransmission detection.
+    /// L7 head sequence numbers remembered per direction for retransmission detection
+    /// (1 to [`MAX_REMEMBERED_HEADS`]; beyond it, that many).
     pub remembered_heads: usize,
 }
 
@@ -35,6 +36,38 @@ impl Default for TrackerConfig {
             idle_timeout_ns: 300 * 1_000_000_000,
             max_pending_per_conn: 64,
             remembered_heads: 16,
+        }
+    }
+}
+
+/// Most head sequence numbers a connection remembers per direction: they live inline in the
+/// connection (a `VecDeque` per direction was a heap block to chase on every head).
+pub const MAX_REMEMBERED_HEADS: usize = 16;
+
+/// The last few head sequence numbers one endpoint sent, oldest overwritten first.
+#[derive(Debug, Default, Clone, Copy)]
+struct RecentHeads {
+    seqs: [u32; MAX_REMEMBERED_HEADS],
+    len: u8,
+    /// Where the next one goes once `len` reached the limit.
+    next: u8,
+}
+
+impl RecentHeads {
+    fn contains(&self, seq: u32) -> bool {
+        self.seqs[..usize::from(self.len)].contains(&seq)
+    }
+
+    /// Remembers `seq`, forgetting the oldest once `limit` are remembered.
+    fn push(&mut self, seq: u32, limit: usize) {
+        let limit = limit.clamp(1, MAX_REMEMBERED_HEADS);
+        if usize::from(self.len) < limit {
+            self.seqs[usize::from(self.len)] = seq;
+            self.len += 1;
+        } else {
+            let at = usize::from(self.next) % limit;
+            self.seqs[at] = seq;
+            self.next = u8::try_from((at + 1) % limit).unwrap_or(0);
         }
     }
 }
@@ -123,7 +156,7 @@ struct Conn {
     /// Requests sent by each endpoint, awaiting a response from the other.
     pending: [VecDeque<PendingRequest>; 2],
     /// Recent L7 head sequence numbers sent by each endpoint.
-    recent_heads: [VecDeque<u32>; 2],
+    recent_heads: [RecentHeads; 2],
     last_request: HeadStrings,
 }
 
@@ -290,13 +323,10 @@ impl Step<'_, '_> {
     /// Remembers this head's sequence number; true if it was already seen (retransmission).
     fn seen_before(&mut self) -> bool {
         let recent = &mut self.conn.recent_heads[self.side];
-        if recent.contains(&self.tcp.seq) {
+        if recent.contains(self.tcp.seq) {
             return true;
         }
-        if recent.len() >= self.config.remembered_heads.max(1) {
-            recent.pop_front();
-        }
-        recent.push_back(self.tcp.seq);
+        recent.push(self.tcp.seq, self.config.remembered_heads);
         false
     }
 
@@ -446,5 +476,38 @@ impl Step<'_, '_> {
             reason,
             duration_us,
         }));
+    }
+}
+
+#[cfg(test)]
+mod recent_heads_tests {
+    use super::{MAX_REMEMBERED_HEADS, RecentHeads};
+
+    #[test]
+    fn the_oldest_head_is_forgotten_first_once_the_limit_is_reached() {
+        let mut r = RecentHeads::default();
+        for seq in 1..=4 {
+            r.push(seq, 3);
+        }
+        assert!(!r.contains(1));
+        assert!((2..=4).all(|s| r.contains(s)));
+        r.push(5, 3);
+        assert!(!r.contains(2));
+        assert!((3..=5).all(|s| r.contains(s)));
+    }
+
+    #[test]
+    fn a_limit_beyond_the_inline_room_keeps_the_room_and_zero_keeps_one() {
+        let mut r = RecentHeads::default();
+        for seq in 0..40 {
+            r.push(seq, 1000);
+        }
+        let kept = (0..40).filter(|&s| r.contains(s)).count();
+        assert_eq!(kept, MAX_REMEMBERED_HEADS);
+        assert!(r.contains(39) && !r.contains(23));
+        let mut one = RecentHeads::default();
+        one.push(7, 0);
+        one.push(8, 0);
+        assert!(one.contains(8) && !one.contains(7));
     }
 }
