@@ -109,8 +109,16 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
     }
 
     /// The entry for `key`, marked as used at `now_ns` (never moved back in time).
+    /// (The tracker goes through [`Lru::get_or_insert_with`]; the tests read entries here.)
+    #[cfg(test)]
     pub(crate) fn get_mut(&mut self, key: &K, now_ns: u64) -> Option<&mut V> {
         let i = *self.index.get(key)?;
+        self.touch(i, now_ns);
+        Some(&mut self.node_mut(i).value)
+    }
+
+    /// Marks slot `i` as used at `now_ns` (never moved back in time).
+    fn touch(&mut self, i: u32, now_ns: u64) {
         if now_ns > self.node(i).last_ns {
             self.node_mut(i).last_ns = now_ns;
             if self.tail != i {
@@ -118,12 +126,17 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
                 self.link_sorted(i);
             }
         }
-        Some(&mut self.node_mut(i).value)
     }
 
     /// Inserts a new entry (the key must not be present). When the map is full the least
     /// recently used entry is removed first and returned.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: K, value: V, now_ns: u64) -> Option<(K, V)> {
+        self.insert_slot(key, value, now_ns).1
+    }
+
+    /// [`Lru::insert`], also returning the new entry's slot.
+    fn insert_slot(&mut self, key: K, value: V, now_ns: u64) -> (u32, Option<(K, V)>) {
         let evicted = if self.index.len() >= self.capacity {
             self.pop_oldest()
         } else {
@@ -145,7 +158,7 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
         };
         self.link_sorted(i);
         self.index.insert(key, i);
-        evicted
+        (i, evicted)
     }
 
     pub(crate) fn get_or_insert_with(
@@ -154,15 +167,13 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
         now_ns: u64,
         make: impl FnOnce() -> V,
     ) -> (&mut V, Option<(K, V)>) {
-        let evicted = if self.index.contains_key(key) {
-            None
-        } else {
-            self.insert(key.clone(), make(), now_ns)
-        };
-        let value = self
-            .get_mut(key, now_ns)
-            .expect("present: it was either found or just inserted");
-        (value, evicted)
+        // One hash lookup for a known key (the per-packet case), two only for a new one.
+        if let Some(&i) = self.index.get(key) {
+            self.touch(i, now_ns);
+            return (&mut self.node_mut(i).value, None);
+        }
+        let (i, evicted) = self.insert_slot(key.clone(), make(), now_ns);
+        (&mut self.node_mut(i).value, evicted)
     }
 
     /// Removes and returns the least recently used entry.
