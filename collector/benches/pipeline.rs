@@ -238,8 +238,8 @@ fn main() {
         ));
     }
     // Two collectors on the observed-demand workload: its work is per observation, where the
-    // forecaster's refits run on a wall-clock budget per collector, so only here does CPU time
-    // per observation say whether splitting the partitions splits the work.
+    // forecaster's refits run on a wall-clock budget per collector (two may fit more often
+    // than one), so CPU time per observation is compared only here.
     if runs_part("two-observed") {
         runs.push((
             "two-observed",
@@ -347,7 +347,7 @@ fn main() {
     }
     if find("two").is_some() {
         println!(
-            "  (with the forecaster, CPU per observation is no measure of splitting: each collector refits on its own wall-clock budget, so two fit about twice as often)"
+            "  (with the forecaster, CPU per observation is not compared: each collector refits on its own wall-clock budget, so two may fit more often than one)"
         );
     }
     if let Some(two) = find("two") {
