@@ -229,12 +229,10 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
             sum += s.processed;
             partitions[i] = s.partitions;
             if s.processed > 0 && s.commits > 0 {
-                let moved = last[i].is_none_or(|(_, seen, _)| s.processed > seen);
-                if first[i].is_none() || moved {
+                // No last scrape means no first one either: the first that moved sets both.
+                if last[i].is_none_or(|(_, seen, _)| s.processed > seen) {
                     let cpu = p.cpu_seconds().unwrap_or(0.0);
-                    if first[i].is_none() {
-                        first[i] = Some((now, s.processed, cpu));
-                    }
+                    first[i].get_or_insert((now, s.processed, cpu));
                     last[i] = Some((now, s.processed, cpu));
                 }
             }
