@@ -67,6 +67,31 @@ struct Outcome {
     delta: CounterSnapshot,
 }
 
+/// Keeps the calling test thread (each test has its own) on the CPU it is on now.
+/// `BPF_PROG_TEST_RUN` runs the program on the caller's CPU, and the flow cache and counters
+/// are per CPU: a thread the scheduler moves mid-test (on a busy machine) would split one
+/// flow over two CPUs' slots, and the tests' exact slot and insert counts assume one.
+fn pin_to_current_cpu() {
+    // SAFETY: plain syscalls on this thread with a zeroed, then filled, cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl Harness {
     /// Runs the XDP program `repeat` times on `frame` without reading the ring in between;
     /// returns the counter deltas (the records stay in the ring).
@@ -126,6 +151,7 @@ impl Harness {
 
     fn new(opts: &TapOptions) -> Self {
         require_root();
+        pin_to_current_cpu();
         let mut tap = Tap::load(opts).expect("load the eBPF programs (is the object built?)");
         let ring = tap.take_events().expect("ring buffer");
         let maps = tap.take_maps().expect("maps");
