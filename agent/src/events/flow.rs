@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::lru::Lru;
-use super::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext};
+use super::{Direction, Event, EventCommon, EventSink, FlowEvent, FlowProto, PacketContext};
 use crate::decode::{PacketMeta, Transport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +101,12 @@ impl FlowTable {
 
     /// Accounts one decoded packet. A flow evicted to make room is emitted into `out`, so
     /// its counts are never lost.
-    pub fn on_packet(&mut self, ctx: &PacketContext, meta: &PacketMeta<'_>, out: &mut Vec<Event>) {
+    pub fn on_packet<S: EventSink>(
+        &mut self,
+        ctx: &PacketContext,
+        meta: &PacketMeta<'_>,
+        out: &mut S,
+    ) {
         let (proto, tcp_flags) = match meta.transport {
             Transport::Tcp(t) => (FlowProto::Tcp, u32::from(t.flags.0)),
             Transport::Udp => (FlowProto::Udp, 0),
@@ -151,14 +156,14 @@ impl FlowTable {
         }
         if let Some((key, counters)) = evicted {
             self.stats.flows_evicted += 1;
-            out.push(flow_event(key, counters));
+            out.emit(flow_event(key, counters));
         }
     }
 
     /// Emits every flow (least recently updated first) and empties the table.
-    pub fn drain(&mut self, out: &mut Vec<Event>) {
+    pub fn drain<S: EventSink>(&mut self, out: &mut S) {
         for (key, counters) in self.flows.drain_oldest_first() {
-            out.push(flow_event(key, counters));
+            out.emit(flow_event(key, counters));
         }
     }
 }

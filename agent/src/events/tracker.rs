@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::lru::Lru;
 use super::{
-    CloseReason, ConnCloseEvent, ConnOpenEvent, Event, EventCommon, HttpRequestEvent,
+    CloseReason, ConnCloseEvent, ConnOpenEvent, Event, EventCommon, EventSink, HttpRequestEvent,
     HttpResponseEvent, PacketContext, SharedStr, TlsClientHelloEvent,
 };
 use crate::decode::{
@@ -200,7 +200,12 @@ impl Tracker {
 
     /// Processes one packet the kernel rule ([`crate::decode::classify`]) selected; other
     /// packets are counted as ignored.
-    pub fn on_packet(&mut self, ctx: &PacketContext, meta: &PacketMeta<'_>, out: &mut Vec<Event>) {
+    pub fn on_packet<S: EventSink>(
+        &mut self,
+        ctx: &PacketContext,
+        meta: &PacketMeta<'_>,
+        out: &mut S,
+    ) {
         let Some(tcp) = meta.tcp() else {
             self.stats.ignored += 1;
             return;
@@ -274,7 +279,7 @@ impl Tracker {
 }
 
 /// One packet's work on its connection.
-struct Step<'a, 'm> {
+struct Step<'a, 'm, S> {
     conn: &'a mut Conn,
     stats: &'a mut TrackerStats,
     config: &'a TrackerConfig,
@@ -282,10 +287,10 @@ struct Step<'a, 'm> {
     meta: &'a PacketMeta<'m>,
     tcp: TcpMeta,
     side: usize,
-    out: &'a mut Vec<Event>,
+    out: &'a mut S,
 }
 
-impl Step<'_, '_> {
+impl<S: EventSink> Step<'_, '_, S> {
     fn common(&self) -> EventCommon {
         EventCommon::of(self.ctx, self.meta)
     }
@@ -314,7 +319,7 @@ impl Step<'_, '_> {
             self.conn.opened_ns = Some(self.ctx.ts_ns);
         }
         self.stats.conns_opened += 1;
-        self.out.push(Event::ConnOpen(ConnOpenEvent {
+        self.out.emit(Event::ConnOpen(ConnOpenEvent {
             common: self.common(),
             syn_ack: self.tcp.flags.ack(),
         }));
@@ -387,7 +392,7 @@ impl Step<'_, '_> {
                     path: event.path.clone(),
                     host: event.host.clone(),
                 });
-                self.out.push(Event::HttpRequest(event));
+                self.out.emit(Event::HttpRequest(event));
             }
             HttpHead::Response(r) => {
                 self.stats.responses += 1;
@@ -414,7 +419,7 @@ impl Step<'_, '_> {
                     ),
                     None => (None, None, None, None),
                 };
-                self.out.push(Event::HttpResponse(HttpResponseEvent {
+                self.out.emit(Event::HttpResponse(HttpResponseEvent {
                     common: self.common(),
                     status: r.status,
                     bytes: self.meta.payload_len,
@@ -438,7 +443,7 @@ impl Step<'_, '_> {
             return;
         }
         self.stats.tls_client_hellos += 1;
-        self.out.push(Event::TlsClientHello(TlsClientHelloEvent {
+        self.out.emit(Event::TlsClientHello(TlsClientHelloEvent {
             common: self.common(),
             sni: hello.sni.map(str::to_owned),
             tls_version: version_name(hello.version()),
@@ -471,7 +476,7 @@ impl Step<'_, '_> {
             .conn
             .opened_ns
             .map(|o| self.ctx.ts_ns.saturating_sub(o) / 1_000);
-        self.out.push(Event::ConnClose(ConnCloseEvent {
+        self.out.emit(Event::ConnClose(ConnCloseEvent {
             common: self.common(),
             reason,
             duration_us,

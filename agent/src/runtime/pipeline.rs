@@ -14,7 +14,9 @@ use super::flow_state::{FlowState, key_order};
 use crate::{
     capture::{self, CounterSnapshot, KernelMaps},
     decode::{self, LinkType},
-    events::{Direction, Event, EventCommon, FlowEvent, FlowProto, PacketContext, Tracker},
+    events::{
+        Direction, Event, EventCommon, EventSink, FlowEvent, FlowProto, PacketContext, Tracker,
+    },
     model::{ModelStore, WindowSummary},
 };
 use shadowtap_core::metrics::Exposition;
@@ -112,9 +114,33 @@ pub(crate) struct Pipeline {
     /// Flows in the kernel map at the last export (iterating the map costs a syscall per entry,
     /// so it is only walked on the stats tick).
     live_flows: usize,
-    scratch: Vec<Event>,
     /// Behavioural models fed with every event (window summaries drained on the tick).
     pub(crate) model: ModelStore,
+}
+
+/// Each event the tracker makes, consumed where it is made: the models observe it and, with
+/// `--events`, it becomes a JSON line. A write error stops the lines (the models still see
+/// every event) and is returned once the packet is done.
+struct LiveEvents<'a> {
+    model: &'a mut ModelStore,
+    lines: Option<&'a mut LineSink>,
+    events_written: &'a mut u64,
+    error: Option<anyhow::Error>,
+}
+
+impl EventSink for LiveEvents<'_> {
+    fn emit(&mut self, event: Event) {
+        self.model.observe(&event);
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(lines) = self.lines.as_deref_mut() {
+            match lines.line(&event) {
+                Ok(()) => *self.events_written += 1,
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
 }
 
 pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -145,7 +171,6 @@ impl Pipeline {
             export_tick: 0,
             index_scratch: Vec::new(),
             live_flows: 0,
-            scratch: Vec::new(),
             model,
         }
     }
@@ -211,17 +236,14 @@ impl Pipeline {
             iface,
             direction: Direction::from_kernel(header.direction).unwrap_or(Direction::Ingress),
         };
-        let mut events = std::mem::take(&mut self.scratch);
-        self.tracker.on_packet(&ctx, &meta, &mut events);
-        for event in events.drain(..) {
-            self.model.observe(&event);
-            if let Some(sink) = &mut self.events {
-                sink.line(&event)?;
-                self.counters.events_written += 1;
-            }
-        }
-        self.scratch = events;
-        Ok(())
+        let mut live = LiveEvents {
+            model: &mut self.model,
+            lines: self.events.as_mut(),
+            events_written: &mut self.counters.events_written,
+            error: None,
+        };
+        self.tracker.on_packet(&ctx, &meta, &mut live);
+        live.error.map_or(Ok(()), Err)
     }
 
     /// A flow-cache slot the kernel flushed: its counters join the flow's totals.
