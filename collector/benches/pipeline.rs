@@ -86,6 +86,8 @@ struct Throughput {
     per: Vec<Rate>,
     all: Rate,
     scale_events: u64,
+    forecast_fits: u64,
+    forecast_fit_seconds: f64,
 }
 
 /// Preload `n` observations on a fresh 4-partition topic, then run `collectors` processes on
@@ -142,11 +144,10 @@ fn finish(
     workload: Workload,
 ) -> Throughput {
     let (per, all) = procs::watch(procs, n, Duration::from_mins(15));
-    let scale_events = procs
-        .iter()
-        .filter_map(CollectorProc::scrape)
-        .map(|s| s.scale_events)
-        .sum();
+    let scrapes: Vec<_> = procs.iter().filter_map(CollectorProc::scrape).collect();
+    let scale_events = scrapes.iter().map(|s| s.scale_events).sum();
+    let forecast_fits = scrapes.iter().map(|s| s.forecast_fits).sum();
+    let forecast_fit_seconds = scrapes.iter().map(|s| s.forecast_fit_seconds).sum();
     Throughput {
         label: format!(
             "{collectors} collector{}, {} agent{}/resource, {}",
@@ -162,6 +163,8 @@ fn finish(
         per,
         all,
         scale_events,
+        forecast_fits,
+        forecast_fit_seconds,
     }
 }
 
@@ -308,11 +311,13 @@ fn main() {
     );
     for (_, run) in &runs {
         println!(
-            "  {:<62}{:>10.0}   ({:.3}x baseline; {} scale events)",
+            "  {:<62}{:>10.0}   ({:.3}x baseline; {} scale events; {} forecaster fits, {:.1} s)",
             run.label,
             run.all.per_second(),
             run.all.per_second() / raw,
-            run.scale_events
+            run.scale_events,
+            run.forecast_fits,
+            run.forecast_fit_seconds,
         );
         for (i, r) in run.per.iter().enumerate() {
             println!(
@@ -345,9 +350,22 @@ fn main() {
     if let Some(two) = find("two-observed") {
         scaling_by_partitions(two, find("observed"));
     }
-    if find("two").is_some() {
+    if let Some(two) = find("two") {
+        // With the forecaster, CPU per observation is not judged: each collector refits on its
+        // own wall-clock budget, so two may fit more often than one. The fit counts say how
+        // much of a difference in CPU that explains.
+        let one = find("fleet").map_or_else(
+            || "one collector not run".to_owned(),
+            |one| {
+                format!(
+                    "one collector: {} fits, {:.1} s",
+                    one.forecast_fits, one.forecast_fit_seconds
+                )
+            },
+        );
         println!(
-            "  (with the forecaster, CPU per observation is not compared: each collector refits on its own wall-clock budget, so two may fit more often than one)"
+            "  forecaster fits on the same workload: two collectors {} fits, {:.1} s; {one} (not judged)",
+            two.forecast_fits, two.forecast_fit_seconds
         );
     }
     if let Some(two) = find("two") {

@@ -118,6 +118,9 @@ pub struct Scrape {
     pub commits: u64,
     pub scale_events: u64,
     pub partitions: u64,
+    /// Forecaster fits and the wall time they took (both 0 without the forecaster).
+    pub forecast_fits: u64,
+    pub forecast_fit_seconds: f64,
 }
 
 impl CollectorProc {
@@ -146,6 +149,9 @@ impl CollectorProc {
             commits: m("shadowtap_collector_commits_total"),
             scale_events: m("shadowtap_collector_scale_events_total"),
             partitions: m("shadowtap_collector_partitions_owned"),
+            forecast_fits: m("shadowtap_collector_fleet_total{what=\"forecast_fits\"}"),
+            forecast_fit_seconds: metric(&page, "shadowtap_collector_forecast_fit_seconds_total")
+                .unwrap_or(0.0),
         })
     }
 
