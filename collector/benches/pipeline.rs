@@ -182,16 +182,20 @@ fn main() {
         windows: n_obs.div_ceil(200),
         agents: 1,
     };
-    // A fleet: 20 agents observe each of 50 resources (a window closes on the last report).
-    // Runs with the forecaster cost milliseconds per window: `BENCH_FORECAST_OBSERVATIONS`.
+    // With the forecaster and one agent per resource every observation is a window, and a
+    // refit of a long history costs tens of milliseconds: `BENCH_FORECAST_OBSERVATIONS`.
     let n_forecast = env_or("BENCH_FORECAST_OBSERVATIONS", 20_000);
     let single_forecast = Workload {
         windows: n_forecast.div_ceil(200),
         ..single
     };
+    // A fleet: 20 agents observe each of 50 resources (a window closes on the last report),
+    // so windows, and fits, are 20 times fewer per observation: `BENCH_FLEET_OBSERVATIONS`.
+    // Large enough that each of two collectors runs for seconds, not one scrape.
+    let n_fleet = env_or("BENCH_FLEET_OBSERVATIONS", 200_000);
     let fleet = Workload {
         resources: 50,
-        windows: n_forecast.div_ceil(50 * 20),
+        windows: n_fleet.div_ceil(50 * 20),
         agents: 20,
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -299,7 +303,10 @@ fn main() {
                 2,
                 DEFAULT_MIN_FORECAST_HISTORY,
                 fleet,
-                false,
+                // As the one-collector run: the whole backlog first. Produced while the two
+                // run, a fleet's windows close only as the last agent's reports arrive, so
+                // their first commits (where the rates start) came near the end.
+                true,
             ),
         ));
     }

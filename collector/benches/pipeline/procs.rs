@@ -222,9 +222,11 @@ impl Rate {
 pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rate>, Rate) {
     let deadline = Instant::now() + timeout;
     let n = procs.len();
-    // (when, processed, CPU seconds) at the first and the last scrape that moved.
+    // (when, processed, CPU seconds) at the first and the last scrape that moved, and at the
+    // scrape before the first (for a collector that did all its work between two scrapes).
     let mut first: Vec<Option<(Instant, u64, f64)>> = vec![None; n];
     let mut last: Vec<Option<(Instant, u64, f64)>> = vec![None; n];
+    let mut before_first: Vec<Option<(Instant, u64, f64)>> = vec![None; n];
     let mut partitions = vec![0; n];
     let mut all_first: Option<(Instant, u64)> = None;
     let end = loop {
@@ -234,13 +236,15 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
             let Some(s) = p.scrape() else { continue };
             sum += s.processed;
             partitions[i] = s.partitions;
+            let cpu = p.cpu_seconds().unwrap_or(0.0);
             if s.processed > 0 && s.commits > 0 {
                 // No last scrape means no first one either: the first that moved sets both.
                 if last[i].is_none_or(|(_, seen, _)| s.processed > seen) {
-                    let cpu = p.cpu_seconds().unwrap_or(0.0);
                     first[i].get_or_insert((now, s.processed, cpu));
                     last[i] = Some((now, s.processed, cpu));
                 }
+            } else if first[i].is_none() {
+                before_first[i] = Some((now, s.processed, cpu));
             }
         }
         if sum > 0 && all_first.is_none() {
@@ -270,8 +274,16 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
             partitions: parts,
         },
     };
+    // A collector seen moving in one scrape only did its work since the scrape before: count
+    // from there (at most one 10 ms interval long), rather than report nothing.
     let per: Vec<Rate> = (0..n)
-        .map(|i| rate(first[i], last[i], partitions[i]))
+        .map(|i| {
+            let from = match (first[i], last[i]) {
+                (Some(f), Some(l)) if f.0 == l.0 => before_first[i].or(first[i]),
+                _ => first[i],
+            };
+            rate(from, last[i], partitions[i])
+        })
         .collect();
     let all = rate(
         all_first.map(|(t, n)| (t, n, 0.0)),
