@@ -358,10 +358,13 @@ fn main() {
         scaling_by_partitions(two, find("observed"));
     }
     if let Some(two) = find("two") {
+        // The ratio and the fit comparison need the one-collector run of the same workload
+        // (`fleet`) in this invocation; without it (BENCH_ONLY=two) say so rather than print NaN.
+        let one = find("fleet");
         // With the forecaster, CPU per observation is not judged: each collector refits on its
         // own wall-clock budget, so two may fit more often than one. The fit counts say how
         // much of a difference in CPU that explains.
-        let one = find("fleet").map_or_else(
+        let one_fits = one.map_or_else(
             || "one collector not run".to_owned(),
             |one| {
                 format!(
@@ -371,19 +374,15 @@ fn main() {
             },
         );
         println!(
-            "  forecaster fits on the same workload: two collectors {} fits, {:.1} s; {one} (not judged)",
+            "  forecaster fits on the same workload: two collectors {} fits, {:.1} s; {one_fits} (not judged)",
             two.forecast_fits, two.forecast_fit_seconds
         );
-    }
-    if let Some(two) = find("two") {
         let min_per = two
             .per
             .iter()
             .map(Rate::per_second)
             .fold(f64::INFINITY, f64::min);
-        // The ratio needs the one-collector run of the same workload (`fleet`) in this
-        // invocation; without it (BENCH_ONLY=two) say so rather than print NaN.
-        let versus_one = find("fleet").map_or_else(
+        let versus_one = one.map_or_else(
             || "one collector not run".to_owned(),
             |r| {
                 format!(

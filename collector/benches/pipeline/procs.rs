@@ -236,15 +236,17 @@ pub fn watch(procs: &[CollectorProc], total: u64, timeout: Duration) -> (Vec<Rat
             let Some(s) = p.scrape() else { continue };
             sum += s.processed;
             partitions[i] = s.partitions;
-            let cpu = p.cpu_seconds().unwrap_or(0.0);
+            // CPU time is read only on the scrapes that keep it (it walks every thread).
+            let cpu = || p.cpu_seconds().unwrap_or(0.0);
             if s.processed > 0 && s.commits > 0 {
                 // No last scrape means no first one either: the first that moved sets both.
                 if last[i].is_none_or(|(_, seen, _)| s.processed > seen) {
-                    first[i].get_or_insert((now, s.processed, cpu));
-                    last[i] = Some((now, s.processed, cpu));
+                    let at = (now, s.processed, cpu());
+                    first[i].get_or_insert(at);
+                    last[i] = Some(at);
                 }
             } else if first[i].is_none() {
-                before_first[i] = Some((now, s.processed, cpu));
+                before_first[i] = Some((now, s.processed, cpu()));
             }
         }
         if sum > 0 && all_first.is_none() {
