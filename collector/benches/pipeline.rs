@@ -88,83 +88,100 @@ struct Throughput {
     scale_events: u64,
     forecast_fits: u64,
     forecast_fit_seconds: f64,
+    windows_caught_up: u64,
 }
 
-/// Preload `n` observations on a fresh 4-partition topic, then run `collectors` processes on
+/// One throughput run's set-up.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Names the run's topics and logs.
+    suffix: &'static str,
+    collectors: usize,
+    min_forecast_history: usize,
+    workload: Workload,
+    /// Start the collectors on the whole backlog (else several join first, then the records
+    /// follow).
+    backlog_first: bool,
+    /// The collector's default: windows whose forecast horizon passed before they closed are
+    /// decided on observed demand without a refit. The backlog ends when it is produced, so
+    /// nearly all of it is such windows. Off (`--no-catch-up`): every window is forecast, as
+    /// every window is at wall-clock pace.
+    catch_up: bool,
+}
+
+/// Preload the run's observations on a fresh 4-partition topic, then run its collectors on
 /// it until every observation is processed and committed. Several collectors join first and
 /// the records follow, unless `backlog_first`: then they start together on the whole backlog
 /// (the first to join may take every partition until the second joins; CPU time per
 /// observation does not depend on who owns what).
-#[allow(clippy::too_many_arguments)] // one bench run's whole set-up, each argument named at the call
 fn throughput(
     rt: &tokio::runtime::Runtime,
     broker: &Broker,
     dir: &std::path::Path,
-    suffix: &str,
-    collectors: usize,
-    min_forecast_history: usize,
-    workload: Workload,
-    backlog_first: bool,
+    run: Run,
 ) -> Throughput {
-    let topics = RunTopics::new(suffix);
+    let topics = RunTopics::new(run.suffix);
     let policy = common::write_policy(dir, POLICY);
+    let run_args: &[&str] = if run.catch_up {
+        &[]
+    } else {
+        &["--no-catch-up"]
+    };
     let spawn_all = || -> Vec<CollectorProc> {
-        (0..collectors)
+        (0..run.collectors)
             .map(|i| {
                 procs::spawn(
                     broker,
                     &topics,
                     &policy,
-                    min_forecast_history,
-                    &dir.join(format!("collector-{suffix}-{i}.log")),
+                    run.min_forecast_history,
+                    run_args,
+                    &dir.join(format!("collector-{}-{i}.log", run.suffix)),
                 )
             })
             .collect()
     };
-    if collectors > 1 && !backlog_first {
+    if run.collectors > 1 && !run.backlog_first {
         // Several: let them split the partitions first (else the first to join takes the
         // whole backlog), then produce; the rates then start while records still arrive.
         let procs = spawn_all();
         for p in &procs {
             p.wait_ready(Duration::from_secs(60));
         }
-        let n = rt.block_on(load::preload(broker, &topics, workload));
-        return finish(&procs, n, collectors, min_forecast_history, workload);
+        let n = rt.block_on(load::preload(broker, &topics, run.workload));
+        return finish(&procs, n, run);
     }
-    let n = rt.block_on(load::preload(broker, &topics, workload));
+    let n = rt.block_on(load::preload(broker, &topics, run.workload));
     let procs = spawn_all();
-    finish(&procs, n, collectors, min_forecast_history, workload)
+    finish(&procs, n, run)
 }
 
-fn finish(
-    procs: &[CollectorProc],
-    n: u64,
-    collectors: usize,
-    min_forecast_history: usize,
-    workload: Workload,
-) -> Throughput {
+fn finish(procs: &[CollectorProc], n: u64, run: Run) -> Throughput {
     let (per, all) = procs::watch(procs, n, Duration::from_mins(15));
     let scrapes: Vec<_> = procs.iter().filter_map(CollectorProc::scrape).collect();
-    let scale_events = scrapes.iter().map(|s| s.scale_events).sum();
-    let forecast_fits = scrapes.iter().map(|s| s.forecast_fits).sum();
-    let forecast_fit_seconds = scrapes.iter().map(|s| s.forecast_fit_seconds).sum();
+    let Run {
+        collectors,
+        workload,
+        ..
+    } = run;
     Throughput {
         label: format!(
             "{collectors} collector{}, {} agent{}/resource, {}",
             if collectors == 1 { "" } else { "s" },
             workload.agents,
             if workload.agents == 1 { "" } else { "s" },
-            if min_forecast_history == NO_FORECASTER {
-                "decisions on observed demand"
-            } else {
-                "own forecaster (default)"
+            match (run.min_forecast_history == NO_FORECASTER, run.catch_up) {
+                (true, _) => "decisions on observed demand",
+                (false, true) => "own forecaster (default)",
+                (false, false) => "forecaster on every window",
             }
         ),
         per,
         all,
-        scale_events,
-        forecast_fits,
-        forecast_fit_seconds,
+        scale_events: scrapes.iter().map(|s| s.scale_events).sum(),
+        forecast_fits: scrapes.iter().map(|s| s.forecast_fits).sum(),
+        forecast_fit_seconds: scrapes.iter().map(|s| s.forecast_fit_seconds).sum(),
+        windows_caught_up: scrapes.iter().map(|s| s.windows_caught_up).sum(),
     }
 }
 
@@ -173,7 +190,7 @@ fn main() {
     let n_obs = env_or("BENCH_OBSERVATIONS", 200_000);
     let latency_secs = env_or("BENCH_LATENCY_SECS", 20);
     // `BENCH_ONLY`: comma-separated subset of latency, observed, two-observed, forecast, fleet,
-    // two.
+    // fleet-fresh, two.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs_part = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     // One agent per resource: every observation closes a window (the collector's worst case).
@@ -229,86 +246,60 @@ fn main() {
     let raw = rt.block_on(load::raw_consume(&broker, &raw_topics, raw_n));
     let mut runs = Vec::new();
     let d = dir.path();
-    if runs_part("observed") {
-        runs.push((
-            "observed",
-            throughput(
-                &rt,
-                &broker,
-                d,
-                "one-observed",
-                1,
-                NO_FORECASTER,
-                single,
-                false,
-            ),
-        ));
-    }
-    // Two collectors on the observed-demand workload: its work is per observation, where the
-    // forecaster's refits run on a wall-clock budget per collector (two may fit more often
-    // than one), so CPU time per observation is compared only here.
-    if runs_part("two-observed") {
-        runs.push((
+    let one_run = |suffix, min_forecast_history, workload| Run {
+        suffix,
+        collectors: 1,
+        min_forecast_history,
+        workload,
+        backlog_first: false,
+        catch_up: true,
+    };
+    let plan = [
+        ("observed", one_run("one-observed", NO_FORECASTER, single)),
+        // Two collectors on the observed-demand workload: its work is per observation, where
+        // the forecaster's refits run on a wall-clock budget per collector (two may fit more
+        // often than one), so CPU time per observation is compared only here.
+        (
             "two-observed",
-            throughput(
-                &rt,
-                &broker,
-                d,
-                "two-observed",
-                2,
-                NO_FORECASTER,
-                single,
-                true,
-            ),
-        ));
-    }
-    if runs_part("forecast") {
-        runs.push((
+            Run {
+                collectors: 2,
+                backlog_first: true,
+                ..one_run("two-observed", NO_FORECASTER, single)
+            },
+        ),
+        (
             "forecast",
-            throughput(
-                &rt,
-                &broker,
-                d,
-                "one-default",
-                1,
-                DEFAULT_MIN_FORECAST_HISTORY,
-                single_forecast,
-                false,
-            ),
-        ));
-    }
-    if runs_part("fleet") {
-        runs.push((
+            one_run("one-default", DEFAULT_MIN_FORECAST_HISTORY, single_forecast),
+        ),
+        (
             "fleet",
-            throughput(
-                &rt,
-                &broker,
-                d,
-                "one-fleet",
-                1,
-                DEFAULT_MIN_FORECAST_HISTORY,
-                fleet,
-                false,
-            ),
-        ));
-    }
-    if runs_part("two") {
-        runs.push((
+            one_run("one-fleet", DEFAULT_MIN_FORECAST_HISTORY, fleet),
+        ),
+        // The same backlog with every window forecast and refitted on schedule: what each
+        // observation costs when windows arrive at wall-clock pace and are all fresh.
+        (
+            "fleet-fresh",
+            Run {
+                catch_up: false,
+                ..one_run("one-fleet-fresh", DEFAULT_MIN_FORECAST_HISTORY, fleet)
+            },
+        ),
+        (
             "two",
-            throughput(
-                &rt,
-                &broker,
-                d,
-                "two-fleet",
-                2,
-                DEFAULT_MIN_FORECAST_HISTORY,
-                fleet,
+            Run {
+                collectors: 2,
                 // As the one-collector run: the whole backlog first. Produced while the two
                 // run, a fleet's windows close only as the last agent's reports arrive, so
                 // their first commits (where the rates start) came near the end.
-                true,
-            ),
-        ));
+                backlog_first: true,
+                ..one_run("two-fleet", DEFAULT_MIN_FORECAST_HISTORY, fleet)
+            },
+        ),
+    ];
+    for (name, run) in plan {
+        if runs_part(name) {
+            runs.push((name, throughput(&rt, &broker, d, run)));
+        }
     }
     println!();
     println!("throughput (observations/s; each from its first batch committed to its last)");
@@ -318,13 +309,14 @@ fn main() {
     );
     for (_, run) in &runs {
         println!(
-            "  {:<62}{:>10.0}   ({:.3}x baseline; {} scale events; {} forecaster fits, {:.1} s)",
+            "  {:<62}{:>10.0}   ({:.3}x baseline; {} scale events; {} forecaster fits, {:.1} s; {} windows caught up)",
             run.label,
             run.all.per_second(),
             run.all.per_second() / raw,
             run.scale_events,
             run.forecast_fits,
             run.forecast_fit_seconds,
+            run.windows_caught_up,
         );
         for (i, r) in run.per.iter().enumerate() {
             println!(
@@ -342,7 +334,7 @@ fn main() {
     }
     println!();
     let find = |name: &str| runs.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-    for name in ["observed", "forecast", "fleet"] {
+    for name in ["observed", "forecast", "fleet", "fleet-fresh"] {
         if let Some(run) = find(name) {
             let rate = run.all.per_second();
             goal(

@@ -82,6 +82,13 @@ pub struct CollectorArgs {
     /// decisions use the last observation and the agents' forecasts).
     #[arg(long, default_value_t = 8, help_heading = "Decision")]
     pub min_forecast_history: usize,
+    /// Forecast and refit every window, even one whose forecast horizon (--horizon-steps
+    /// windows past its end) has already passed on the wall clock when it closes. By
+    /// default such windows (a backlog after an outage or a restart) are decided on observed
+    /// demand, and the forecaster learns them without refitting, so the collector catches up
+    /// fast; counted as `fleet_total{what="windows_caught_up"}`.
+    #[arg(long, help_heading = "Decision")]
+    pub no_catch_up: bool,
     /// Close a window every known agent reported after this long.
     #[arg(long, default_value = "500ms", value_parser = duration, help_heading = "Merge")]
     pub merge_wait: Duration,
@@ -179,6 +186,7 @@ impl CollectorArgs {
             idle_close: self.idle_close,
             horizon_steps: self.horizon_steps,
             min_forecast_history: self.min_forecast_history,
+            catch_up: !self.no_catch_up,
             source: self.source,
             ..FleetConfig::default()
         };

@@ -17,6 +17,13 @@ use shadowtap_core::{
     decision::PolicySet,
 };
 
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("ms")
+}
+
 /// The busiest host's HTTP requests and responses from a real capture.
 fn pcap_traffic() -> (String, Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let path = shared_data("pcap/http-packets.pcap");
@@ -113,9 +120,16 @@ fn rising_rate_reaches_the_provisioner_as_a_scale_out() {
         &format!("capacity_per_instance = {capacity:.1}"),
     );
 
-    // Reference: the same observations through the in-process fleet logic.
+    // Reference: the same observations through the in-process fleet logic, catching up as
+    // the collector does by default (the windows are of 2023: long stale).
     let policies = PolicySet::from_toml(&policy_text).expect("policy");
-    let mut reference = Fleet::new(FleetConfig::default(), policies);
+    let mut reference = Fleet::new(
+        FleetConfig {
+            catch_up: true,
+            ..FleetConfig::default()
+        },
+        policies,
+    );
     let mut expected: Vec<ScaleEvent> = Vec::new();
     for w in &windows {
         let (_, closed) = reference.ingest(w.clone(), Instant::now());
@@ -222,6 +236,15 @@ fn rising_rate_reaches_the_provisioner_as_a_scale_out() {
         let v: serde_json::Value = serde_json::from_slice(&r.value).expect("event json");
         let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "schema errors {errors:?} in {v}");
+        // Decided while catching up, and said so.
+        let window_end_ms = v["data"]["window"]["end_ms"].as_u64().expect("end_ms");
+        let behind_ms = v["data"]["explanation"]["behind_ms"]
+            .as_u64()
+            .expect("behind_ms");
+        assert!(
+            behind_ms > 0 && behind_ms < now_ms() - window_end_ms,
+            "behind_ms {behind_ms} of a window ending {window_end_ms}"
+        );
         assert_eq!(r.key, host.as_bytes());
         assert_eq!(
             r.headers.get("content-type").map(Vec::as_slice),

@@ -150,6 +150,9 @@ impl Publisher {
             // wait for, so the window closes (and is decided) as it arrives, not after the
             // collector's merge wait on its next 1 s tick (up to 1.5 s later).
             merge_wait: Duration::ZERO,
+            // Live windows: one that closes after its forecast horizon passed (the agent
+            // stalled) is decided on what was observed.
+            catch_up: true,
             ..FleetConfig::default()
         };
         Ok(Self::Embedded {

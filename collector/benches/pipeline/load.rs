@@ -85,7 +85,9 @@ impl Workload {
 }
 
 /// Produce the workload's observations (1 s windows, demand rising every window) onto a
-/// fresh 4-partition topic, window by window; returns how many.
+/// fresh 4-partition topic, window by window; returns how many. The windows are the last
+/// `windows` seconds before the call: the backlog a collector finds after being down that
+/// long.
 pub async fn preload(broker: &Broker, topics: &RunTopics, load: Workload) -> u64 {
     let Workload {
         resources,
@@ -106,13 +108,14 @@ pub async fn preload(broker: &Broker, topics: &RunTopics, load: Workload) -> u64
         .expect("producer");
     let mut futures = Vec::new();
     let agent_ids: Vec<String> = (0..agents).map(|a| format!("agent-{a}")).collect();
+    let first_ms = (now_ms() / 1000).saturating_sub(windows) * 1000;
     for w in 0..windows {
         for (r, agent) in (0..resources).flat_map(|r| agent_ids.iter().map(move |a| (r, a))) {
             let resource = format!("svc-{r}");
             let value = encode_observation(&agent_observation(
                 agent,
                 &resource,
-                1_700_000_000_000 + w * 1000,
+                first_ms + w * 1000,
                 1000,
                 1000 * (w + 1),
             ));
@@ -249,6 +252,7 @@ pub fn live_latency(
         &topics,
         &policy,
         min_forecast_history,
+        &[],
         &dir.join(format!("collector-{name}.log")),
     );
     collector.wait_ready(Duration::from_secs(60));

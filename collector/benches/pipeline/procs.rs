@@ -50,6 +50,7 @@ pub fn spawn(
     topics: &RunTopics,
     policy: &Path,
     min_forecast_history: usize,
+    run_args: &[&str],
     log: &Path,
 ) -> CollectorProc {
     let metrics_port = free_port();
@@ -90,6 +91,7 @@ pub fn spawn(
             "--min-forecast-history",
             &min_forecast_history.to_string(),
         ])
+        .args(run_args)
         // For A/B runs of settings: e.g. `--kafka-property fetch.wait.max.ms=500`.
         .args(extra_args())
         .env("RUST_LOG", "warn")
@@ -121,6 +123,8 @@ pub struct Scrape {
     /// Forecaster fits and the wall time they took (both 0 without the forecaster).
     pub forecast_fits: u64,
     pub forecast_fit_seconds: f64,
+    /// Windows decided on observed demand because their forecast horizon had passed.
+    pub windows_caught_up: u64,
 }
 
 impl CollectorProc {
@@ -152,6 +156,7 @@ impl CollectorProc {
             forecast_fits: m("shadowtap_collector_fleet_total{what=\"forecast_fits\"}"),
             forecast_fit_seconds: metric(&page, "shadowtap_collector_forecast_fit_seconds_total")
                 .unwrap_or(0.0),
+            windows_caught_up: m("shadowtap_collector_fleet_total{what=\"windows_caught_up\"}"),
         })
     }
 

@@ -355,6 +355,7 @@ impl DecisionEngine {
                 outliers_ms: forecast.outliers_ms.clone(),
                 changepoints_ms: forecast.changepoints_ms.clone(),
                 gap_windows: 0,
+                behind_ms: 0,
                 skill_fallback: no_skill,
                 recent_mase: if reactive { None } else { self.mase },
                 ceiling_follows_point: follows.map(|f| f.basis),

@@ -146,6 +146,11 @@ pub struct Explanation {
     /// series: silent agents or a clock jump); 0 normally.
     #[serde(default)]
     pub gap_windows: u64,
+    /// How long ago (ms) the forecast horizon of the decision's window had passed when it
+    /// closed: a collector catching up on a backlog decides such windows on observed demand
+    /// (`catch_up`); 0 normally.
+    #[serde(default)]
+    pub behind_ms: u64,
     /// The forecast had no skill (policy `skill_fallback_mase`): decided on the last
     /// observation with headroom.
     #[serde(default)]

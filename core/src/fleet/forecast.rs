@@ -5,21 +5,37 @@ use std::time::Duration;
 use super::{FitTokens, FleetConfig, FleetStats, ResourceState};
 use crate::forecast::{DemandForecast, ForecastConfig, ModelKind, Refit, ResourceForecaster};
 
+/// A closed window as the forecaster sees it.
+#[derive(Clone, Copy)]
+pub(super) struct Window {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub demand: f64,
+    /// Its forecast horizon has passed ([`FleetConfig::catch_up`]): learn it, do not fit or
+    /// forecast.
+    pub stale: bool,
+}
+
 /// The forecast the engine decides on: the collector's own forecast of merged demand (agents
 /// send counts, not forecasts: the merged series is the one that is scaled). Before the
 /// forecaster exists, an empty forecast with the last observation, so the engine decides on
-/// what it sees.
-#[allow(clippy::too_many_arguments, clippy::similar_names)]
+/// what it sees. A stale window is decided the same way: its forecaster (if any) learns it
+/// without fitting, and one that does not exist yet is created at the first fresh window.
+#[allow(clippy::similar_names)]
 pub(super) fn merged_forecast(
     name: &str,
     state: &mut ResourceState,
     config: &FleetConfig,
     stats: &mut FleetStats,
     tokens: &mut FitTokens,
-    start_ms: u64,
-    end_ms: u64,
-    demand: f64,
+    window: Window,
 ) -> DemandForecast {
+    let Window {
+        start_ms,
+        end_ms,
+        demand,
+        stale,
+    } = window;
     let step_ms = state.step_ms;
     let before = state.forecaster.as_ref().map(ResourceForecaster::stats);
     // `history` already holds this window. The forecaster is created once by a warm start on
@@ -27,6 +43,7 @@ pub(super) fn merged_forecast(
     // After a restore the same calls are replayed from the merged history, so the restored
     // forecaster is the one that was lost, not merely a similar one.
     let needs_forecaster = state.forecaster.is_none()
+        && !stale
         && (state.forecast_origin.is_some() || state.history.len() >= config.min_forecast_history);
     if needs_forecaster {
         let cfg = ForecastConfig {
@@ -72,7 +89,9 @@ pub(super) fn merged_forecast(
             }
         }
     }
-    let refit = if tokens.allow(&config.fit_budget) {
+    let refit = if stale {
+        Refit::Skip
+    } else if tokens.allow(&config.fit_budget) {
         Refit::AsScheduled
     } else {
         Refit::DeferWhileCovered {
@@ -80,14 +99,19 @@ pub(super) fn merged_forecast(
         }
     };
     let own = state.forecaster.as_mut().and_then(|f| {
-        f.observe_with(start_ms, demand, refit)
-            .and_then(|()| f.forecast(config.horizon_steps))
-            .map_err(|e| tracing::debug!(resource = name, error = %e, "merged forecast failed"))
-            .ok()
+        let forecast = f.observe_with(start_ms, demand, refit).and_then(|()| {
+            if stale {
+                Ok(None)
+            } else {
+                f.forecast(config.horizon_steps).map(Some)
+            }
+        });
+        forecast.unwrap_or_else(|e| {
+            tracing::debug!(resource = name, error = %e, "merged forecast failed");
+            stats.forecast_errors += 1;
+            None
+        })
     });
-    if own.is_none() && state.forecaster.is_some() {
-        stats.forecast_errors += 1;
-    }
     if let Some(after) = state.forecaster.as_ref().map(ResourceForecaster::stats) {
         let before = before.unwrap_or_default();
         let fit_us = after.total_fit_us.saturating_sub(before.total_fit_us);

@@ -65,6 +65,13 @@ pub struct FleetConfig {
     pub source: String,
     /// How much of the stage's wall time its forecasters' refits may take.
     pub fit_budget: FitBudget,
+    /// Catch up on a backlog: a window whose forecast horizon (`horizon_steps` windows past
+    /// its end) has already passed on the wall clock when it closes is decided on its observed
+    /// demand, and its forecaster learns it without refitting. Such a decision is about the
+    /// past whatever the forecast says, and a collector replaying an outage's backlog spent
+    /// most of its time in fits for them. Off by default: replays and tests run on event
+    /// time only; the live daemons turn it on.
+    pub catch_up: bool,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +93,7 @@ impl Default for FleetConfig {
             history_limit: 512,
             source: "urn:shadowtap:collector".to_owned(),
             fit_budget: FitBudget::default(),
+            catch_up: false,
         }
     }
 }
@@ -140,6 +148,10 @@ pub struct FleetStats {
     /// Scheduled refits put off because the [`FitBudget`] was spent.
     #[serde(default)]
     pub forecast_refits_deferred: u64,
+    /// Windows decided on observed demand because their forecast horizon had passed when
+    /// they closed ([`FleetConfig::catch_up`]).
+    #[serde(default)]
+    pub windows_caught_up: u64,
 }
 
 /// A merged window that closed, with the decision it led to.
@@ -236,6 +248,14 @@ pub struct Fleet {
     pending_actuals: HashMap<String, Actuals>,
     stats: FleetStats,
     fit_tokens: FitTokens,
+    /// Unix ms now, for [`FleetConfig::catch_up`].
+    wall_clock: fn() -> u64,
+}
+
+fn system_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Errors of the stage.
@@ -253,8 +273,16 @@ impl Fleet {
             pending_actuals: HashMap::new(),
             stats: FleetStats::default(),
             fit_tokens: FitTokens::new(&config.fit_budget),
+            wall_clock: system_time_ms,
             config,
         }
+    }
+
+    /// The same fleet with another wall clock (unix ms) for [`FleetConfig::catch_up`].
+    #[must_use]
+    pub fn with_wall_clock(mut self, clock: fn() -> u64) -> Self {
+        self.wall_clock = clock;
+        self
     }
 
     pub fn config(&self) -> &FleetConfig {
@@ -408,15 +436,22 @@ impl Fleet {
                 if state.instances == 0 {
                     state.instances = policy.min_instances;
                 }
+                let behind_ms = behind_ms(&self.config, self.wall_clock, end_ms, state.step_ms);
+                if behind_ms > 0 {
+                    self.stats.windows_caught_up += 1;
+                }
                 let forecast = merged_forecast(
                     name,
                     state,
                     &self.config,
                     &mut self.stats,
                     &mut self.fit_tokens,
-                    start_ms,
-                    end_ms,
-                    demand,
+                    Window {
+                        start_ms,
+                        end_ms,
+                        demand,
+                        stale: behind_ms > 0,
+                    },
                 );
                 let lead_time = policy.provisioning_lead_time;
                 let engine = state
@@ -433,14 +468,7 @@ impl Fleet {
                     forecast: &forecast,
                     current_instances: state.actuals.current(state.instances),
                 });
-                if gap_windows > 0 {
-                    decision.explanation.gap_windows = gap_windows;
-                    decision.explanation.summary = format!(
-                        "{}; {gap_windows} window(s) before this one had no observations \
-                         (silent agents or a clock jump): the demand series has a gap",
-                        decision.explanation.summary
-                    );
-                }
+                explain_series(&mut decision, behind_ms, gap_windows);
                 state.instances = decision.desired_instances;
                 if decision.delta() != 0 {
                     publish = state.actuals.should_publish(
@@ -469,6 +497,39 @@ impl Fleet {
             self.stats.scale_events += 1;
         }
         Some(closed)
+    }
+}
+
+/// How long ago (ms) the forecast horizon of a window ending at `end_ms` passed, when the
+/// fleet catches up ([`FleetConfig::catch_up`]); 0 while it is still ahead, or without.
+fn behind_ms(config: &FleetConfig, wall_clock: fn() -> u64, end_ms: u64, step_ms: u64) -> u64 {
+    if !config.catch_up {
+        return 0;
+    }
+    let horizon_end_ms =
+        end_ms.saturating_add((config.horizon_steps as u64).saturating_mul(step_ms));
+    wall_clock().saturating_sub(horizon_end_ms)
+}
+
+/// Say in the decision what was unusual about the demand series it was taken on: a window
+/// decided late, on observed demand (catching up), or a gap before it.
+fn explain_series(decision: &mut Decision, behind_ms: u64, gap_windows: u64) {
+    if behind_ms > 0 {
+        decision.explanation.behind_ms = behind_ms;
+        decision.explanation.summary = format!(
+            "{}; catching up: the forecast horizon of this window had passed {} s before it \
+             closed, so it was decided on observed demand",
+            decision.explanation.summary,
+            behind_ms / 1000
+        );
+    }
+    if gap_windows > 0 {
+        decision.explanation.gap_windows = gap_windows;
+        decision.explanation.summary = format!(
+            "{}; {gap_windows} window(s) before this one had no observations \
+             (silent agents or a clock jump): the demand series has a gap",
+            decision.explanation.summary
+        );
     }
 }
 
@@ -567,7 +628,7 @@ mod forecast;
 mod metrics;
 mod snapshot;
 
-use forecast::merged_forecast;
+use forecast::{Window, merged_forecast};
 
 pub use snapshot::{
     AgentSnapshot, CountsSnapshot, OpenWindowSnapshot, ResourceSnapshot, SNAPSHOT_VERSION,

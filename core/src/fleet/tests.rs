@@ -450,3 +450,82 @@ fn a_gap_in_the_demand_series_is_said_in_the_decision() {
             .contains("5 window(s) before this one had no observations")
     );
 }
+
+/// Wall clock of `a_backlog_is_caught_up_on_observed_demand` (the only test that reads it).
+static CATCH_UP_WALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn catch_up_wall_clock() -> u64 {
+    CATCH_UP_WALL_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// With `catch_up`, windows whose forecast horizon has passed on the wall clock are decided
+/// on observed demand without a fit, and say how late; the forecaster starts on the first
+/// fresh window, having learnt the backlog. Without it, the same backlog is forecast.
+#[test]
+fn a_backlog_is_caught_up_on_observed_demand() {
+    let config = |catch_up| FleetConfig {
+        merge_wait: Duration::from_secs(3600),
+        idle_close: Duration::from_secs(3600),
+        catch_up,
+        ..FleetConfig::default()
+    };
+    // Window w's horizon ends at (w + 1 + 12) windows: windows 0..=30 have passed it.
+    let wall_ms = 43 * STEP + 5_000;
+    CATCH_UP_WALL_MS.store(wall_ms, std::sync::atomic::Ordering::Relaxed);
+    let demand = |w: u64| 300 + 100 * (w % 6);
+    let now = Instant::now();
+    let mut f = Fleet::new(config(true), policies()).with_wall_clock(catch_up_wall_clock);
+    let mut closed = Vec::new();
+    for w in 0..=31 {
+        closed.extend(f.ingest(obs("a", "api", w, demand(w)), now).1);
+    }
+    assert_eq!(closed.len(), 31, "windows 0..=30 closed");
+    assert_eq!(f.stats().windows_caught_up, 31);
+    assert_eq!(f.stats().forecast_fits, 0, "no fit while catching up");
+    for c in &closed {
+        let d = c.decision.as_ref().expect("decision");
+        let w = c.start_ms / STEP;
+        assert_eq!(
+            d.explanation.behind_ms,
+            wall_ms - (w + 13) * STEP,
+            "window {w}"
+        );
+        assert!(d.explanation.forecast.is_empty(), "window {w}");
+        assert!(
+            (d.explanation.peak_upper - demand(w) as f64).abs() < 1e-9,
+            "window {w}"
+        );
+        assert!(
+            d.explanation.summary.contains("catching up"),
+            "{}",
+            d.explanation.summary
+        );
+    }
+    for w in 32..48 {
+        closed.extend(f.ingest(obs("a", "api", w, demand(w)), now).1);
+    }
+    closed.extend(f.flush());
+    assert_eq!(
+        f.stats().windows_caught_up,
+        31,
+        "windows from 31 on are fresh"
+    );
+    assert!(f.stats().forecast_fits > 0);
+    for c in &closed[31..] {
+        let d = c.decision.as_ref().expect("decision");
+        assert_eq!(d.explanation.behind_ms, 0);
+        assert!(
+            !d.explanation.forecast.is_empty(),
+            "window {}",
+            c.start_ms / STEP
+        );
+    }
+
+    let mut f = Fleet::new(config(false), policies()).with_wall_clock(catch_up_wall_clock);
+    for w in 0..48 {
+        f.ingest(obs("a", "api", w, demand(w)), now);
+    }
+    f.flush();
+    assert_eq!(f.stats().windows_caught_up, 0);
+    assert!(f.stats().forecast_fits > 0);
+}

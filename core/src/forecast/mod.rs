@@ -202,6 +202,10 @@ pub enum Refit {
         /// Steps the caller will ask [`ResourceForecaster::forecast`] for.
         horizon: usize,
     },
+    /// Learn the observation without fitting, whether or not the path still reaches ahead:
+    /// the caller will not ask for this forecast (a collector catching up on windows whose
+    /// decisions are stale). The next observation is due again.
+    Skip,
 }
 
 impl ResourceForecaster {
@@ -388,7 +392,8 @@ impl ResourceForecaster {
         self.stats.observations += 1;
         self.next_start_ms = Some(start_ms + self.step_ms);
 
-        if self.refit_due() {
+        // A skipped refit is counted by the caller, which knows why it skipped.
+        if self.refit_mode != Refit::Skip && self.refit_due() {
             if self.may_defer() {
                 self.stats.refits_deferred += 1;
             } else if let Err(err) = self.refit() {
@@ -427,7 +432,7 @@ impl ResourceForecaster {
     /// refit may be the first costly fit, so they are deferred alike).
     fn may_defer(&self) -> bool {
         match self.refit_mode {
-            Refit::AsScheduled => false,
+            Refit::AsScheduled | Refit::Skip => false,
             Refit::DeferWhileCovered { horizon } => self
                 .active
                 .as_ref()

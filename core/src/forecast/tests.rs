@@ -173,3 +173,34 @@ fn a_zero_fit_budget_keeps_the_window_whatever_fits_cost() {
     );
     assert_eq!(last_window(Duration::ZERO), (240, 0));
 }
+
+/// `Refit::Skip` learns observations without fitting, even past the end of the fitted path;
+/// the next ordinary observation refits, on the history that includes the skipped ones.
+#[test]
+fn skipped_refits_learn_without_fitting() {
+    let mut f = ResourceForecaster::new("api", config(60)).expect("config");
+    for i in 0..24 * 4 {
+        f.observe(i as u64 * 60_000, cycle(i)).expect("observe");
+    }
+    let before = f.stats();
+    // Far past refit_interval (12) and the path's end (12 + max_horizon 24).
+    let skipped = 60;
+    for i in 24 * 4..24 * 4 + skipped {
+        f.observe_with(i as u64 * 60_000, cycle(i), Refit::Skip)
+            .expect("observe");
+    }
+    let after = f.stats();
+    assert_eq!(after.fits, before.fits, "no fit while skipping");
+    assert_eq!(after.refits_deferred, before.refits_deferred);
+    assert_eq!(after.observations, before.observations + skipped as u64);
+    let next = 24 * 4 + skipped;
+    f.observe(next as u64 * 60_000, cycle(next))
+        .expect("observe");
+    assert_eq!(f.stats().fits, before.fits + 1, "due again at once");
+    assert_eq!(
+        f.stats().last_fit_points,
+        (next + 1).min(f.config().max_fit_points)
+    );
+    let forecast = f.forecast(12).expect("forecast");
+    assert_eq!(forecast.issued_at_ms, (next as u64 + 1) * 60_000);
+}
