@@ -123,6 +123,16 @@ fn parse_headers(mut rest: &[u8], payload_len: usize) -> HeaderFields<'_> {
             fields.head_len = Some(payload_len - rest.len());
             break;
         }
+        // Only `Host` and `Content-Length` are read, until found: any other line is passed
+        // over on its first byte (ASCII case folded), without a search for its colon.
+        let wanted = match line[0] | 0x20 {
+            b'h' => fields.host.is_none(),
+            b'c' => fields.content_length.is_none(),
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
@@ -254,6 +264,21 @@ mod tests {
         assert_eq!(r.headers.host, Some(&b"example.com:8080"[..]));
         assert_eq!(r.headers.content_length, Some(42));
         assert!(r.headers.complete());
+    }
+
+    /// Lines sharing the wanted names' first letters, in either case, are not mistaken for
+    /// them, and the first `Host` and `Content-Length` win.
+    #[test]
+    fn host_and_length_among_lookalike_lines() {
+        let head = b"HTTP/1.1 200 OK\r\nCache-Control: no\r\nconnection: close\r\nhost-x: a\r\n\
+            Content-Type: text/plain\r\nCONTENT-LENGTH: 7\r\nHOST: first\r\nHost: second\r\n\
+            Content-Length: 9\r\nX: y\r\n\r\n";
+        let Some(HttpHead::Response(r)) = parse_http_head(head) else {
+            panic!("not a response");
+        };
+        assert_eq!(r.headers.host, Some(&b"first"[..]));
+        assert_eq!(r.headers.content_length, Some(7));
+        assert_eq!(r.headers.head_len, Some(head.len()));
     }
 
     #[test]
