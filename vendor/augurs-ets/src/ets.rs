@@ -199,7 +199,9 @@ impl Ets {
             let old_l = l;
             let old_b = b;
 
-            let f_0 = self.forecast(params.phi, old_l, old_b, forecasts, *nmse);
+            // (shadowtap: the steps after the first are read by `update_amse` only.)
+            let steps = if update_amse { *nmse } else { 1 };
+            let f_0 = self.forecast(params.phi, old_l, old_b, forecasts, steps);
             *e_i = self.compute_error(y_i, f_0);
 
             if update_amse {
