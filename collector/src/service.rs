@@ -5,7 +5,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use rdkafka::{
@@ -177,11 +177,7 @@ async fn next_lifecycle(
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use shadowtap_core::fleet::unix_now_ms as now_ms;
 
 impl Collector {
     pub fn new(config: CollectorConfig) -> Self {

@@ -17,13 +17,6 @@ use shadowtap_core::{
     decision::PolicySet,
 };
 
-fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970");
-    u64::try_from(since.as_millis()).expect("ms")
-}
-
 /// The busiest host's HTTP requests and responses from a real capture.
 fn pcap_traffic() -> (String, Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let path = shared_data("pcap/http-packets.pcap");
@@ -242,7 +235,7 @@ fn rising_rate_reaches_the_provisioner_as_a_scale_out() {
             .as_u64()
             .expect("behind_ms");
         assert!(
-            behind_ms > 0 && behind_ms < now_ms() - window_end_ms,
+            behind_ms > 0 && behind_ms < shadowtap_core::fleet::unix_now_ms() - window_end_ms,
             "behind_ms {behind_ms} of a window ending {window_end_ms}"
         );
         assert_eq!(r.key, host.as_bytes());

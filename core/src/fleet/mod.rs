@@ -252,7 +252,9 @@ pub struct Fleet {
     wall_clock: fn() -> u64,
 }
 
-fn system_time_ms() -> u64 {
+/// Unix milliseconds on the system clock (0 before 1970): the wall clock of
+/// [`FleetConfig::catch_up`], and the collector's.
+pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -273,7 +275,7 @@ impl Fleet {
             pending_actuals: HashMap::new(),
             stats: FleetStats::default(),
             fit_tokens: FitTokens::new(&config.fit_budget),
-            wall_clock: system_time_ms,
+            wall_clock: unix_now_ms,
             config,
         }
     }
