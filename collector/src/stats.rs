@@ -225,7 +225,7 @@ impl CollectorStats {
             &samples,
         );
         let f = self.fleet();
-        let fleet: [(&str, u64); 21] = [
+        let fleet: [(&str, u64); 22] = [
             ("merged", f.observations_merged),
             ("duplicate", f.observations_duplicate),
             ("late", f.observations_late),
@@ -245,6 +245,7 @@ impl CollectorStats {
             ("requests_in_flight", f.requests_in_flight),
             ("forecast_fits", f.forecast_fits),
             ("forecast_refits_deferred", f.forecast_refits_deferred),
+            ("forecast_form_reuses", f.forecast_form_reuses),
             ("windows_caught_up", f.windows_caught_up),
             (
                 "lifecycle_invalid",

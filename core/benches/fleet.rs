@@ -21,7 +21,7 @@ use std::{
 
 use shadowtap_core::{
     ClosedWindow, Fleet, FleetConfig, Observation, WindowCounts, decision::PolicySet,
-    decode_observation, encode_observation, fleet::FitBudget,
+    decode_observation, encode_observation, fleet::FitBudget, forecast::ForecastConfig,
 };
 
 /// The collector's allocator (see `collector/src/main.rs`).
@@ -107,6 +107,7 @@ struct Run {
     fits: u64,
     fit_seconds: f64,
     deferred: u64,
+    form_reuses: u64,
 }
 
 fn decode_only(records: &Records) -> Run {
@@ -123,23 +124,26 @@ fn decode_only(records: &Records) -> Run {
         fits: 0,
         fit_seconds: 0.0,
         deferred: 0,
+        form_reuses: 0,
     }
 }
 
-fn collector_work(
-    records: &Records,
-    batch: usize,
-    min_history: usize,
-    fit_budget: FitBudget,
-) -> Run {
+fn collector_work(records: &Records, batch: usize, case: &Case) -> Run {
     let policies = PolicySet::from_toml(POLICY).expect("policy");
+    let defaults = FleetConfig::default();
     let mut fleet = Fleet::new(
         FleetConfig {
             merge_wait: Duration::ZERO,
             idle_close: Duration::from_secs(2),
-            min_forecast_history: min_history,
-            fit_budget,
-            ..FleetConfig::default()
+            min_forecast_history: case.min_history,
+            fit_budget: case.fit_budget,
+            forecast: ForecastConfig {
+                model_search_every: case
+                    .search_every
+                    .unwrap_or(defaults.forecast.model_search_every),
+                ..defaults.forecast.clone()
+            },
+            ..defaults
         },
         policies,
     );
@@ -181,7 +185,89 @@ fn collector_work(
         fits: stats.forecast_fits,
         fit_seconds: stats.forecast_fit_us as f64 / 1e6,
         deferred: stats.forecast_refits_deferred,
+        form_reuses: stats.forecast_form_reuses,
     }
+}
+
+/// The cases `BENCH_FLEET_ONLY` asks for, in order.
+fn plan(runs_part: &dyn Fn(&str) -> bool) -> Vec<Case> {
+    let unlimited = FitBudget::UNLIMITED;
+    let budget = FitBudget::default();
+    let case = |label, fleet, min_history, fit_budget| Case {
+        label,
+        fleet,
+        min_history,
+        fit_budget,
+        search_every: None,
+    };
+    let mut cases: Vec<Case> = Vec::new();
+    if runs_part("observed") {
+        cases.push(case(
+            "1 agent/resource, observed demand",
+            false,
+            1_000_000,
+            budget,
+        ));
+    }
+    if runs_part("forecast") {
+        // Every refit searches every ETS form, as before `model_search_every`: the same-run
+        // baseline of the default's form reuse.
+        cases.push(Case {
+            search_every: Some(1),
+            ..case(
+                "1 agent/resource, no fit budget, search every refit",
+                false,
+                8,
+                unlimited,
+            )
+        });
+        cases.push(case(
+            "1 agent/resource, forecaster, no fit budget",
+            false,
+            8,
+            unlimited,
+        ));
+        cases.push(case(
+            "1 agent/resource, forecaster (default)",
+            false,
+            8,
+            budget,
+        ));
+    }
+    if runs_part("fleet") {
+        cases.push(Case {
+            search_every: Some(1),
+            ..case(
+                "20 agents/resource, no fit budget, search every refit",
+                true,
+                8,
+                unlimited,
+            )
+        });
+        cases.push(case(
+            "20 agents/resource, forecaster, no fit budget",
+            true,
+            8,
+            unlimited,
+        ));
+        cases.push(case(
+            "20 agents/resource, forecaster (default)",
+            true,
+            8,
+            budget,
+        ));
+    }
+    cases
+}
+
+/// One configuration of the collector's work.
+struct Case {
+    label: &'static str,
+    fleet: bool,
+    min_history: usize,
+    fit_budget: FitBudget,
+    /// `ForecastConfig::model_search_every`; `None`: the default.
+    search_every: Option<usize>,
 }
 
 fn main() {
@@ -206,50 +292,20 @@ fn main() {
         base.seconds * 1e9 / single.len() as f64,
         base.bytes
     );
-    let unlimited = FitBudget::UNLIMITED;
-    let budget = FitBudget::default();
-    let mut cases: Vec<(&str, &Records, usize, FitBudget)> = Vec::new();
-    if runs_part("observed") {
-        cases.push((
-            "1 agent/resource, observed demand",
-            &single,
-            1_000_000,
-            budget,
-        ));
-    }
-    if runs_part("forecast") {
-        cases.push((
-            "1 agent/resource, forecaster, no fit budget",
-            &single,
-            8,
-            unlimited,
-        ));
-        cases.push(("1 agent/resource, forecaster (default)", &single, 8, budget));
-    }
-    if runs_part("fleet") {
-        cases.push((
-            "20 agents/resource, forecaster, no fit budget",
-            &fleet,
-            8,
-            unlimited,
-        ));
-        cases.push((
-            "20 agents/resource, forecaster (default)",
-            &fleet,
-            8,
-            budget,
-        ));
-    }
-    for (label, recs, min_history, fit_budget) in cases {
-        let r = collector_work(recs, batch, min_history, fit_budget);
+    let cases = plan(&runs_part);
+    for c in &cases {
+        let recs = if c.fleet { &fleet } else { &single };
+        let r = collector_work(recs, batch, c);
         println!(
-            "  {label:<52}{:>12.0} obs/s  {:>8.0} ns/obs  ({:.3}x baseline; {} events, {} fits in {:.2} s, {} refits deferred; {} bytes)",
+            "  {:<56}{:>12.0} obs/s  {:>8.0} ns/obs  ({:.3}x baseline; {} events, {} fits in {:.2} s ({} of one form), {} refits deferred; {} bytes)",
+            c.label,
             per_s(&r, recs.len()),
             r.seconds * 1e9 / recs.len() as f64,
             per_s(&r, recs.len()) / per_s(&base, single.len()),
             r.events,
             r.fits,
             r.fit_seconds,
+            r.form_reuses,
             r.deferred,
             r.bytes
         );

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::{FitTokens, FleetConfig, FleetStats, ResourceState};
-use crate::forecast::{DemandForecast, ForecastConfig, ModelKind, Refit, ResourceForecaster};
+use crate::forecast::{
+    DemandForecast, ForecastConfig, ForecasterStats, ModelKind, Refit, ResourceForecaster,
+};
 
 /// A closed window as the forecaster sees it.
 #[derive(Clone, Copy)]
@@ -113,13 +115,7 @@ pub(super) fn merged_forecast(
         })
     });
     if let Some(after) = state.forecaster.as_ref().map(ResourceForecaster::stats) {
-        let before = before.unwrap_or_default();
-        let fit_us = after.total_fit_us.saturating_sub(before.total_fit_us);
-        tokens.charge(fit_us);
-        stats.forecast_fit_us += fit_us;
-        stats.forecast_fits += after.fits.saturating_sub(before.fits);
-        stats.forecast_refits_deferred +=
-            after.refits_deferred.saturating_sub(before.refits_deferred);
+        charge_fits(&before.unwrap_or_default(), &after, stats, tokens);
     }
     let mut base = own.unwrap_or_else(|| DemandForecast {
         resource: name.to_owned(),
@@ -135,4 +131,19 @@ pub(super) fn merged_forecast(
     });
     base.last_observed = Some(demand);
     base
+}
+
+/// What the forecaster's fits since `before` cost: charged to the fit budget and counted.
+fn charge_fits(
+    before: &ForecasterStats,
+    after: &ForecasterStats,
+    stats: &mut FleetStats,
+    tokens: &mut FitTokens,
+) {
+    let fit_us = after.total_fit_us.saturating_sub(before.total_fit_us);
+    tokens.charge(fit_us);
+    stats.forecast_fit_us += fit_us;
+    stats.forecast_fits += after.fits.saturating_sub(before.fits);
+    stats.forecast_refits_deferred += after.refits_deferred.saturating_sub(before.refits_deferred);
+    stats.forecast_form_reuses += after.form_reuses.saturating_sub(before.form_reuses);
 }

@@ -148,6 +148,10 @@ pub struct FleetStats {
     /// Scheduled refits put off because the [`FitBudget`] was spent.
     #[serde(default)]
     pub forecast_refits_deferred: u64,
+    /// Fits that re-estimated the ETS form chosen by an earlier search instead of searching
+    /// every form (`ForecastConfig::model_search_every`).
+    #[serde(default)]
+    pub forecast_form_reuses: u64,
     /// Windows decided on observed demand because their forecast horizon had passed when
     /// they closed ([`FleetConfig::catch_up`]).
     #[serde(default)]

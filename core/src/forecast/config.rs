@@ -20,6 +20,11 @@ pub struct ForecastConfig {
     /// short steps (1 s windows, a time-compressed replay) an hourly refit would leave a
     /// model fitted on the first minutes in force for thousands of steps.
     pub refit_max_steps: usize,
+    /// Refits between two searches of every ETS form: in between, a refit that finds the same
+    /// seasons re-estimates the parameters of the form the last search chose (one
+    /// Nelder-Mead fit instead of up to six). 1 searches on every refit.
+    #[serde(default = "default_model_search_every")]
+    pub model_search_every: usize,
     /// Wall-time budget of one fit; the training window shrinks when fits exceed it. Zero
     /// turns the adaptation off: every fit then uses `max_fit_points` (or all history), so
     /// the forecast depends on the data alone and not on how busy the machine is (backtests).
@@ -50,6 +55,10 @@ pub struct ForecastConfig {
     pub transform: DemandTransform,
 }
 
+fn default_model_search_every() -> usize {
+    4
+}
+
 impl Default for ForecastConfig {
     fn default() -> Self {
         Self {
@@ -57,6 +66,7 @@ impl Default for ForecastConfig {
             level: 0.95,
             refit_interval: Duration::from_secs(3600),
             refit_max_steps: usize::MAX,
+            model_search_every: default_model_search_every(),
             fit_time_budget: Duration::from_millis(500),
             max_fit_points: 4032,
             max_season: Duration::from_hours(7 * 24),
@@ -90,6 +100,12 @@ impl ForecastConfig {
         }
         if self.refit_interval < self.step {
             return bad("refit_interval", "must be at least one step");
+        }
+        if self.model_search_every == 0 {
+            return bad(
+                "model_search_every",
+                "must be at least 1 (1: search every refit)",
+            );
         }
         if self.max_fit_points < 16 {
             return bad("max_fit_points", "must be at least 16");

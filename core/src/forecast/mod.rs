@@ -136,6 +136,10 @@ pub struct ForecasterStats {
     /// re-anchored on every observation, stayed in use).
     #[serde(default)]
     pub refits_deferred: u64,
+    /// Fits that re-estimated the last searched ETS form instead of searching every form
+    /// (`ForecastConfig::model_search_every`).
+    #[serde(default)]
+    pub form_reuses: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +192,9 @@ pub struct ResourceForecaster {
     stats: ForecasterStats,
     /// What the observation being accepted allows (see [`Self::observe_with`]).
     refit_mode: Refit,
+    /// The form the last fit chose, and fits since all forms were last searched.
+    form: Option<model::ModelForm>,
+    fits_since_search: usize,
 }
 
 /// Whether a scheduled refit may run at this observation (see
@@ -227,6 +234,7 @@ impl ResourceForecaster {
             outlier_threshold: config.outlier_threshold,
             changepoint_hazard: config.steps_in(config.changepoint_run_length) as f64,
             fixed_seasons: None,
+            reuse_form: None,
         };
         Ok(Self {
             resource: resource.into(),
@@ -243,6 +251,8 @@ impl ResourceForecaster {
             pending: None,
             stats: ForecasterStats::default(),
             refit_mode: Refit::AsScheduled,
+            form: None,
+            fits_since_search: 0,
             settings,
             config,
         })
@@ -455,7 +465,13 @@ impl ResourceForecaster {
             .map(|v| transform.forward(*v))
             .collect();
         let horizon = self.refit_every + self.config.max_horizon;
+        self.settings.reuse_form = if self.fits_since_search + 1 < self.config.model_search_every {
+            self.form.clone()
+        } else {
+            None
+        };
         let result = model::fit_path(&window, &self.settings, horizon);
+        self.settings.reuse_form = None;
         let path = match result {
             Ok(path) => path,
             Err(err) => {
@@ -464,6 +480,22 @@ impl ResourceForecaster {
             }
         };
         self.stats.fits += 1;
+        if let Some((ets, searched)) = &path.ets_form {
+            if *searched {
+                self.fits_since_search = 0;
+            } else {
+                self.fits_since_search += 1;
+                self.stats.form_reuses += 1;
+            }
+            self.form = Some(model::ModelForm {
+                seasons: path.seasons.clone(),
+                ets: ets.clone(),
+            });
+        } else {
+            // Naive models have no form to keep: the next ETS fit searches.
+            self.form = None;
+            self.fits_since_search = 0;
+        }
         self.stats.last_fit_us = u64::try_from(path.duration.as_micros()).unwrap_or(u64::MAX);
         self.stats.total_fit_us = self
             .stats

@@ -79,6 +79,32 @@ pub struct FitSettings {
     pub changepoint_hazard: f64,
     /// Seasons to reuse instead of running detection (set between full refits).
     pub fixed_seasons: Option<Vec<usize>>,
+    /// The form chosen by an earlier fit: when this fit finds the same seasons, its ETS model
+    /// re-estimates that form's parameters instead of searching all forms again (see
+    /// [`EtsForm`]). `None` searches.
+    pub reuse_form: Option<ModelForm>,
+}
+
+/// One ETS form (error, trend, damping) as `AutoETS` names it, e.g. `AAN` damped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtsForm {
+    /// Error, trend and season letters, e.g. `AAN`.
+    pub letters: String,
+    /// Damped trend.
+    pub damped: bool,
+}
+
+/// What a fit chose: its seasons and its ETS form. A later fit that finds the same seasons can
+/// fit only this form: `AutoETS` fits every form (six for a positive non-seasonal series, by
+/// Nelder-Mead over the whole series each) and keeps the best by AICc, and between two refits
+/// a dozen windows apart the best form rarely changes while its parameters do. Fitting one
+/// form gives exactly the model the search would give if it chose that form again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelForm {
+    /// Seasons of the model (empty for non-seasonal ETS).
+    pub seasons: Vec<usize>,
+    /// Its ETS form (the whole model for non-seasonal ETS, the trend's model under MSTL).
+    pub ets: EtsForm,
 }
 
 /// A forecast path from the end of a training window.
@@ -100,6 +126,9 @@ pub struct FittedPath {
     pub changepoints: Vec<usize>,
     /// Seasons detected or used, for reuse by cheaper refits.
     pub seasons: Vec<usize>,
+    /// The ETS form fitted, if the model has one, and whether it was searched for (`false`:
+    /// the settings' [`FitSettings::reuse_form`] was fitted alone).
+    pub ets_form: Option<(EtsForm, bool)>,
     /// Wall time the fit took.
     pub duration: Duration,
 }
@@ -342,18 +371,24 @@ fn cold_start(window: &[f64], settings: &FitSettings, horizon: usize) -> FittedP
         return seasonal_naive(window, period, z, horizon);
     }
     if n >= 10 {
-        match fit_ets(window, settings.level, horizon) {
-            Ok((forecast, spec, gain)) => {
-                let (point, lower_width, upper_width) = split_intervals(&forecast, horizon);
+        let reuse = settings
+            .reuse_form
+            .as_ref()
+            .filter(|form| form.seasons.is_empty())
+            .map(|form| &form.ets);
+        match fit_ets(window, settings.level, horizon, reuse) {
+            Ok(ets) => {
+                let (point, lower_width, upper_width) = split_intervals(&ets.forecast, horizon);
                 return FittedPath {
-                    kind: ModelKind::Ets { spec },
+                    kind: ModelKind::Ets { spec: ets.spec },
                     point,
                     lower_width,
                     upper_width,
-                    anchor_gain: gain,
+                    anchor_gain: ets.gain,
                     outliers: Vec::new(),
                     changepoints: Vec::new(),
                     seasons: Vec::new(),
+                    ets_form: Some((ets.form, ets.searched)),
                     duration: Duration::ZERO,
                 };
             }
@@ -383,6 +418,7 @@ fn naive(window: &[f64], z: f64, horizon: usize) -> FittedPath {
         outliers: Vec::new(),
         changepoints: Vec::new(),
         seasons: Vec::new(),
+        ets_form: None,
         duration: Duration::ZERO,
     }
 }
@@ -408,6 +444,7 @@ fn seasonal_naive(window: &[f64], period: usize, z: f64, horizon: usize) -> Fitt
         outliers: Vec::new(),
         changepoints: Vec::new(),
         seasons: vec![period],
+        ets_form: None,
         duration: Duration::ZERO,
     }
 }
@@ -463,9 +500,18 @@ fn fit_mstl(
         .find(|&cp| window.len() - cp >= min_trend_points)
         .unwrap_or(0);
 
-    let (trend_forecast, spec, gain) =
-        fit_ets(&deseasonalised[trend_start..], settings.level, horizon)?;
-    let (mut point, lower_width, upper_width) = split_intervals(&trend_forecast, horizon);
+    let reuse = settings
+        .reuse_form
+        .as_ref()
+        .filter(|form| form.seasons == seasons)
+        .map(|form| &form.ets);
+    let ets = fit_ets(
+        &deseasonalised[trend_start..],
+        settings.level,
+        horizon,
+        reuse,
+    )?;
+    let (mut point, lower_width, upper_width) = split_intervals(&ets.forecast, horizon);
     for (period, component) in seasons.iter().zip(decomposition.seasonal()) {
         let last_cycle = &component[component.len() - period..];
         for (k, p) in point.iter_mut().enumerate() {
@@ -475,28 +521,54 @@ fn fit_mstl(
     Ok(FittedPath {
         kind: ModelKind::Mstl {
             periods: seasons.to_vec(),
-            trend: spec,
+            trend: ets.spec,
         },
         point,
         lower_width,
         upper_width,
-        anchor_gain: gain,
+        anchor_gain: ets.gain,
         outliers,
         changepoints,
         seasons: seasons.to_vec(),
+        ets_form: Some((ets.form, ets.searched)),
         duration: Duration::ZERO,
     })
 }
 
-/// Non-seasonal `AutoETS`: forecast with intervals, the chosen spec, and the re-anchoring gain.
+/// A fitted non-seasonal ETS model, as the forecaster uses it.
+struct EtsFit {
+    forecast: augurs::Forecast,
+    /// For people: e.g. `AAN damped`.
+    spec: String,
+    /// The re-anchoring gain.
+    gain: f64,
+    form: EtsForm,
+    /// All forms were searched (not only `reuse`).
+    searched: bool,
+}
+
+/// Non-seasonal `AutoETS`: forecast with intervals, the chosen form, and the re-anchoring gain.
+/// With `reuse`, only that form is fitted; should it fail (e.g. a multiplicative error on a
+/// series that is no longer positive), all forms are searched as without it.
 fn fit_ets(
     y: &[f64],
     level: f64,
     horizon: usize,
-) -> Result<(augurs::Forecast, String, f64), ForecastError> {
-    let fitted = AutoETS::non_seasonal()
-        .fit(y)
-        .map_err(|err| ForecastError::Model(format!("AutoETS: {err}")))?;
+    reuse: Option<&EtsForm>,
+) -> Result<EtsFit, ForecastError> {
+    let reused = reuse.and_then(|form| {
+        AutoETS::new(1, form.letters.as_str())
+            .and_then(|auto| auto.damped(form.damped))
+            .and_then(|auto| auto.fit(y))
+            .ok()
+    });
+    let searched = reused.is_none();
+    let fitted = match reused {
+        Some(fitted) => fitted,
+        None => AutoETS::non_seasonal()
+            .fit(y)
+            .map_err(|err| ForecastError::Model(format!("AutoETS: {err}")))?,
+    };
     let forecast = fitted
         .predict(horizon, level)
         .map_err(|err| ForecastError::Model(format!("AutoETS predict: {err}")))?;
@@ -505,12 +577,22 @@ fn fit_ets(
         .map_err(|err| ForecastError::Model(format!("AutoETS in-sample: {err}")))?;
     let gain = anchor_gain(y, &in_sample.point);
     let model = fitted.model();
+    let form = EtsForm {
+        letters: model.model_type().to_string(),
+        damped: model.damped(),
+    };
     let spec = format!(
         "{}{}",
-        model.model_type(),
-        if model.damped() { " damped" } else { "" }
+        form.letters,
+        if form.damped { " damped" } else { "" }
     );
-    Ok((forecast, spec, gain))
+    Ok(EtsFit {
+        forecast,
+        spec,
+        gain,
+        form,
+        searched,
+    })
 }
 
 /// How much one-step predictions move per unit of one-step error: for simple exponential
@@ -624,4 +706,4 @@ fn std_dev(values: impl Iterator<Item = f64>) -> f64 {
 
 #[cfg(test)]
 #[path = "model_tests.rs"]
-mod tests;
+pub(in crate::forecast) mod tests;

@@ -11,6 +11,7 @@ fn settings() -> FitSettings {
         outlier_threshold: 5.0,
         changepoint_hazard: 0.0,
         fixed_seasons: None,
+        reuse_form: None,
     }
 }
 
@@ -115,4 +116,76 @@ fn level_shift_is_reported_as_changepoint() {
 fn non_finite_input_is_an_error() {
     let err = fit_path(&[1.0, f64::NAN, 2.0], &settings(), 2).expect_err("NaN");
     assert!(matches!(err, ForecastError::NonFinite { position: 1 }));
+}
+
+/// A trending series without a cycle (xorshift noise), positive: every non-seasonal form is a
+/// candidate.
+pub(in crate::forecast) fn trending(n: usize) -> Vec<f64> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..n)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            50.0 + 0.8 * i as f64 + (state % 1000) as f64 / 100.0
+        })
+        .collect()
+}
+
+#[test]
+fn reusing_the_searched_form_gives_the_searched_model() {
+    let y = trending(120);
+    let searched = fit_path(&y, &settings(), 24).expect("fit");
+    let (form, was_searched) = searched.ets_form.clone().expect("an ETS model");
+    assert!(was_searched);
+    let mut s = settings();
+    s.reuse_form = Some(ModelForm {
+        seasons: Vec::new(),
+        ets: form,
+    });
+    let reused = fit_path(&y, &s, 24).expect("fit");
+    assert!(
+        !reused.ets_form.as_ref().expect("an ETS model").1,
+        "fitted alone"
+    );
+    // The same Nelder-Mead fit of the same form: the same model to the bit.
+    assert_eq!(reused.kind, searched.kind);
+    assert_eq!(reused.point, searched.point);
+    assert_eq!(reused.upper_width, searched.upper_width);
+    assert_eq!(reused.anchor_gain.to_bits(), searched.anchor_gain.to_bits());
+}
+
+#[test]
+fn a_reused_form_is_fitted_alone_and_a_failing_one_is_searched_again() {
+    let y = trending(120);
+    let with = |letters: &str, damped: bool, seasons: Vec<usize>| {
+        let mut s = settings();
+        s.reuse_form = Some(ModelForm {
+            seasons,
+            ets: EtsForm {
+                letters: letters.to_owned(),
+                damped,
+            },
+        });
+        s
+    };
+    // A form the search would not pick here is still what is fitted.
+    let ann = fit_path(&y, &with("ANN", false, Vec::new()), 24).expect("fit");
+    assert_eq!(
+        ann.kind,
+        ModelKind::Ets {
+            spec: "ANN".to_owned()
+        }
+    );
+    assert!(!ann.ets_form.expect("ETS").1, "fitted alone");
+    // A form for other seasons is not used: this fit searches.
+    let other = fit_path(&y, &with("ANN", false, vec![24]), 24).expect("fit");
+    assert!(other.ets_form.expect("ETS").1);
+    // A multiplicative error cannot be fitted once the series is not positive: searched.
+    let mut below_zero = y.clone();
+    below_zero[60] = -1.0;
+    let mnn = fit_path(&below_zero, &with("MNN", false, Vec::new()), 24).expect("fit");
+    let (form, searched) = mnn.ets_form.expect("ETS");
+    assert!(searched);
+    assert!(form.letters.starts_with('A'), "{form:?}");
 }

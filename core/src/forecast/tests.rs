@@ -204,3 +204,52 @@ fn skipped_refits_learn_without_fitting() {
     let forecast = f.forecast(12).expect("forecast");
     assert_eq!(forecast.issued_at_ms, (next as u64 + 1) * 60_000);
 }
+
+/// Between two searches of every ETS form (`model_search_every` fits apart), a refit fits only
+/// the form the last search chose.
+#[test]
+fn refits_reuse_the_searched_form_between_searches() {
+    let run = |search_every: usize| {
+        let mut f = ResourceForecaster::new(
+            "api",
+            ForecastConfig {
+                model_search_every: search_every,
+                fit_time_budget: Duration::ZERO,
+                refit_interval: Duration::from_mins(4),
+                ..config(60)
+            },
+        )
+        .expect("config");
+        // Under 64 points no season is looked for: non-seasonal ETS throughout. One fit at
+        // the warm start, then one every 4 observations.
+        let y = super::model::tests::trending(20 + 4 * 8);
+        f.warm_start(0, &y[..20]).expect("warm start");
+        for (i, v) in y.iter().enumerate().skip(20) {
+            f.observe(i as u64 * 60_000, *v).expect("observe");
+        }
+        assert!(
+            matches!(f.model(), Some(ModelKind::Ets { .. })),
+            "{:?}",
+            f.model()
+        );
+        f.stats()
+    };
+    let every = run(1);
+    assert_eq!((every.fits, every.form_reuses), (9, 0));
+    // Fits 1, 5 and 9 search; 2–4 and 6–8 reuse.
+    let fourth = run(4);
+    assert_eq!((fourth.fits, fourth.form_reuses), (9, 6));
+}
+
+#[test]
+fn model_search_every_zero_is_refused() {
+    let err = ResourceForecaster::new(
+        "r",
+        ForecastConfig {
+            model_search_every: 0,
+            ..ForecastConfig::default()
+        },
+    )
+    .expect_err("zero");
+    assert!(err.to_string().contains("`model_search_every`"), "{err}");
+}

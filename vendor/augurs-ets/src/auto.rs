@@ -105,7 +105,9 @@ impl ComponentSpec {
     /// Returns the trend component candidates for this specification.
     fn trend_candidates(&self, auto_multiplicative: bool) -> &[model::TrendComponent] {
         match (self, auto_multiplicative) {
-            (Self::None, _) => &[],
+            // shadowtap: a spec without trend (e.g. `ANN`) has one candidate, no trend; upstream
+            // returned none, so any such spec failed with `NoModelFound`.
+            (Self::None, _) => &[model::TrendComponent::None],
             (Self::Additive, _) => &[model::TrendComponent::Additive],
             (Self::Multiplicative, _) => &[model::TrendComponent::Multiplicative],
             (Self::Auto, false) => &[model::TrendComponent::None, model::TrendComponent::Additive],
