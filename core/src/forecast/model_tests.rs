@@ -189,3 +189,52 @@ fn a_reused_form_is_fitted_alone_and_a_failing_one_is_searched_again() {
     assert!(searched);
     assert!(form.letters.starts_with('A'), "{form:?}");
 }
+
+/// Noise (seeded, so the test is deterministic): white noise of standard deviation 5.8 on a
+/// trend, plus a sine of `amplitude` with `period`.
+fn noisy(n: usize, period: usize, amplitude: f64, state: &mut u64) -> Vec<f64> {
+    let mut uniform = || {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state % 1_000_000) as f64 / 1_000_000.0
+    };
+    (0..n)
+        .map(|i| {
+            let phase = (i % period) as f64 / period as f64 * std::f64::consts::TAU;
+            let noise = 10.0 * (uniform() + uniform() + uniform() + uniform() - 2.0);
+            100.0 + 0.3 * i as f64 + amplitude * phase.sin() + noise
+        })
+        .collect()
+}
+
+#[test]
+fn seasons_on_noise_are_rare_and_real_cycles_are_found() {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let trials = 100;
+    for n in [64, 96, 128, 192, 256, 400] {
+        let phantom = (0..trials)
+            .filter(|_| !detect_seasons(&noisy(n, 1, 0.0, &mut state), &settings()).is_empty())
+            .count();
+        // Without the significance floor: 51 at 64 points, 31 at 128.
+        assert!(
+            phantom <= 5,
+            "{phantom} of {trials} noise series of {n} points got a season"
+        );
+    }
+    // A cycle as large as the noise (amplitude 10: standard deviation 7.1 against 5.8), with
+    // five or more cycles in the window, is found every time.
+    for (period, cycles) in [(24, 5), (12, 8), (48, 8)] {
+        let found = (0..trials)
+            .filter(|_| {
+                detect_seasons(
+                    &noisy(period * cycles, period, 10.0, &mut state),
+                    &settings(),
+                )
+                .iter()
+                .any(|&p| same_season(period, p))
+            })
+            .count();
+        assert_eq!(found, trials, "period {period}, {cycles} cycles");
+    }
+}
