@@ -238,3 +238,36 @@ fn seasons_on_noise_are_rare_and_real_cycles_are_found() {
         assert_eq!(found, trials, "period {period}, {cycles} cycles");
     }
 }
+
+#[test]
+fn a_series_on_a_straight_line_is_forecast_as_that_line() {
+    let zeros = vec![0.0; 100];
+    let probe = vec![10.0; 100];
+    let ramp: Vec<f64> = (0..100).map(|w| f64::from(w * 3 + 7)).collect();
+    for (name, y, next) in [
+        ("idle", &zeros, [0.0, 0.0]),
+        ("fixed-rate probe", &probe, [10.0, 10.0]),
+        ("ramp", &ramp, [307.0, 310.0]),
+    ] {
+        let path = fit_path(y, &settings(), 24).expect("fit");
+        assert_eq!(path.kind, ModelKind::Line, "{name}");
+        for (k, want) in next.iter().enumerate() {
+            assert!(
+                (path.point[k] - want).abs() < 1e-6,
+                "{name}: {:?}",
+                &path.point[..2]
+            );
+        }
+        assert!(path.upper_width.iter().all(|w| *w < 1e-6), "{name}");
+        assert!(path.ets_form.is_none());
+    }
+    // Off the line by a little noise: an ETS model, not the line.
+    let mut near = ramp.clone();
+    near[50] += 0.01;
+    let path = fit_path(&near, &settings(), 24).expect("fit");
+    assert!(
+        matches!(path.kind, ModelKind::Ets { .. }),
+        "{:?}",
+        path.kind
+    );
+}
