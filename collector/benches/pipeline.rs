@@ -14,6 +14,8 @@
 #[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../core/benches/common/demand.rs"]
+mod demand;
 #[path = "pipeline/load.rs"]
 mod load;
 #[path = "pipeline/procs.rs"]

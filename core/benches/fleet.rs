@@ -30,6 +30,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../../agent/benches/common/cpu_time.rs"]
 mod cpu_time;
+#[path = "common/demand.rs"]
+mod demand;
 
 const POLICY: &str = r#"
 [defaults]
@@ -91,7 +93,7 @@ fn records(resources: u64, windows: u64, agents: u64) -> Records {
                     &format!("agent-{a}"),
                     &resource,
                     1_700_000_000_000 + w * 1000,
-                    1000 * (w + 1),
+                    demand::requests(r, a, w),
                 );
                 out.push((resource.clone().into_bytes(), encode_observation(&obs)));
             }

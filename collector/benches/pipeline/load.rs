@@ -110,14 +110,16 @@ pub async fn preload(broker: &Broker, topics: &RunTopics, load: Workload) -> u64
     let agent_ids: Vec<String> = (0..agents).map(|a| format!("agent-{a}")).collect();
     let first_ms = (now_ms() / 1000).saturating_sub(windows) * 1000;
     for w in 0..windows {
-        for (r, agent) in (0..resources).flat_map(|r| agent_ids.iter().map(move |a| (r, a))) {
+        for (r, (a, agent)) in
+            (0..resources).flat_map(|r| agent_ids.iter().enumerate().map(move |a| (r, a)))
+        {
             let resource = format!("svc-{r}");
             let value = encode_observation(&agent_observation(
                 agent,
                 &resource,
                 first_ms + w * 1000,
                 1000,
-                1000 * (w + 1),
+                crate::demand::requests(r, a as u64, w),
             ));
             loop {
                 match producer.send_result(
@@ -280,7 +282,7 @@ pub fn live_latency(
                     &format!("live-{r}"),
                     now - step,
                     step,
-                    1000 * (window + 1),
+                    crate::demand::requests(r, 0, window),
                 ))
                 .expect("send");
             }
