@@ -169,6 +169,7 @@ fn run_augurs(
                 0.0
             },
             fixed_seasons: (!pipeline).then(|| s.seasons.clone()),
+            reuse_form: None,
         };
         let window: Vec<f64> = s.train.iter().map(|v| transform.forward(*v)).collect();
         let path = fit_path(&window, &settings, horizon)

@@ -492,7 +492,7 @@ impl ResourceForecaster {
                 ets: ets.clone(),
             });
         } else {
-            // Naive models have no form to keep: the next ETS fit searches.
+            // Naive and line models have no form to keep: the next ETS fit searches.
             self.form = None;
             self.fits_since_search = 0;
         }

@@ -136,6 +136,30 @@ pub struct FittedPath {
     pub duration: Duration,
 }
 
+impl FittedPath {
+    /// A path with the same width on both sides and nothing flagged: the simple models'.
+    fn plain(
+        kind: ModelKind,
+        point: Vec<f64>,
+        widths: Vec<f64>,
+        anchor_gain: f64,
+        seasons: Vec<usize>,
+    ) -> Self {
+        Self {
+            kind,
+            point,
+            lower_width: widths.clone(),
+            upper_width: widths,
+            anchor_gain,
+            outliers: Vec::new(),
+            changepoints: Vec::new(),
+            seasons,
+            ets_form: None,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// Fit a forecast to `window` (oldest first) with `horizon` steps ahead.
 pub fn fit_path(
     window: &[f64],
@@ -476,18 +500,13 @@ fn exact_line(window: &[f64], horizon: usize) -> Option<FittedPath> {
         return None;
     }
     let widths: Vec<f64> = (1..=horizon).map(|h| rms * (h as f64).sqrt()).collect();
-    Some(FittedPath {
-        kind: ModelKind::Line,
-        point: (n..n + horizon).map(|t| line.at(t)).collect(),
-        lower_width: widths.clone(),
-        upper_width: widths,
-        anchor_gain: 1.0,
-        outliers: Vec::new(),
-        changepoints: Vec::new(),
-        seasons: Vec::new(),
-        ets_form: None,
-        duration: Duration::ZERO,
-    })
+    Some(FittedPath::plain(
+        ModelKind::Line,
+        (n..n + horizon).map(|t| line.at(t)).collect(),
+        widths,
+        1.0,
+        Vec::new(),
+    ))
 }
 
 fn naive(window: &[f64], z: f64, horizon: usize) -> FittedPath {
@@ -501,18 +520,13 @@ fn naive(window: &[f64], z: f64, horizon: usize) -> FittedPath {
     let widths: Vec<f64> = (1..=horizon)
         .map(|h| z * sigma * (h as f64).sqrt())
         .collect();
-    FittedPath {
-        kind: ModelKind::Naive,
-        point: vec![last; horizon],
-        lower_width: widths.clone(),
-        upper_width: widths,
-        anchor_gain: 1.0,
-        outliers: Vec::new(),
-        changepoints: Vec::new(),
-        seasons: Vec::new(),
-        ets_form: None,
-        duration: Duration::ZERO,
-    }
+    FittedPath::plain(
+        ModelKind::Naive,
+        vec![last; horizon],
+        widths,
+        1.0,
+        Vec::new(),
+    )
 }
 
 fn seasonal_naive(window: &[f64], period: usize, z: f64, horizon: usize) -> FittedPath {
@@ -527,18 +541,13 @@ fn seasonal_naive(window: &[f64], period: usize, z: f64, horizon: usize) -> Fitt
     let widths: Vec<f64> = (0..horizon)
         .map(|k| z * sigma * ((k / period + 1) as f64).sqrt())
         .collect();
-    FittedPath {
-        kind: ModelKind::SeasonalNaive { period },
+    FittedPath::plain(
+        ModelKind::SeasonalNaive { period },
         point,
-        lower_width: widths.clone(),
-        upper_width: widths,
-        anchor_gain: 0.0,
-        outliers: Vec::new(),
-        changepoints: Vec::new(),
-        seasons: vec![period],
-        ets_form: None,
-        duration: Duration::ZERO,
-    }
+        widths,
+        0.0,
+        vec![period],
+    )
 }
 
 fn fit_mstl(
