@@ -88,6 +88,17 @@ pub struct FitSettings {
     pub reuse_form: Option<ModelForm>,
 }
 
+impl FitSettings {
+    /// The ETS form to fit alone for a model with `seasons`: the reused form, if it was
+    /// chosen for the same seasons.
+    fn form_for(&self, seasons: &[usize]) -> Option<&EtsForm> {
+        self.reuse_form
+            .as_ref()
+            .filter(|form| form.seasons == seasons)
+            .map(|form| &form.ets)
+    }
+}
+
 /// One ETS form (error, trend, damping) as `AutoETS` names it, e.g. `AAN` damped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtsForm {
@@ -95,6 +106,17 @@ pub struct EtsForm {
     pub letters: String,
     /// Damped trend.
     pub damped: bool,
+}
+
+/// As a model's name reads: `AAN`, `AAN damped`.
+impl std::fmt::Display for EtsForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.letters)?;
+        if self.damped {
+            f.write_str(" damped")?;
+        }
+        Ok(())
+    }
 }
 
 /// What a fit chose: its seasons and its ETS form. A later fit that finds the same seasons can
@@ -448,16 +470,13 @@ fn cold_start(window: &[f64], settings: &FitSettings, horizon: usize) -> FittedP
         if let Some(path) = exact_line(window, horizon) {
             return path;
         }
-        let reuse = settings
-            .reuse_form
-            .as_ref()
-            .filter(|form| form.seasons.is_empty())
-            .map(|form| &form.ets);
-        match fit_ets(window, settings.level, horizon, reuse) {
+        match fit_ets(window, settings.level, horizon, settings.form_for(&[])) {
             Ok(ets) => {
                 let (point, lower_width, upper_width) = split_intervals(&ets.forecast, horizon);
                 return FittedPath {
-                    kind: ModelKind::Ets { spec: ets.spec },
+                    kind: ModelKind::Ets {
+                        spec: ets.form.to_string(),
+                    },
                     point,
                     lower_width,
                     upper_width,
@@ -601,16 +620,11 @@ fn fit_mstl(
         .find(|&cp| window.len() - cp >= min_trend_points)
         .unwrap_or(0);
 
-    let reuse = settings
-        .reuse_form
-        .as_ref()
-        .filter(|form| form.seasons == seasons)
-        .map(|form| &form.ets);
     let ets = fit_ets(
         &deseasonalised[trend_start..],
         settings.level,
         horizon,
-        reuse,
+        settings.form_for(seasons),
     )?;
     let (mut point, lower_width, upper_width) = split_intervals(&ets.forecast, horizon);
     for (period, component) in seasons.iter().zip(decomposition.seasonal()) {
@@ -622,7 +636,7 @@ fn fit_mstl(
     Ok(FittedPath {
         kind: ModelKind::Mstl {
             periods: seasons.to_vec(),
-            trend: ets.spec,
+            trend: ets.form.to_string(),
         },
         point,
         lower_width,
@@ -639,8 +653,6 @@ fn fit_mstl(
 /// A fitted non-seasonal ETS model, as the forecaster uses it.
 struct EtsFit {
     forecast: augurs::Forecast,
-    /// For people: e.g. `AAN damped`.
-    spec: String,
     /// The re-anchoring gain.
     gain: f64,
     form: EtsForm,
@@ -682,14 +694,8 @@ fn fit_ets(
         letters: model.model_type().to_string(),
         damped: model.damped(),
     };
-    let spec = format!(
-        "{}{}",
-        form.letters,
-        if form.damped { " damped" } else { "" }
-    );
     Ok(EtsFit {
         forecast,
-        spec,
         gain,
         form,
         searched,
