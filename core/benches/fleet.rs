@@ -53,13 +53,18 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// An observation shaped like the collector bench's: 50 latency samples, 8 endpoints.
+/// An observation shaped like the collector bench's: 50 latency samples, 8 endpoints, and a
+/// latency histogram of 2 significant digits, the precision agents export
+/// (`agent/src/windows/hist.rs`).
 fn observation(agent: &str, resource: &str, start_ms: u64, requests: u64) -> Observation {
+    let mut latency_us = hdrhistogram::Histogram::new(2).expect("2 significant digits");
+    latency_us.auto(true);
     let mut c = WindowCounts {
         requests,
         responses: requests,
         bytes_in: requests * 300,
         bytes_out: requests * 2000,
+        latency_us,
         ..WindowCounts::default()
     };
     for i in 0..50 {
