@@ -75,7 +75,7 @@ impl Body {
                 let (decision, window) = *parts;
                 // `into_event_parts` let through only decisions that have an event.
                 ScaleEvent::from_owned_decision(source, decision, window)
-                    .map(|e| e.to_json().into_bytes())
+                    .map(|e| e.to_json_bytes())
                     .unwrap_or_default()
             }
             // A snapshot is plain data: serialisation cannot fail.

@@ -12,6 +12,8 @@ use crate::decision::{Action, Decision, Explanation, LifecycleStage, LifecycleSt
 
 use crate::wire::CountsDigest;
 
+mod json;
+
 /// Version of the `data` payload.
 pub const SCALE_EVENT_DATA_VERSION: u32 = 1;
 /// `CloudEvents` `type` of a scale-out.
@@ -131,8 +133,14 @@ impl ScaleEvent {
 
     /// One JSON line (no trailing newline).
     pub fn to_json(&self) -> String {
-        // Every field is a plain string, number or derived enum: serialisation cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        // The writer copies whole `str`s and serde's own output: always UTF-8.
+        String::from_utf8(self.to_json_bytes()).unwrap_or_default()
+    }
+
+    /// [`to_json`](Self::to_json) as bytes, for a record's payload: exactly what
+    /// `serde_json::to_vec` writes, at a fraction of its cost (see `json.rs`).
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        json::event_json(self)
     }
 }
 
