@@ -1,7 +1,11 @@
 //! What the collector publishes (scale events, dead letters, state snapshots), how it waits
 //! for their acknowledgement, and the offset commit that follows.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
@@ -10,7 +14,9 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use shadowtap_core::{
-    ClosedWindow, ResourceSnapshot, ScaleEvent, decision::Decision, scale_event::WindowDigest,
+    ClosedWindow, ResourceSnapshot,
+    decision::Decision,
+    scale_event::{self, WindowDigest},
 };
 
 use crate::{
@@ -57,31 +63,32 @@ pub(crate) struct Publish {
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     Bytes(Option<Vec<u8>>),
-    /// A scale event's decision and window digest: the publisher builds the event itself
+    /// A scale event's decision and window digest: the publisher writes the event itself
     /// (its id hash, timestamps and strings were a tenth of the loop's work).
-    Event(Box<(Decision, WindowDigest)>),
+    Event(Box<(Arc<Decision>, WindowDigest)>),
     Snapshot(Box<ResourceSnapshot>),
 }
 
 impl Body {
-    /// Serialise in place (once; a retry sends the same bytes). `source`: the events' source.
-    fn serialise(&mut self, source: &str) {
-        let bytes = match std::mem::replace(self, Body::Bytes(None)) {
-            b @ Body::Bytes(_) => {
-                *self = b;
-                return;
-            }
+    /// The record's value: bytes as they are, or the event or snapshot written into
+    /// `scratch`. A retry writes the same bytes again (both are pure functions of the parts);
+    /// one buffer for every record spared an allocation per event, which librdkafka copies
+    /// anyway. `source`: the events' source.
+    fn payload<'a>(&'a self, source: &str, scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        scratch.clear();
+        match self {
+            Body::Bytes(b) => return b.as_deref(),
             Body::Event(parts) => {
-                let (decision, window) = *parts;
+                let (decision, window) = &**parts;
                 // `into_event_parts` let through only decisions that have an event.
-                ScaleEvent::from_owned_decision(source, decision, window)
-                    .map(|e| e.to_json_bytes())
-                    .unwrap_or_default()
+                scale_event::write_event_json(source, decision, window, scratch);
             }
             // A snapshot is plain data: serialisation cannot fail.
-            Body::Snapshot(s) => serde_json::to_vec(&s).unwrap_or_default(),
-        };
-        *self = Body::Bytes(Some(bytes));
+            Body::Snapshot(s) => {
+                let _ = serde_json::to_writer(&mut *scratch, s);
+            }
+        }
+        Some(scratch.as_slice())
     }
 }
 
@@ -103,7 +110,8 @@ impl Producing {
         while !pending.is_empty() {
             let mut futures = Vec::with_capacity(pending.len());
             let mut not_queued = Vec::new();
-            for mut p in pending {
+            let mut scratch = Vec::with_capacity(4096);
+            for p in pending {
                 let mut headers = OwnedHeaders::new();
                 for (k, v) in &p.headers {
                     headers = headers.insert(Header {
@@ -111,9 +119,8 @@ impl Producing {
                         value: Some(v),
                     });
                 }
-                p.body.serialise(&self.source);
                 let mut record = FutureRecord::to(&p.topic).key(&p.key).headers(headers);
-                if let Body::Bytes(Some(payload)) = &p.body {
+                if let Some(payload) = p.body.payload(&self.source, &mut scratch) {
                     record = record.payload(payload);
                 }
                 if let Some(partition) = p.partition {

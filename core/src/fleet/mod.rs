@@ -14,7 +14,8 @@
 //! (a redelivery: dropped, counted) and late otherwise (counted, not merged).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -166,8 +167,10 @@ pub struct ClosedWindow {
     pub end_ms: u64,
     pub agents: Vec<String>,
     pub merged: WindowCounts,
-    /// `None` when no policy covers the resource.
-    pub decision: Option<Decision>,
+    /// `None` when no policy covers the resource. Shared with the resource's last decision
+    /// (metrics, dashboard, snapshots): a copy of it per window was a twentieth of the
+    /// collector's work.
+    pub decision: Option<Arc<Decision>>,
     /// False when the decision repeats a target that is still being provisioned (or waits
     /// out a failed provision's backoff): nothing new to tell the provisioner.
     pub publish: bool,
@@ -195,11 +198,11 @@ impl ClosedWindow {
     }
 
     /// What [`scale_event`](Self::scale_event) is built from, taken out of the window: the
-    /// decision moved, not copied, and the digest of the counts, so that the event can be
-    /// built and serialised elsewhere (the collector's publisher thread) while the histogram,
-    /// tens of KB that only the digest needs, is freed here. `None` exactly when
+    /// shared decision and the digest of the counts, so that the event can be written
+    /// elsewhere (the collector's publisher thread, with [`crate::scale_event::event_json`])
+    /// while the histogram, which only the digest needs, is freed here. `None` exactly when
     /// `scale_event` is `None`.
-    pub fn into_event_parts(mut self) -> Option<(Decision, WindowDigest)> {
+    pub fn into_event_parts(mut self) -> Option<(Arc<Decision>, WindowDigest)> {
         if !self.publish {
             return None;
         }
@@ -231,9 +234,9 @@ struct ResourceState {
     stream_time_ms: u64,
     agents: BTreeMap<String, AgentMark>,
     open: BTreeMap<u64, OpenWindow>,
-    history: Vec<(u64, f64)>,
+    history: VecDeque<(u64, f64)>,
     instances: u32,
-    last_decision: Option<Decision>,
+    last_decision: Option<Arc<Decision>>,
     forecaster: Option<ResourceForecaster>,
     /// (first bucket, points) of the forecaster's warm start.
     forecast_origin: Option<(u64, usize)>,
@@ -311,7 +314,7 @@ impl Fleet {
 
     /// The last decision made for `resource`.
     pub fn last_decision(&self, resource: &str) -> Option<&Decision> {
-        self.resources.get(resource)?.last_decision.as_ref()
+        self.resources.get(resource)?.last_decision.as_deref()
     }
 
     /// Online accuracy of the collector's forecaster of `resource` (MASE, coverage).
@@ -411,16 +414,16 @@ impl Fleet {
         let demand = merged.requests as f64;
         // Windows nobody reported between the last closed one and this one: silent agents,
         // or an agent clock that jumped. The decision says so rather than extrapolate quietly.
-        let gap_windows = state.history.last().map_or(0, |(prev, _)| {
+        let gap_windows = state.history.back().map_or(0, |(prev, _)| {
             (start_ms.saturating_sub(*prev) / state.step_ms.max(1)).saturating_sub(1)
         });
         if gap_windows > 0 {
             self.stats.demand_gaps += 1;
         }
-        state.history.push((start_ms, demand));
-        if state.history.len() > self.config.history_limit {
-            let excess = state.history.len() - self.config.history_limit;
-            state.history.drain(..excess);
+        // A ring: dropping the oldest window from a Vec moved the whole history every window.
+        state.history.push_back((start_ms, demand));
+        while state.history.len() > self.config.history_limit {
+            state.history.pop_front();
         }
         // Expire agents that stopped reporting.
         let horizon = self
@@ -485,7 +488,8 @@ impl Fleet {
                         &mut self.stats,
                     );
                 }
-                state.last_decision = Some(decision.clone());
+                let decision = Arc::new(decision);
+                state.last_decision = Some(Arc::clone(&decision));
                 self.stats.decisions += 1;
                 Some(decision)
             }
@@ -520,21 +524,25 @@ fn behind_ms(config: &FleetConfig, wall_clock: fn() -> u64, end_ms: u64, step_ms
 /// Say in the decision what was unusual about the demand series it was taken on: a window
 /// decided late, on observed demand (catching up), or a gap before it.
 fn explain_series(decision: &mut Decision, behind_ms: u64, gap_windows: u64) {
+    use std::fmt::Write as _;
+    // Appended in place: `format!("{}; ...", summary)` copied the summary through the
+    // formatter, on every window of a backlog.
+    let summary = &mut decision.explanation.summary;
     if behind_ms > 0 {
         decision.explanation.behind_ms = behind_ms;
-        decision.explanation.summary = format!(
-            "{}; catching up: the forecast horizon of this window had passed {} s before it \
+        let _ = write!(
+            summary,
+            "; catching up: the forecast horizon of this window had passed {} s before it \
              closed, so it was decided on observed demand",
-            decision.explanation.summary,
             behind_ms / 1000
         );
     }
     if gap_windows > 0 {
         decision.explanation.gap_windows = gap_windows;
-        decision.explanation.summary = format!(
-            "{}; {gap_windows} window(s) before this one had no observations \
-             (silent agents or a clock jump): the demand series has a gap",
-            decision.explanation.summary
+        let _ = write!(
+            summary,
+            "; {gap_windows} window(s) before this one had no observations \
+             (silent agents or a clock jump): the demand series has a gap"
         );
     }
 }
@@ -572,7 +580,7 @@ impl ResourceState {
             stream_time_ms: 0,
             agents: BTreeMap::new(),
             open: BTreeMap::new(),
-            history: Vec::new(),
+            history: VecDeque::new(),
             instances: 0,
             last_decision: None,
             forecaster: None,

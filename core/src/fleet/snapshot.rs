@@ -46,9 +46,9 @@ impl Fleet {
                         .collect(),
                 })
                 .collect(),
-            history: s.history.clone(),
+            history: s.history.iter().copied().collect(),
             instances: s.instances,
-            last_decision: s.last_decision.clone(),
+            last_decision: s.last_decision.as_deref().cloned(),
             forecast_origin: s.forecast_origin,
             engine: s.engine.clone(),
             actuals: s.actuals.clone(),
@@ -101,8 +101,8 @@ impl Fleet {
             .collect();
         state.open = open;
         state.instances = snap.instances;
-        state.last_decision.clone_from(&snap.last_decision);
-        state.history.clone_from(&snap.history);
+        state.last_decision = snap.last_decision.clone().map(std::sync::Arc::new);
+        state.history = snap.history.iter().copied().collect();
         state.forecast_origin = snap.forecast_origin;
         state.actuals.clone_from(&snap.actuals);
         // A report read before the snapshot arrived wins if it is newer.

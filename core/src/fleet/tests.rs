@@ -125,7 +125,7 @@ fn rising_demand_scales_out_and_snapshot_restores_state() {
             let from_parts = c
                 .clone()
                 .into_event_parts()
-                .and_then(|(d, w)| crate::ScaleEvent::from_owned_decision("urn:test", d, w));
+                .and_then(|(d, w)| crate::scale_event::event_json("urn:test", &d, &w));
             let event = c.scale_event("urn:test");
             holds += usize::from(
                 c.decision
@@ -133,8 +133,8 @@ fn rising_demand_scales_out_and_snapshot_restores_state() {
                     .is_some_and(|d| d.action == Action::Hold),
             );
             assert_eq!(
-                from_parts.as_ref().map(crate::ScaleEvent::to_json),
-                event.as_ref().map(crate::ScaleEvent::to_json)
+                from_parts,
+                event.as_ref().map(crate::ScaleEvent::to_json_bytes)
             );
             if let Some(e) = event {
                 events.push(e);

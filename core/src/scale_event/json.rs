@@ -10,23 +10,50 @@
 
 use serde::Serialize;
 
-use super::{ScaleEvent, ScaleEventData, WindowDigest};
+use super::WindowDigest;
 use crate::{
-    decision::{Explanation, LifecycleStep},
+    decision::{Action, Explanation, LifecycleStage, LifecycleStep, Reason},
     forecast::ForecastPoint,
     wire::CountsDigest,
 };
 
-/// `event` as compact JSON, exactly as `serde_json::to_vec(event)` writes it.
-pub(super) fn event_json(event: &ScaleEvent) -> Vec<u8> {
-    let mut out = Out(Vec::with_capacity(2048));
-    out.event(event);
-    out.0
+/// A scale event's fields, borrowed: from a [`super::ScaleEvent`], or from the decision and
+/// window it is made of (the collector writes events without building them).
+pub(super) struct EventRef<'a> {
+    pub specversion: &'a str,
+    pub id: &'a str,
+    pub source: &'a str,
+    pub event_type: &'a str,
+    pub subject: &'a str,
+    pub time: &'a str,
+    pub datacontenttype: &'a str,
+    pub data: DataRef<'a>,
 }
 
-struct Out(Vec<u8>);
+/// [`super::ScaleEventData`], borrowed.
+pub(super) struct DataRef<'a> {
+    pub schema_version: u32,
+    pub resource: &'a str,
+    pub action: Action,
+    pub current_instances: u32,
+    pub target_instances: u32,
+    pub reason: Reason,
+    pub stage: Option<LifecycleStage>,
+    pub lifecycle: &'a [LifecycleStep],
+    pub decided_at_ms: u64,
+    pub explanation: &'a Explanation,
+    pub window: &'a WindowDigest,
+}
 
-impl Out {
+/// `event` as compact JSON, appended to `out`: exactly what `serde_json::to_vec` writes for
+/// the event it describes.
+pub(super) fn write_event(event: &EventRef<'_>, out: &mut Vec<u8>) {
+    Out(out).event(event);
+}
+
+struct Out<'o>(&'o mut Vec<u8>);
+
+impl Out<'_> {
     fn raw(&mut self, s: &str) {
         self.0.extend_from_slice(s.as_bytes());
     }
@@ -46,7 +73,7 @@ impl Out {
     /// Anything else, through `serde_json` (numbers, enums, options of them).
     fn serde<T: Serialize + ?Sized>(&mut self, v: &T) {
         // Writing plain data into a Vec cannot fail (non-finite floats become `null`).
-        let _ = serde_json::to_writer(&mut self.0, v);
+        let _ = serde_json::to_writer(&mut *self.0, v);
     }
 
     /// `,"key":` (no comma before the first field: `first`).
@@ -70,33 +97,33 @@ impl Out {
         self.0.push(b']');
     }
 
-    fn event(&mut self, e: &ScaleEvent) {
+    fn event(&mut self, e: &EventRef<'_>) {
         self.raw("{");
         self.key("specversion", true);
-        self.str(&e.specversion);
+        self.str(e.specversion);
         self.key("id", false);
-        self.str(&e.id);
+        self.str(e.id);
         self.key("source", false);
-        self.str(&e.source);
+        self.str(e.source);
         self.key("type", false);
-        self.str(&e.event_type);
+        self.str(e.event_type);
         self.key("subject", false);
-        self.str(&e.subject);
+        self.str(e.subject);
         self.key("time", false);
-        self.str(&e.time);
+        self.str(e.time);
         self.key("datacontenttype", false);
-        self.str(&e.datacontenttype);
+        self.str(e.datacontenttype);
         self.key("data", false);
         self.data(&e.data);
         self.raw("}");
     }
 
-    fn data(&mut self, d: &ScaleEventData) {
+    fn data(&mut self, d: &DataRef<'_>) {
         self.raw("{");
         self.key("schema_version", true);
         self.serde(&d.schema_version);
         self.key("resource", false);
-        self.str(&d.resource);
+        self.str(d.resource);
         self.key("action", false);
         self.serde(&d.action);
         self.key("current_instances", false);
@@ -108,13 +135,13 @@ impl Out {
         self.key("stage", false);
         self.serde(&d.stage);
         self.key("lifecycle", false);
-        self.list(&d.lifecycle, Self::step);
+        self.list(d.lifecycle, Self::step);
         self.key("decided_at_ms", false);
         self.serde(&d.decided_at_ms);
         self.key("explanation", false);
-        self.explanation(&d.explanation);
+        self.explanation(d.explanation);
         self.key("window", false);
-        self.window(&d.window);
+        self.window(d.window);
         self.raw("}");
     }
 
@@ -274,6 +301,7 @@ fn needs_escape(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::{
+        ScaleEvent,
         decision::{Action, CeilingBasis, Decision, LifecycleStage, Reason, SizingBasis},
         forecast::ModelKind,
     };
@@ -304,8 +332,9 @@ mod tests {
         ][(variant + i) % 8]
     }
 
-    /// An event of `variant`: every field set, strings, floats and options varying with it.
-    fn event(variant: usize) -> ScaleEvent {
+    /// The source, decision and window of an event of `variant`: every field set, strings,
+    /// floats and options varying with it.
+    fn parts(variant: usize) -> (String, Decision, WindowDigest) {
         let text = |i: usize| text(variant, i);
         let float = |i: usize| float(variant, i);
         let model = [
@@ -383,7 +412,7 @@ mod tests {
                 reactive_floored: variant.is_multiple_of(3),
             },
         };
-        ScaleEvent::from_owned_decision(&text(5), decision, window(variant)).expect("not a hold")
+        (text(5), decision, window(variant))
     }
 
     fn window(variant: usize) -> WindowDigest {
@@ -412,7 +441,10 @@ mod tests {
     #[test]
     fn the_writer_writes_what_serde_writes_for_every_field() {
         for variant in 0..60 {
-            let e = event(variant);
+            let (source, decision, window) = parts(variant);
+            let direct =
+                crate::scale_event::event_json(&source, &decision, &window).expect("not a hold");
+            let e = ScaleEvent::from_owned_decision(&source, decision, window).expect("not a hold");
             let ours = e.to_json_bytes();
             let serde = serde_json::to_vec(&e).expect("serialise");
             assert_eq!(
@@ -420,6 +452,7 @@ mod tests {
                 String::from_utf8_lossy(&serde),
                 "variant {variant}"
             );
+            assert_eq!(direct, serde, "variant {variant}, from the decision");
             assert_eq!(e.to_json().as_bytes(), serde.as_slice());
         }
     }

@@ -20,6 +20,10 @@ pub const SCALE_EVENT_DATA_VERSION: u32 = 1;
 pub const TYPE_SCALE_OUT: &str = "io.shadowtap.scale.out";
 /// `CloudEvents` `type` of a scale-in.
 pub const TYPE_SCALE_IN: &str = "io.shadowtap.scale.in";
+/// `CloudEvents` `specversion`.
+const SPEC_VERSION: &str = "1.0";
+/// `CloudEvents` `datacontenttype` of the `data` payload.
+const DATA_CONTENT_TYPE: &str = "application/json";
 
 /// A scale event as published (`CloudEvents` 1.0 structured JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,25 +100,21 @@ impl ScaleEvent {
     }
 
     /// [`from_decision`](Self::from_decision), taking the decision's strings and plan rather
-    /// than copying them (the collector builds a batch's events on its publisher thread).
+    /// than copying them.
     pub fn from_owned_decision(
         source: &str,
         decision: Decision,
         window: WindowDigest,
     ) -> Option<Self> {
-        let event_type = match decision.action {
-            Action::ScaleOut => TYPE_SCALE_OUT,
-            Action::ScaleIn => TYPE_SCALE_IN,
-            Action::Hold => return None,
-        };
+        let event_type = event_type(decision.action)?;
         Some(Self {
-            specversion: "1.0".to_owned(),
+            specversion: SPEC_VERSION.to_owned(),
             id: event_id(&decision.resource, window.start_ms, window.end_ms),
             source: source.to_owned(),
             event_type: event_type.to_owned(),
             subject: decision.resource.clone(),
             time: rfc3339_millis(decision.at_ms),
-            datacontenttype: "application/json".to_owned(),
+            datacontenttype: DATA_CONTENT_TYPE.to_owned(),
             data: ScaleEventData {
                 schema_version: SCALE_EVENT_DATA_VERSION,
                 resource: decision.resource,
@@ -140,7 +140,91 @@ impl ScaleEvent {
     /// [`to_json`](Self::to_json) as bytes, for a record's payload: exactly what
     /// `serde_json::to_vec` writes, at a fraction of its cost (see `json.rs`).
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        json::event_json(self)
+        let d = &self.data;
+        let mut out = Vec::with_capacity(2048);
+        json::write_event(
+            &json::EventRef {
+                specversion: &self.specversion,
+                id: &self.id,
+                source: &self.source,
+                event_type: &self.event_type,
+                subject: &self.subject,
+                time: &self.time,
+                datacontenttype: &self.datacontenttype,
+                data: json::DataRef {
+                    schema_version: d.schema_version,
+                    resource: &d.resource,
+                    action: d.action,
+                    current_instances: d.current_instances,
+                    target_instances: d.target_instances,
+                    reason: d.reason,
+                    stage: d.stage,
+                    lifecycle: &d.lifecycle,
+                    decided_at_ms: d.decided_at_ms,
+                    explanation: &d.explanation,
+                    window: &d.window,
+                },
+            },
+            &mut out,
+        );
+        out
+    }
+}
+
+/// The JSON of the scale event for `decision` (`None` for a hold), written from the decision
+/// and window without building the event: byte for byte
+/// `ScaleEvent::from_decision(source, decision, window).to_json_bytes()`.
+pub fn event_json(source: &str, decision: &Decision, window: &WindowDigest) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(2048);
+    write_event_json(source, decision, window, &mut out).then_some(out)
+}
+
+/// [`event_json`], appended to `out`; false (and nothing written) for a hold.
+pub fn write_event_json(
+    source: &str,
+    decision: &Decision,
+    window: &WindowDigest,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(event_type) = event_type(decision.action) else {
+        return false;
+    };
+    let id = event_id(&decision.resource, window.start_ms, window.end_ms);
+    let time = rfc3339_millis(decision.at_ms);
+    json::write_event(
+        &json::EventRef {
+            specversion: SPEC_VERSION,
+            id: &id,
+            source,
+            event_type,
+            subject: &decision.resource,
+            time: &time,
+            datacontenttype: DATA_CONTENT_TYPE,
+            data: json::DataRef {
+                schema_version: SCALE_EVENT_DATA_VERSION,
+                resource: &decision.resource,
+                action: decision.action,
+                current_instances: decision.current_instances,
+                target_instances: decision.desired_instances,
+                reason: decision.reason,
+                stage: decision.stage,
+                lifecycle: &decision.lifecycle,
+                decided_at_ms: decision.at_ms,
+                explanation: &decision.explanation,
+                window,
+            },
+        },
+        out,
+    );
+    true
+}
+
+/// The event type of `action` (`None`: a hold has no event).
+fn event_type(action: Action) -> Option<&'static str> {
+    match action {
+        Action::ScaleOut => Some(TYPE_SCALE_OUT),
+        Action::ScaleIn => Some(TYPE_SCALE_IN),
+        Action::Hold => None,
     }
 }
 
