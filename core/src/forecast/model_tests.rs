@@ -271,3 +271,29 @@ fn a_series_on_a_straight_line_is_forecast_as_that_line() {
         path.kind
     );
 }
+
+#[test]
+fn strong_cycles_of_a_third_of_the_window_are_found() {
+    // Exactly three cycles: the period is the longest the detector looks for. Before the
+    // refinement followed a peak past that bound, 48-step cycles at 8 times the noise were
+    // found in 50 of 100 series (fewer than weak ones: 91), 24-step ones at 4 times in 90.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for period in [24, 48] {
+        for amplitude in [10.0, 20.0, 40.0, 80.0] {
+            let found = (0..100)
+                .filter(|_| {
+                    detect_seasons(
+                        &noisy(3 * period, period, amplitude, &mut state),
+                        &settings(),
+                    )
+                    .iter()
+                    .any(|&p| same_season(period, p))
+                })
+                .count();
+            assert!(
+                found >= 98,
+                "period {period}, amplitude {amplitude}: {found} of 100"
+            );
+        }
+    }
+}
