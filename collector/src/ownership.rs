@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use rdkafka::{Message as _, message::OwnedMessage};
+use rdkafka::Message;
 
 /// A rebalance as the consumer context saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +60,10 @@ impl Ownership {
     /// Apply rebalance notes in order. Returns the resources whose state must be dropped (they
     /// belong to a revoked partition; a later assignment reloads them from the state topic) and
     /// removes from `batch` the records of partitions revoked and not owned any more.
-    pub fn apply(
+    pub fn apply<M: Message>(
         &mut self,
         notes: Vec<RebalanceNote>,
-        batch: &mut Vec<OwnedMessage>,
+        batch: &mut Vec<M>,
     ) -> Vec<String> {
         let mut revoked = BTreeSet::new();
         let mut gone = Vec::new();
@@ -136,7 +136,7 @@ impl Ownership {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::Timestamp;
+    use rdkafka::{Timestamp, message::OwnedMessage};
 
     use super::*;
 

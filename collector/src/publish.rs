@@ -8,9 +8,9 @@ use std::{
 };
 
 use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
-    message::{Header, Headers as _, OwnedHeaders, OwnedMessage},
+    message::{Header, Headers as _, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use shadowtap_core::{
@@ -260,7 +260,7 @@ pub(crate) fn scale_event(
     })
 }
 
-pub(crate) fn dead_letter(cfg: &CollectorConfig, msg: &OwnedMessage, error: &str) -> Publish {
+pub(crate) fn dead_letter(cfg: &CollectorConfig, msg: &impl Message, error: &str) -> Publish {
     let mut headers = vec![
         ("shadowtap-error".to_owned(), error.as_bytes().to_vec()),
         (

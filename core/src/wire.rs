@@ -349,8 +349,22 @@ pub struct CountsDigest {
 
 impl From<&WindowCounts> for CountsDigest {
     fn from(c: &WindowCounts) -> Self {
-        let mut top: Vec<(String, u64)> =
-            c.endpoints.iter().map(|(e, n)| (e.clone(), *n)).collect();
+        let top = c.endpoints.iter().map(|(e, n)| (e.clone(), *n)).collect();
+        Self::with_endpoints(c, top)
+    }
+}
+
+impl From<WindowCounts> for CountsDigest {
+    /// The digest of counts no longer needed: endpoint names are moved, not copied.
+    fn from(mut c: WindowCounts) -> Self {
+        let top = std::mem::take(&mut c.endpoints).into_iter().collect();
+        Self::with_endpoints(&c, top)
+    }
+}
+
+impl CountsDigest {
+    /// The digest of `c`, whose endpoints are `top` (in any order).
+    fn with_endpoints(c: &WindowCounts, mut top: Vec<(String, u64)>) -> Self {
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let h = &c.latency_us;
         let (p50, p99) = if h.is_empty() {

@@ -210,8 +210,15 @@ impl ClosedWindow {
         if decision.action == crate::decision::Action::Hold {
             return None;
         }
-        let agents = std::mem::take(&mut self.agents);
-        Some((decision, self.digest(agents)))
+        Some((
+            decision,
+            WindowDigest {
+                start_ms: self.start_ms,
+                end_ms: self.end_ms,
+                agents: self.agents,
+                counts: CountsDigest::from(self.merged),
+            },
+        ))
     }
 }
 
