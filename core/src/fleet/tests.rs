@@ -132,10 +132,7 @@ fn rising_demand_scales_out_and_snapshot_restores_state() {
                     .as_ref()
                     .is_some_and(|d| d.action == Action::Hold),
             );
-            assert_eq!(
-                from_parts,
-                event.as_ref().map(crate::ScaleEvent::to_json_bytes)
-            );
+            assert_eq!(from_parts, event.as_ref().map(|e| e.to_json().into_bytes()));
             if let Some(e) = event {
                 events.push(e);
             }
