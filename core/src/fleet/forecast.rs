@@ -146,4 +146,5 @@ fn charge_fits(
     stats.forecast_fits += after.fits.saturating_sub(before.fits);
     stats.forecast_refits_deferred += after.refits_deferred.saturating_sub(before.refits_deferred);
     stats.forecast_form_reuses += after.form_reuses.saturating_sub(before.form_reuses);
+    stats.forecast_surprise_refits += after.surprise_refits.saturating_sub(before.surprise_refits);
 }

@@ -153,6 +153,10 @@ pub struct FleetStats {
     /// every form (`ForecastConfig::model_search_every`).
     #[serde(default)]
     pub forecast_form_reuses: u64,
+    /// Refits brought forward because the fitted path missed observations in a row
+    /// ([`crate::forecast::SURPRISE_MISSES`]).
+    #[serde(default)]
+    pub forecast_surprise_refits: u64,
     /// Windows decided on observed demand because their forecast horizon had passed when
     /// they closed ([`FleetConfig::catch_up`]).
     #[serde(default)]

@@ -140,7 +140,19 @@ pub struct ForecasterStats {
     /// (`ForecastConfig::model_search_every`).
     #[serde(default)]
     pub form_reuses: u64,
+    /// Refits brought forward because the fitted path missed: [`SURPRISE_MISSES`] observations
+    /// in a row outside its raw interval.
+    #[serde(default)]
+    pub surprise_refits: u64,
 }
+
+/// Observations in a row outside the fitted path's raw interval that make a refit due before
+/// its schedule. With a calibrated 95% interval two misses in a row happen once in 400 steps;
+/// a fit that no longer describes the series (a first fit on a partial window or a quiet
+/// night, flat while demand ramps up) misses on every step, and without this it would be
+/// followed for up to `refit_max_steps` windows, its errors weighing on the skill score long
+/// after.
+pub const SURPRISE_MISSES: usize = 2;
 
 #[derive(Debug, Clone)]
 struct ActivePath {
@@ -195,6 +207,8 @@ pub struct ResourceForecaster {
     /// The form the last fit chose, and fits since all forms were last searched.
     form: Option<model::ModelForm>,
     fits_since_search: usize,
+    /// One-step forecasts in a row whose observation fell outside the raw interval.
+    misses_in_a_row: usize,
 }
 
 /// Whether a scheduled refit may run at this observation (see
@@ -253,6 +267,7 @@ impl ResourceForecaster {
             refit_mode: Refit::AsScheduled,
             form: None,
             fits_since_search: 0,
+            misses_in_a_row: 0,
             settings,
             config,
         })
@@ -379,6 +394,11 @@ impl ResourceForecaster {
             let seasonal_naive =
                 (self.history.len() >= period).then(|| self.history[self.history.len() - period]);
             let b = pending.bucket;
+            if model_value > b.raw_upper || model_value < b.raw_lower {
+                self.misses_in_a_row += 1;
+            } else {
+                self.misses_in_a_row = 0;
+            }
             self.accuracy.record(&ScoredPoint {
                 actual: value,
                 point: transform.inverse(b.point),
@@ -406,7 +426,7 @@ impl ResourceForecaster {
         if self.refit_mode != Refit::Skip && self.refit_due() {
             if self.may_defer() {
                 self.stats.refits_deferred += 1;
-            } else if let Err(err) = self.refit() {
+            } else if let Err(err) = self.refit_counting_surprise() {
                 tracing::warn!(resource = %self.resource, error = %err, "forecast refit failed");
             }
         }
@@ -433,8 +453,15 @@ impl ResourceForecaster {
             {
                 true
             }
-            Some(active) => active.steps_since_fit >= self.refit_every || !active.covers(1),
+            Some(active) => {
+                active.steps_since_fit >= self.refit_every || !active.covers(1) || self.surprised()
+            }
         }
+    }
+
+    /// The fitted path has missed [`SURPRISE_MISSES`] observations in a row.
+    fn surprised(&self) -> bool {
+        self.misses_in_a_row >= SURPRISE_MISSES
     }
 
     /// Whether a due refit may be put off: the caller asked for it and the fitted path still
@@ -448,6 +475,19 @@ impl ResourceForecaster {
                 .as_ref()
                 .is_some_and(|a| a.covers(horizon.clamp(1, self.config.max_horizon))),
         }
+    }
+
+    /// [`Self::refit`], counted in `surprise_refits` when misses brought it forward.
+    fn refit_counting_surprise(&mut self) -> Result<(), ForecastError> {
+        let early = self.surprised()
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.steps_since_fit < self.refit_every && a.covers(1));
+        if early {
+            self.stats.surprise_refits += 1;
+        }
+        self.refit()
     }
 
     /// Fit now on the most recent history.
@@ -480,6 +520,7 @@ impl ResourceForecaster {
             }
         };
         self.stats.fits += 1;
+        self.misses_in_a_row = 0;
         if let Some((ets, searched)) = &path.ets_form {
             if *searched {
                 self.fits_since_search = 0;

@@ -253,3 +253,76 @@ fn model_search_every_zero_is_refused() {
     .expect_err("zero");
     assert!(err.to_string().contains("`model_search_every`"), "{err}");
 }
+
+/// The collector's forecaster settings on 1 s windows, fits independent of machine speed.
+fn one_second_windows() -> ForecastConfig {
+    ForecastConfig {
+        step: Duration::from_secs(1),
+        refit_max_steps: 12,
+        fit_time_budget: Duration::ZERO,
+        ..ForecastConfig::default()
+    }
+}
+
+/// A first fit on an irregular start (a partial first window, then a quiet night) can be flat
+/// with no gain: its path ignored a morning ramp for the 12 windows to the next scheduled
+/// refit, and those errors weighed on the skill score for hundreds of windows. Two
+/// observations in a row outside its interval now refit at once.
+#[test]
+fn a_path_that_misses_twice_in_a_row_is_refitted_early() {
+    let mut f = ResourceForecaster::new("api", one_second_windows()).expect("config");
+    let start = [5.0, 77.0, 40.0, 30.0, 19.0, 18.0, 20.0, 19.0];
+    f.warm_start(0, &start).expect("warm start");
+    let mut t = start.len() as u64;
+    let mut observe = |f: &mut ResourceForecaster, v: f64| {
+        f.observe(t * 1000, v).expect("observe");
+        t += 1;
+        f.forecast(1).expect("forecast").points[0].point
+    };
+    for v in [22.0, 21.0] {
+        observe(&mut f, v);
+    }
+    let fits = f.stats().fits;
+    let flat = observe(&mut f, 36.0);
+    assert!(flat < 30.0, "the first fit is flat: {flat}");
+    let mut followed = Vec::new();
+    for v in [80.0, 115.0, 145.0, 150.0] {
+        followed.push(observe(&mut f, v));
+    }
+    assert_eq!(f.stats().surprise_refits, 1, "{:?}", f.stats());
+    assert_eq!(
+        f.stats().fits,
+        fits + 1,
+        "one refit, before the 12-window schedule"
+    );
+    assert!(
+        followed[1] > 100.0 && followed[3] > 130.0,
+        "after two misses the forecast follows the ramp: {followed:?}"
+    );
+}
+
+/// On a series its model describes, misses in a row are rare: surprise refits stay a small
+/// fraction of the scheduled ones.
+#[test]
+fn a_calibrated_path_is_rarely_refitted_early() {
+    let mut f = ResourceForecaster::new("api", one_second_windows()).expect("config");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = move || {
+        // Sum of four uniforms: close enough to normal, deterministic.
+        (0..4)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 11) as f64 / (1_u64 << 53) as f64 - 0.5
+            })
+            .sum::<f64>()
+    };
+    for i in 0..600_u64 {
+        f.observe(i * 1000, 200.0 + 20.0 * noise())
+            .expect("observe");
+    }
+    let counters = f.stats();
+    assert!(counters.fits >= 45, "{counters:?}");
+    assert!(counters.surprise_refits <= 4, "{counters:?}");
+}
