@@ -313,7 +313,8 @@ pub fn detect_seasons(window: &[f64], settings: &FitSettings) -> Vec<usize> {
 /// cycles in the window the least-squares line takes up part of the cycle, and the peak of
 /// the autocorrelation it leaves moves a step or two (a 48-step cycle over 144 points was
 /// found as 49 in half of the series). Returns the period within a twentieth of `period`
-/// whose autocorrelation peaks there, and its autocorrelation on `line_detrended` (of sum of
+/// whose autocorrelations at its multiples that fit in the window (one cycle of overlap left)
+/// sum highest and peak there, and its autocorrelation on `line_detrended` (of sum of
 /// squares `line_variance`: what the detector's other comparisons use); `None` when the
 /// window holds fewer than two cycles or no peak is near.
 fn on_whole_cycles(
@@ -354,10 +355,22 @@ fn on_whole_cycles(
             0.0
         }
     };
+    // Each multiple of a lag a step off the cycle is a step further off it: summed over the
+    // multiples, the right length stands out of its neighbours by more than at one lag, where
+    // noise and day-to-day changes move the peak a step (48-step cycles over four or five
+    // cycles were found as 48 in 19–55% of seeded series at one lag, 33–98% this way).
+    let multiples = ((n - period) / high).max(1);
+    let score = |lag: usize| {
+        (1..=multiples)
+            .map(|k| k * lag)
+            .take_while(|&l| l < n)
+            .map(acf)
+            .sum::<f64>()
+    };
     let (best, best_acf) = (low..=high)
-        .map(|lag| (lag, acf(lag)))
+        .map(|lag| (lag, score(lag)))
         .max_by(|a, b| a.1.total_cmp(&b.1))?;
-    if acf(best - 1) > best_acf || acf(best + 1) > best_acf {
+    if score(best - 1) > best_acf || score(best + 1) > best_acf {
         return None;
     }
     Some((best, autocorrelation(line_detrended, line_variance, best)))
