@@ -147,12 +147,13 @@ pub struct ForecasterStats {
 }
 
 /// Observations in a row outside the fitted path's raw interval that make a refit due before
-/// its schedule. With a calibrated 95% interval two misses in a row happen once in 400 steps;
-/// a fit that no longer describes the series (a first fit on a partial window or a quiet
-/// night, flat while demand ramps up) misses on every step, and without this it would be
-/// followed for up to `refit_max_steps` windows, its errors weighing on the skill score long
-/// after.
-pub const SURPRISE_MISSES: usize = 2;
+/// its schedule. With a calibrated 95% interval three misses in a row happen about once in
+/// 8,000 steps; a fit that no longer describes the series (a first fit on a partial window
+/// or a quiet night, flat while demand ramps up) misses on every step, and without this it
+/// would be followed for up to `refit_max_steps` windows, its errors weighing on the skill
+/// score long after. Two in a row also refitted at every short burst of bursty series, for
+/// no gain in the backtests.
+pub const SURPRISE_MISSES: usize = 3;
 
 #[derive(Debug, Clone)]
 struct ActivePath {
