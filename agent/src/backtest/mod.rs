@@ -596,6 +596,8 @@ fn print_text_report(report: &BacktestReport) {
 }
 
 #[cfg(test)]
+mod compressed_day_tests;
+#[cfg(test)]
 mod goal_tests;
 #[cfg(test)]
 mod tests;
