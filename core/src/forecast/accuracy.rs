@@ -15,8 +15,7 @@
 //! seasonal naive itself), so a ratio against one says nothing about a model scored against
 //! the other: when the reference changes, the recent score starts again.
 //!
-//! Widening is split-conformal over a rolling window of points scored against the current
-//! model's reference (it starts again with the recent MASE), separately for each side of the interval:
+//! Widening is split-conformal over a rolling window, separately for each side of the interval:
 //! an observation above the point scores `error / upper half-width`, one below scores
 //! `|error| / lower half-width`, and each side's factor is the `1 − (1 − level) / 2` quantile of
 //! its scores, never below 1. The model's intervals are kept while they cover; when coverage
@@ -141,9 +140,6 @@ pub struct AccuracyTracker {
     /// same as `skill_period`, the latest (`model::same_season`).
     recent_errors: VecDeque<(f64, f64)>,
     skill_period: Option<usize>,
-    /// Reference season of the last scored point: `recent_scores` and `recent_covered` hold
-    /// points of models against the same one only.
-    interval_period: Option<usize>,
     recent_scores: VecDeque<IntervalScores>,
     recent_covered: VecDeque<bool>,
     widening_upper: f64,
@@ -165,7 +161,6 @@ impl AccuracyTracker {
             mase_samples: 0,
             recent_errors: VecDeque::new(),
             skill_period: None,
-            interval_period: None,
             recent_scores: VecDeque::new(),
             recent_covered: VecDeque::new(),
             widening_upper: 1.0,
@@ -220,26 +215,17 @@ impl AccuracyTracker {
         if actual >= raw_lower && actual <= raw_upper {
             self.raw_covered += 1;
         }
-        // The same season as the detector tells them apart (naive only as naive): restarting
-        // each time a refit moves the detected period by a step would leave decisions without
-        // a score for 20 windows after it.
-        let new_reference =
-            |last: Option<usize>| !last.is_some_and(|p| same_season(p, reference_period));
-        if new_reference(self.interval_period) {
-            // A model against another reference is another family (non-seasonal ETS, then
-            // MSTL): its predecessor's misses say nothing of how its own intervals cover. A
-            // non-seasonal model misses every daily ramp; kept, those misses widened the
-            // seasonal model's intervals (×2.25–2.47 in a closed-loop run) and the widening
-            // fallback held a forecast scoring 0.82–0.93 to the reactive rule.
-            self.recent_scores.clear();
-            self.recent_covered.clear();
-        }
-        self.interval_period = Some(reference_period);
         if let Some(naive) = seasonal_naive.filter(|v| v.is_finite()) {
             self.model_abs_error += (actual - point).abs();
             self.naive_abs_error += (actual - naive).abs();
             self.mase_samples += 1;
-            if new_reference(self.skill_period) {
+            // The same season as the detector tells them apart (naive only as naive):
+            // restarting the score each time a refit moves the detected period by a step
+            // would leave decisions without one for 20 windows after it.
+            if !self
+                .skill_period
+                .is_some_and(|p| same_season(p, reference_period))
+            {
                 self.recent_errors.clear();
             }
             self.skill_period = Some(reference_period);
@@ -415,30 +401,6 @@ mod tests {
         );
         assert!((tracker.widening_lower() - 2.0).abs() < 1e-9);
         assert_eq!(tracker.snapshot().raw_coverage, Some(0.0));
-    }
-
-    #[test]
-    fn widening_starts_again_with_a_model_against_another_reference() {
-        let mut tracker = AccuracyTracker::new(0.9, 100);
-        // A non-seasonal model (naive reference) that misses by twice its half-width.
-        for i in 0..40 {
-            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
-            tracker.record(&point(100.0 + sign * 20.0, 100.0, 10.0, Some(100.0), 1.0));
-        }
-        assert!((tracker.widening() - 2.0).abs() < 1e-9);
-        // A seasonal one (a step-different season is the same reference) that covers.
-        for (i, period) in (0..30).zip([48, 48, 49].into_iter().cycle()) {
-            let mut p = point(100.0 + f64::from(i % 5), 100.0, 10.0, Some(100.0), 1.0);
-            p.reference_period = period;
-            tracker.record(&p);
-        }
-        assert!(
-            (tracker.widening() - 1.0).abs() < f64::EPSILON,
-            "{}",
-            tracker.widening()
-        );
-        assert_eq!(tracker.snapshot().window_coverage, Some(1.0));
-        assert_eq!(tracker.snapshot().reference_period, Some(49));
     }
 
     #[test]
