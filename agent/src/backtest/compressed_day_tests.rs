@@ -16,6 +16,7 @@ use shadowtap_core::{
 };
 
 use super::shared_series_dir;
+use crate::windows::tests::xorshift;
 
 const STEPS_PER_DAY: usize = 48;
 const DAYS: usize = 5;
@@ -47,10 +48,7 @@ struct Draws(u64);
 
 impl Draws {
     fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1_u64 << 53) as f64
+        (xorshift(&mut self.0) >> 11) as f64 / (1_u64 << 53) as f64
     }
 
     /// A Poisson count of mean `rate` (normal approximation: every rate here but the
