@@ -47,8 +47,8 @@ pub struct RunnerOptions {
     /// Stop a trial after its probe when the probe's p99 is this many times the best probe's
     /// (and at least 5 ms worse), or when half its probe requests failed.
     pub early_stop_factor: f64,
-    /// Repeat the measurement when its cost is within this share of the best cost so far
-    /// (the difference is then of the order of the noise).
+    /// Repeat the measurement when its cost is at most this share above the best cost so far
+    /// (the difference is then of the order of the noise), below it, or the first at a load.
     pub repeat_band: f64,
     pub max_repeats: u32,
     /// Trial directories go here (`<dir>/<n>`), removed after each trial unless `keep_dirs`.
@@ -101,6 +101,23 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 struct BestSoFar {
     probe_p99_ms: Option<f64>,
     cost: Option<f64>,
+}
+
+/// Whether a measurement costing `cost` is measured again, given the best cost so far at this
+/// load: when it is at most `band` above the best — the difference is then of the order of the
+/// noise — or below it (a new best, the point a sweep will pick, is the one whose luck matters
+/// most), or when there is no best yet (the first point is the best so far: measured once while
+/// every later point within the band got three phases, a lucky single phase of the first point
+/// decided a held-out recommendation in CI). An infeasible or unmeasurable cost is not repeated.
+fn worth_repeating(cost: f64, best: Option<f64>, band: f64) -> bool {
+    if !cost.is_finite() {
+        return false;
+    }
+    match best {
+        None => true,
+        Some(b) if b.is_finite() && b > 0.0 => cost <= b * (1.0 + band),
+        Some(_) => false,
+    }
 }
 
 /// Runs trials of one catalogue's service.
@@ -277,12 +294,7 @@ impl Runner {
         }
         let cost = self.objective.cost(&self.aggregate(measured));
         let best = self.best.lock().ok().and_then(|b| b.cost);
-        match best {
-            Some(b) if cost.is_finite() && b.is_finite() && b != 0.0 => {
-                ((cost - b) / b).abs() <= self.options.repeat_band
-            }
-            _ => false,
-        }
+        worth_repeating(cost, best, self.options.repeat_band)
     }
 
     fn record_best(&self, kpis: &Kpis) {
@@ -429,5 +441,29 @@ pub fn kpis_of(report: &Report, cpu_cores: f64, rss_bytes: u64) -> Kpis {
         cpu_cores,
         rss_bytes,
         objective_noise: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_repeating;
+
+    #[test]
+    fn the_first_point_and_every_new_best_are_measured_again() {
+        assert!(
+            worth_repeating(0.08, None, 0.5),
+            "the first point is the best so far"
+        );
+        assert!(
+            worth_repeating(0.02, Some(0.08), 0.5),
+            "far below the best: a new best"
+        );
+        assert!(
+            worth_repeating(0.119, Some(0.08), 0.5),
+            "within the band above the best"
+        );
+        assert!(!worth_repeating(0.121, Some(0.08), 0.5), "beyond the band");
+        assert!(!worth_repeating(f64::INFINITY, None, 0.5), "infeasible");
+        assert!(!worth_repeating(0.1, Some(f64::INFINITY), 0.5));
     }
 }
