@@ -309,6 +309,14 @@ pub fn measure(
 ) -> Vec<TrialRecord> {
     let sweep_id = format!("heldout{}", now_ms());
     let grid_len = space.grid().len();
+    // The parameters the grid varies: each point's progress line names only these.
+    let varied: Vec<&str> = runner
+        .catalogue
+        .parameters
+        .iter()
+        .filter(|p| p.grid.len() > 1)
+        .map(|p| p.name.as_str())
+        .collect();
     let mut records = Vec::new();
     for load in loads {
         runner.reset_best();
@@ -338,19 +346,16 @@ pub fn measure(
         );
         // Each point's cost and phases, so a held-out verdict can be traced to its grid.
         for r in &records[first..] {
-            let varied: Vec<String> = runner
-                .catalogue
-                .parameters
+            let values: Vec<String> = varied
                 .iter()
-                .filter(|p| p.grid.len() > 1)
-                .filter_map(|p| r.params.get(&p.name).map(|v| format!("{}={v:?}", p.name)))
+                .filter_map(|name| r.params.get(*name).map(|v| format!("{name}={v:?}")))
                 .collect();
             progress(&format!(
                 "  {}: cost {:.4} over {} phases, {}",
                 load.name,
                 runner.objective.cost(&r.kpis),
                 r.repeats,
-                varied.join(" ")
+                values.join(" ")
             ));
         }
     }

@@ -111,7 +111,7 @@ fn play(counts: &[f64]) -> MeasuredDay {
     let measured_from = (DAYS - 1) * STEPS_PER_DAY;
     let mut mase = Vec::new();
     let mut off_length_windows = 0;
-    let mut widenings = Vec::with_capacity(STEPS_PER_DAY);
+    let mut wide_windows = 0;
     for (k, count) in counts.iter().enumerate().skip(warm) {
         forecaster
             .observe(k as u64 * 1000, *count)
@@ -122,7 +122,9 @@ fn play(counts: &[f64]) -> MeasuredDay {
         if let Some(m) = forecaster.accuracy().recent_mase {
             mase.push(m);
         }
-        widenings.push(forecaster.accuracy().widening);
+        if forecaster.accuracy().widening >= 2.0 {
+            wide_windows += 1;
+        }
         if let Some(ModelKind::Mstl { periods, .. }) = forecaster.model()
             && periods.first() != Some(&STEPS_PER_DAY)
         {
@@ -131,7 +133,7 @@ fn play(counts: &[f64]) -> MeasuredDay {
     }
     mase.sort_by(f64::total_cmp);
     MeasuredDay {
-        wide_windows: widenings.iter().filter(|w| **w >= 2.0).count(),
+        wide_windows,
         median_mase: mase.get(mase.len() / 2).copied().unwrap_or(f64::INFINITY),
         off_length_windows,
     }
