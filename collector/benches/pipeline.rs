@@ -10,6 +10,9 @@
 //!   topic (each one's own rate), vs a bare consumer reading the same records.
 //!
 //! Sizes: env `BENCH_OBSERVATIONS` (default 200,000), `BENCH_LATENCY_SECS` (default 20).
+//! The observed-demand run is repeated (`BENCH_OBSERVED_REPEATS`, default 3) and judged on
+//! its median: one run of the same binary moved ±23% around the median in one hour on one
+//! VM (docs/benchmarks.md, stop 40), so a single run's verdict was a coin toss near the goal.
 
 #[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
@@ -66,6 +69,18 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); None when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some(f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])),
+    }
 }
 
 fn goal(met: bool, text: &str) {
@@ -190,6 +205,7 @@ fn finish(procs: &[CollectorProc], n: u64, run: Run) -> Throughput {
 #[allow(clippy::too_many_lines)] // one report, top to bottom
 fn main() {
     let n_obs = env_or("BENCH_OBSERVATIONS", 200_000);
+    let observed_repeats = env_or("BENCH_OBSERVED_REPEATS", 3).max(1);
     let latency_secs = env_or("BENCH_LATENCY_SECS", 20);
     // `BENCH_ONLY`: comma-separated subset of latency, observed, two-observed, forecast, fleet,
     // fleet-fresh, two.
@@ -256,8 +272,18 @@ fn main() {
         backlog_first: false,
         catch_up: true,
     };
-    let plan = [
-        ("observed", one_run("one-observed", NO_FORECASTER, single)),
+    // The observed-demand run, repeated; each repeat on its own topics.
+    let mut plan: Vec<(&str, Run)> = (1..=observed_repeats)
+        .map(|k| {
+            let suffix: &'static str = if k == 1 {
+                "one-observed"
+            } else {
+                Box::leak(format!("one-observed-{k}").into_boxed_str())
+            };
+            ("observed", one_run(suffix, NO_FORECASTER, single))
+        })
+        .collect();
+    plan.extend([
         // Two collectors on the observed-demand workload: its work is per observation, where
         // the forecaster's refits run on a wall-clock budget per collector (two may fit more
         // often than one), so CPU time per observation is compared only here.
@@ -297,7 +323,7 @@ fn main() {
                 ..one_run("two-fleet", DEFAULT_MIN_FORECAST_HISTORY, fleet)
             },
         ),
-    ];
+    ]);
     for (name, run) in plan {
         if runs_part(name) {
             runs.push((name, throughput(&rt, &broker, d, run)));
@@ -336,7 +362,27 @@ fn main() {
     }
     println!();
     let find = |name: &str| runs.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-    for name in ["observed", "forecast", "fleet", "fleet-fresh"] {
+    let observed: Vec<f64> = runs
+        .iter()
+        .filter(|(n, _)| *n == "observed")
+        .map(|(_, r)| r.all.per_second())
+        .collect();
+    if let (Some(median), Some(first)) = (median(&observed), find("observed")) {
+        goal(
+            median >= THROUGHPUT_GOAL,
+            &format!(
+                "one collector >= 100k observations/s, {}: median {median:.0} of {} runs ({})",
+                first.label,
+                observed.len(),
+                observed
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        );
+    }
+    for name in ["forecast", "fleet", "fleet-fresh"] {
         if let Some(run) = find(name) {
             let rate = run.all.per_second();
             goal(
