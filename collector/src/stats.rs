@@ -225,7 +225,7 @@ impl CollectorStats {
             &samples,
         );
         let f = self.fleet();
-        let fleet: [(&str, u64); 23] = [
+        let fleet: [(&str, u64); 24] = [
             ("merged", f.observations_merged),
             ("duplicate", f.observations_duplicate),
             ("late", f.observations_late),
@@ -245,6 +245,10 @@ impl CollectorStats {
             ("requests_in_flight", f.requests_in_flight),
             ("forecast_fits", f.forecast_fits),
             ("forecast_refits_deferred", f.forecast_refits_deferred),
+            (
+                "forecast_first_fits_deferred",
+                f.forecast_first_fits_deferred,
+            ),
             ("forecast_form_reuses", f.forecast_form_reuses),
             ("forecast_surprise_refits", f.forecast_surprise_refits),
             ("windows_caught_up", f.windows_caught_up),

@@ -149,6 +149,10 @@ pub struct FleetStats {
     /// Scheduled refits put off because the [`FitBudget`] was spent.
     #[serde(default)]
     pub forecast_refits_deferred: u64,
+    /// Windows of a resource whose first fit (the forecaster's warm start) was put off
+    /// because the [`FitBudget`] was spent: decided on observed demand.
+    #[serde(default)]
+    pub forecast_first_fits_deferred: u64,
     /// Fits that re-estimated the ETS form chosen by an earlier search instead of searching
     /// every form (`ForecastConfig::model_search_every`).
     #[serde(default)]
@@ -460,7 +464,10 @@ impl Fleet {
                 if behind_ms > 0 {
                     self.stats.windows_caught_up += 1;
                 }
-                let forecast = merged_forecast(
+                let MergedForecast {
+                    forecast,
+                    first_fit_waits,
+                } = merged_forecast(
                     name,
                     state,
                     &self.config,
@@ -488,7 +495,7 @@ impl Fleet {
                     forecast: &forecast,
                     current_instances: state.actuals.current(state.instances),
                 });
-                explain_series(&mut decision, behind_ms, gap_windows);
+                explain_series(&mut decision, behind_ms, gap_windows, first_fit_waits);
                 state.instances = decision.desired_instances;
                 if decision.delta() != 0 {
                     publish = state.actuals.should_publish(
@@ -533,8 +540,14 @@ fn behind_ms(config: &FleetConfig, wall_clock: fn() -> u64, end_ms: u64, step_ms
 }
 
 /// Say in the decision what was unusual about the demand series it was taken on: a window
-/// decided late, on observed demand (catching up), or a gap before it.
-fn explain_series(decision: &mut Decision, behind_ms: u64, gap_windows: u64) {
+/// decided late, on observed demand (catching up), a gap before it, or a first fit that
+/// waits for the fit budget.
+fn explain_series(
+    decision: &mut Decision,
+    behind_ms: u64,
+    gap_windows: u64,
+    first_fit_waits: bool,
+) {
     use std::fmt::Write as _;
     // Appended in place: `format!("{}; ...", summary)` copied the summary through the
     // formatter, on every window of a backlog.
@@ -554,6 +567,12 @@ fn explain_series(decision: &mut Decision, behind_ms: u64, gap_windows: u64) {
             summary,
             "; {gap_windows} window(s) before this one had no observations \
              (silent agents or a clock jump): the demand series has a gap"
+        );
+    }
+    if first_fit_waits {
+        summary.push_str(
+            "; no forecast yet: this resource's first fit waits for the fit budget (other \
+             resources' fits took it), so it was decided on observed demand",
         );
     }
 }
@@ -653,7 +672,7 @@ mod forecast;
 mod metrics;
 mod snapshot;
 
-use forecast::{Window, merged_forecast};
+use forecast::{MergedForecast, Window, merged_forecast};
 
 pub use snapshot::{
     AgentSnapshot, CountsSnapshot, OpenWindowSnapshot, ResourceSnapshot, SNAPSHOT_VERSION,

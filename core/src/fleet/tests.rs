@@ -526,3 +526,70 @@ fn a_backlog_is_caught_up_on_observed_demand() {
     assert_eq!(f.stats().windows_caught_up, 0);
     assert!(f.stats().forecast_fits > 0);
 }
+
+/// First fits are charged to the fit budget like refits: once it is spent, a resource that
+/// reaches the history for a forecaster is decided on observed demand, says why and is
+/// counted, instead of holding every other window up while it fits.
+#[test]
+fn a_first_fit_waits_for_the_fit_budget() {
+    let config = |burst| FleetConfig {
+        merge_wait: Duration::from_secs(3600),
+        idle_close: Duration::from_secs(3600),
+        // No refill: the burst is all there is. The first warm start (tens of microseconds
+        // at least) spends a microsecond's burst; with a second's, both resources fit.
+        fit_budget: FitBudget { share: 0.0, burst },
+        ..FleetConfig::default()
+    };
+    let demand = |w: u64| 300 + 100 * (w % 6);
+    let now = Instant::now();
+    let run = |burst| {
+        let mut f = Fleet::new(config(burst), policies());
+        let mut closed = Vec::new();
+        for w in 0..16 {
+            for resource in ["api", "web"] {
+                closed.extend(f.ingest(obs("a", resource, w, demand(w)), now).1);
+            }
+        }
+        closed.extend(f.flush());
+        (f, closed)
+    };
+    let (f, closed) = run(Duration::from_micros(1));
+    let min_history = FleetConfig::default().min_forecast_history as u64;
+    // Windows 0..16 of each resource; the forecaster needs `min_history` windows of history
+    // (its window included), so windows min_history-1..16 are the ones it could forecast.
+    let eligible = 16 - (min_history - 1);
+    assert_eq!(
+        f.stats().forecast_first_fits_deferred,
+        eligible,
+        "every eligible window of the second resource"
+    );
+    for c in &closed {
+        let d = c.decision.as_ref().expect("decision");
+        let w = c.start_ms / STEP;
+        let waits = d
+            .explanation
+            .summary
+            .contains("first fit waits for the fit budget");
+        match (c.resource.as_str(), w + 1 >= min_history) {
+            ("api", true) => {
+                assert!(!waits, "api window {w}: {}", d.explanation.summary);
+                assert!(!d.explanation.forecast.is_empty(), "api window {w}");
+            }
+            ("web", true) => {
+                assert!(waits, "web window {w}: {}", d.explanation.summary);
+                assert!(d.explanation.forecast.is_empty(), "web window {w}");
+                assert!(
+                    (d.explanation.peak_upper - demand(w) as f64).abs() < 1e-9,
+                    "web window {w} is decided on what it observed"
+                );
+            }
+            _ => assert!(!waits, "window {w} is too early for a forecaster"),
+        }
+    }
+    let (f, closed) = run(Duration::from_secs(1));
+    assert_eq!(f.stats().forecast_first_fits_deferred, 0);
+    assert!(closed.iter().all(|c| {
+        let d = c.decision.as_ref().expect("decision");
+        c.start_ms / STEP + 1 < min_history || !d.explanation.forecast.is_empty()
+    }));
+}
