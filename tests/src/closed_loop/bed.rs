@@ -455,6 +455,14 @@ impl Bed {
                 cmd.arg("--policy").arg(policy);
                 cmd.args(["--scale-events", &format!("{d}/scale-events.jsonl")]);
                 cmd.args(["--lifecycle-in", &format!("{d}/lifecycle.jsonl")]);
+                // The fleet's state, saved at shutdown only (a save in the loop would hold
+                // the ring's drain up): its merged demand history is the series the
+                // forecaster saw, kept with the run's logs.
+                let state = self.path("state");
+                std::fs::create_dir_all(&state)
+                    .with_context(|| format!("creating {}", state.display()))?;
+                cmd.arg("--state-dir").arg(&state);
+                cmd.args(["--snapshot-interval", "86400"]);
             }
             Transport::Kafka => {
                 cmd.args([

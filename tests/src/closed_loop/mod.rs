@@ -278,7 +278,7 @@ pub fn run_one(
 }
 
 /// The bed's logs worth keeping after it is removed.
-const KEPT_LOGS: [&str; 9] = [
+const KEPT_LOGS: [&str; 10] = [
     "scale-events.jsonl",
     "lifecycle.jsonl",
     "agent.log",
@@ -288,6 +288,8 @@ const KEPT_LOGS: [&str; 9] = [
     "collector.log",
     "nisshi.log",
     "kafka-tail.log",
+    // The in-process fleet's state at the end: the merged demand history per resource.
+    "state/collector.json",
 ];
 
 /// A bed with the provisioner, the pool at its first instance count (a bootstrap scale event,
@@ -428,7 +430,8 @@ pub fn run_keeping_logs(
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for name in KEPT_LOGS {
             // A log that was never written is simply not kept.
-            let _ = std::fs::copy(bed.path(name), dir.join(name));
+            let kept = name.rsplit('/').next().unwrap_or(name);
+            let _ = std::fs::copy(bed.path(name), dir.join(kept));
         }
     }
     RunReport::from_raw(config, &raw)
